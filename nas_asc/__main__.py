@@ -1,0 +1,3 @@
+from nas_asc.cli import main
+
+raise SystemExit(main())

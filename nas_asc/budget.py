@@ -1,0 +1,115 @@
+"""Hardware budgets: parameter memory and MACs per inference.
+
+The DCASE 2023 and 2024 Task 1 limits (also the Cortex-M4 class target nas-asc is built for):
+at most 128,000 bytes of parameters, every parameter at its stored dtype (int8 = one byte), and
+at most 30,000,000 multiply-accumulates for one 1-second clip, counted by
+:func:`nas_asc.complexity.count`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, replace
+
+from nas_asc.errors import BudgetError
+
+__all__ = ["Budget", "PRESETS", "DEFAULT_BUDGET", "parse_budget"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A resource limit that a deployable candidate must satisfy."""
+
+    name: str  # preset name, or "custom"
+    max_param_bytes: int  # parameter memory limit, bytes at the stored dtype
+    max_macs: int  # multiply-accumulates per inference (one clip)
+    weight_dtype: str = "int8"  # dtype of deployed weights, for the parameter-bytes count
+
+    def __post_init__(self) -> None:
+        if self.max_param_bytes <= 0 or self.max_macs <= 0:
+            raise BudgetError(
+                f"budget limits must be positive, got param bytes {self.max_param_bytes} and "
+                f"MACs {self.max_macs}; e.g. --budget bytes=128k,macs=30M"
+            )
+        if self.weight_dtype not in ("int8", "float16", "float32"):
+            raise BudgetError(
+                f"budget weight dtype must be int8, float16 or float32, got {self.weight_dtype!r}"
+            )
+
+    def constraints(self, complexity) -> dict[str, float]:
+        """Relative excess per limit (``> 0`` means violated), in Optuna's constraint convention."""
+        return {
+            "param_bytes": complexity.param_bytes / self.max_param_bytes - 1.0,
+            "macs": complexity.macs / self.max_macs - 1.0,
+        }
+
+    def violations(self, complexity) -> list[str]:
+        """Human-readable list of exceeded limits (empty when within budget)."""
+        out = []
+        if complexity.param_bytes > self.max_param_bytes:
+            out.append(f"{complexity.param_bytes:,} parameter bytes > {self.max_param_bytes:,}")
+        if complexity.macs > self.max_macs:
+            out.append(f"{complexity.macs:,} MACs > {self.max_macs:,}")
+        return out
+
+    def fits(self, complexity) -> bool:
+        return not self.violations(complexity)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_DCASE = Budget("dcase2024", max_param_bytes=128_000, max_macs=30_000_000)
+PRESETS: dict[str, Budget] = {
+    "dcase2024": _DCASE,
+    "dcase2023": replace(_DCASE, name="dcase2023"),
+    "cortex-m4": replace(_DCASE, name="cortex-m4"),
+}
+DEFAULT_BUDGET = _DCASE
+
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+_KEYS = {
+    "bytes": "max_param_bytes",
+    "param_bytes": "max_param_bytes",
+    "macs": "max_macs",
+    "dtype": "weight_dtype",
+}
+
+
+def _number(key: str, text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)\s*", text.lower())
+    if not match:
+        raise BudgetError(
+            f"budget {key}={text!r} is not a number; write e.g. {key}=30M, {key}=128k or "
+            f"{key}=30000000"
+        )
+    return int(round(float(match.group(1)) * _SUFFIX[match.group(2)]))
+
+
+def parse_budget(spec: str | None) -> Budget:
+    """Parse ``--budget``: a preset name, ``key=value`` overrides, or both.
+
+    Examples: ``dcase2024``, ``macs=10M,bytes=64k``, ``dcase2023,macs=20M``, ``dtype=float16``.
+    """
+    if spec is None or not spec.strip():
+        return DEFAULT_BUDGET
+    budget, preset, overrides = DEFAULT_BUDGET, None, {}
+    for i, part in enumerate(p.strip() for p in spec.split(",")):
+        if "=" not in part:
+            if i != 0:
+                raise BudgetError(f"budget preset {part!r} must come first in {spec!r}")
+            if part not in PRESETS:
+                raise BudgetError(
+                    f"unknown budget preset {part!r}; choose one of {sorted(PRESETS)} or give "
+                    "limits as bytes=128k,macs=30M"
+                )
+            budget, preset = PRESETS[part], part
+            continue
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in _KEYS:
+            raise BudgetError(f"unknown budget key {key!r} in {spec!r}; use bytes, macs or dtype")
+        overrides[_KEYS[key]] = value if key == "dtype" else _number(key, value)
+    if overrides:
+        name = f"{preset}+custom" if preset else "custom"
+        budget = replace(budget, name=name, **overrides)
+    return budget

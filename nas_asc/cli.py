@@ -1,0 +1,337 @@
+"""The ``nas-asc`` command line: parses, calls the pipeline stages, reports errors in one line.
+
+Commands: ``search``, ``complexity``, ``data synth``, ``teacher``, ``report``. A problem with the
+user's input (a bad flag value, a malformed space or dataset, an unknown study) is printed as one
+line ``nas-asc: error: ...`` with exit code 2; set ``NAS_ASC_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from nas_asc import __version__
+from nas_asc.errors import NasAscError
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_TRIALS = 12
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find help), not a usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite:///studies/<study>.db in the working folder)",
+    )
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="root of a TAU Urban Acoustic Scenes 2022 Mobile development set "
+        "(default: the embedded synthetic dataset, generated once into the cache)",
+    )
+    p.add_argument(
+        "--train-split",
+        default="fold1",
+        help="training split: fold1 (evaluation_setup/fold1_train.csv) or a DCASE 2024 subset "
+        "split5, split10, split25, split50, split100 (default: fold1)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="nas-asc",
+        description="Search architectures and hyperparameters for low-complexity acoustic scene "
+        "classification under microcontroller budgets (DCASE Task 1).",
+    )
+    parser.add_argument("--version", action="version", version=f"nas-asc {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+
+    p = sub.add_parser("search", help="run (or continue) a search and write its report")
+    p.add_argument(
+        "--space", required=True, help="search space name (search_spaces/NAME.yaml) or path"
+    )
+    p.add_argument("--study", help="study name (default: the space name)")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=DEFAULT_TRIALS,
+        help=f"finished trials the study should reach (default: {DEFAULT_TRIALS})",
+    )
+    p.add_argument("--timeout", type=_positive_float, help="stop starting trials after SECONDS")
+    p.add_argument("--seed", type=int, default=0, help="study seed; trial seeds derive from it")
+    _add_data(p)
+    _add_storage(p)
+    p.add_argument(
+        "--budget",
+        help="budget preset and/or limits, e.g. dcase2024 or "
+        "bytes=64k,macs=10M (default: dcase2024: 128,000 B, 30,000,000 MACs)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="maximum epochs per trial (the upper bound of train.epochs)",
+    )
+    p.add_argument(
+        "--reports",
+        type=Path,
+        default=Path("reports"),
+        help="folder for reports/<study>/ (default: reports)",
+    )
+
+    p = sub.add_parser("complexity", help="count parameters, parameter bytes and MACs of a model")
+    p.add_argument("model", help="registered model family, e.g. tfsepnet")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set width=40 (repeatable)",
+    )
+    p.add_argument("--input", default="1x128x44", help="model input CxFxT (default: 1x128x44)")
+    p.add_argument("--budget", help="budget to check against (default: dcase2024)")
+    p.add_argument(
+        "--json", action="store_true", help='print {"params": ..., "param_bytes": ..., "macs": ...}'
+    )
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND", parser_class=_Parser
+    )
+    s = data_sub.add_parser("synth", help="generate the synthetic dataset in the TAU22 layout")
+    s.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
+    s.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+
+    p = sub.add_parser("teacher", help="train and cache the teacher ensemble for a dataset")
+    _add_data(p)
+    p.add_argument("--members", type=_positive_int, help="ensemble size")
+    p.add_argument("--width", type=_positive_int, help="TF-SepNet width C of every member")
+    p.add_argument("--epochs", type=_positive_int, help="training epochs per member")
+    p.add_argument("--retrain", action="store_true", help="train again even if cached")
+
+    p = sub.add_parser("report", help="write the Pareto report of a study")
+    p.add_argument("--study", required=True, help="study name")
+    _add_storage(p)
+    p.add_argument(
+        "--reports",
+        type=Path,
+        default=Path("reports"),
+        help="folder for reports/<study>/ (default: reports)",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_dataset(data: Path | None, train_split: str, progress: bool):
+    from nas_asc.data.synth import default_dataset
+    from nas_asc.data.tau22 import load_tau22
+
+    if data is None:
+        root = default_dataset(progress=progress)
+        return load_tau22(root, train_split=train_split), f"synthetic ({root})"
+    return load_tau22(data, train_split=train_split), str(Path(data).resolve())
+
+
+def _writable_dir(path: Path, what: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NasAscError(
+            f"cannot create {what} folder {path}: {exc.strerror}; choose another"
+        ) from None
+    if not os.access(path, os.W_OK):
+        raise NasAscError(f"{what} folder {path} is not writable; choose another")
+    return path
+
+
+def _write_report(study, reports: Path, quiet: bool):
+    from nas_asc.report.pareto import format_pareto_table, pareto_frame, write_report
+
+    out = _writable_dir(reports / study.study_name, "reports")
+    paths = write_report(study, out)
+    print(format_pareto_table(pareto_frame(study)))
+    return paths
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas_asc.budget import parse_budget
+    from nas_asc.search.objective import SearchContext
+    from nas_asc.search.optuna_backend import SearchSettings, default_storage, run_search
+    from nas_asc.search.space import load_space
+    from nas_asc.train.teacher import get_teacher
+
+    started = time.perf_counter()
+    progress = not args.quiet
+    space = load_space(args.space)
+    if args.epochs is not None:
+        space = space.with_max_epochs(args.epochs)
+    budget = parse_budget(args.budget)
+    study_name = args.study or space.name
+    storage = args.storage or default_storage(study_name)
+    _writable_dir(args.reports, "reports")
+    dataset, data_label = _load_dataset(args.data, args.train_split, progress)
+    teacher = get_teacher(dataset, progress=progress)
+    context = SearchContext(space, budget, dataset, teacher.logits, args.seed, progress)
+    settings = SearchSettings(study_name, storage, args.trials, args.timeout, args.seed)
+    study = run_search(context, settings, data_label)
+    paths = _write_report(study, args.reports, args.quiet)
+    states = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
+    print(
+        f"\n{len(study.trials)} trials ({states.count('trained')} trained, "
+        f"{states.count('infeasible')} over budget, {states.count('failed')} failed) "
+        f"in {time.perf_counter() - started:.0f} s\n"
+        f"study:   {storage} (study {study_name!r})\n"
+        f"reports: {paths.pareto_html}\n"
+        f"         {paths.pareto_csv}\n"
+        f"         {paths.trials_csv}"
+    )
+    return 0
+
+
+def _parse_set(items: Sequence[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise NasAscError(f"--set takes KEY=VALUE, got {item!r}; e.g. --set width=40")
+        parsed = yaml.safe_load(value) if value.strip() else value
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
+def cmd_complexity(args: argparse.Namespace) -> int:
+    from nas_asc.budget import parse_budget
+    from nas_asc.complexity import count, parse_input_shape
+    from nas_asc.models import create_model
+
+    budget = parse_budget(args.budget)
+    shape = parse_input_shape(args.input)
+    model = create_model(args.model, **_parse_set(args.set))
+    c = count(model, shape, budget.weight_dtype)
+    if args.json:
+        print(json.dumps({"params": c.params, "param_bytes": c.param_bytes, "macs": c.macs}))
+        return 0
+    violations = budget.violations(c)
+    verdict = "within budget" if not violations else "OVER budget: " + "; ".join(violations)
+    print(
+        f"{args.model} on input {'x'.join(map(str, shape[1:]))}\n"
+        f"  parameters       {c.params:>12,}\n"
+        f"  parameter bytes  {c.param_bytes:>12,}  (limit {budget.max_param_bytes:,})\n"
+        f"  MACs             {c.macs:>12,}  (limit {budget.max_macs:,})\n"
+        f"  {verdict} ({budget.name})"
+    )
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from nas_asc.data.synth import SynthConfig, generate
+
+    out = generate(args.out, SynthConfig(seed=args.seed), progress=not args.quiet)
+    print(f"synthetic TAU22-layout dataset written to {out}")
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from nas_asc.train.teacher import TeacherConfig, get_teacher
+
+    config = TeacherConfig()
+    overrides = {k: getattr(args, k) for k in ("members", "width") if getattr(args, k)}
+    if args.epochs:
+        overrides["train"] = dataclasses.replace(config.train, epochs=args.epochs)
+    config = dataclasses.replace(config, **overrides)
+    dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
+    teacher = get_teacher(dataset, config, progress=not args.quiet, retrain=args.retrain)
+    for i, m in enumerate(teacher.report["members"]):
+        print(
+            f"member {i}: seed {m['seed']}, MixStyle p={m['mixstyle_p']}: "
+            f"accuracy {m['accuracy']:.1%}"
+        )
+    print(f"ensemble accuracy: {teacher.report['ensemble_accuracy']:.1%}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from nas_asc.search.optuna_backend import default_storage, open_study
+
+    storage = args.storage
+    if storage is None:
+        db = Path("studies") / f"{args.study}.db"
+        if not db.exists():
+            raise NasAscError(
+                f"no study database {db}; run `nas-asc search --study {args.study}` first or "
+                "pass --storage"
+            )
+        storage = default_storage(args.study)
+    study = open_study(args.study, storage)
+    paths = _write_report(study, args.reports, args.quiet)
+    print(f"reports: {paths.pareto_html}\n         {paths.pareto_csv}\n         {paths.trials_csv}")
+    return 0
+
+
+_COMMANDS = {
+    "search": cmd_search,
+    "complexity": cmd_complexity,
+    "data": cmd_data,
+    "teacher": cmd_teacher,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("nas-asc: interrupted", file=sys.stderr)
+        return 130
+    except (NasAscError, ValueError, TypeError, OSError) as exc:
+        if os.environ.get("NAS_ASC_DEBUG"):
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename:
+            message = f"{exc.strerror or exc}: {exc.filename}"
+        print(f"nas-asc: error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,197 @@
+"""Log-mel front end (torchaudio) and the on-disk feature cache.
+
+Log-mel spectrograms are computed once per (dataset, front end) for every clip the dataset's
+metadata names, stored as float16 under ``<cache root>/features/`` (written atomically, keyed by
+the dataset fingerprint and the front-end configuration) and shared by every trial whose front end
+matches. Trials read them as one in-memory tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+
+from nas_asc._cache import atomic_file, cache_root, content_key
+
+__all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features"]
+
+_LOG = logging.getLogger(__name__)
+_VERSION = 1  # bump when the computation changes, so stale caches are not reused
+_CHUNK = 256  # clips per batched resample + STFT
+
+
+@dataclass(frozen=True)
+class FrontEnd:
+    sample_rate: int = 32000  # audio is resampled to this rate first (Hz)
+    n_fft: int = 2048  # FFT size (samples)
+    win_length: int = 2048  # analysis window length (samples)
+    hop_length: int = 744  # hop (samples); 744 at 32 kHz gives 44 frames per second
+    n_mels: int = 128  # Mel bins
+    f_min: float = 0.0  # lowest Mel filter edge (Hz)
+    f_max: float | None = None  # highest Mel filter edge (Hz); None means sample_rate / 2
+    window: str = "hann"  # analysis window: hann|hamming
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"front end {name} must be a positive integer, got {value!r}")
+        if self.win_length > self.n_fft:
+            raise ValueError(
+                f"front end win_length ({self.win_length}) must not exceed n_fft ({self.n_fft})"
+            )
+        if self.window not in _WINDOWS:
+            raise ValueError(
+                f"front end window must be one of {sorted(_WINDOWS)}, got {self.window!r}"
+            )
+        nyquist = self.sample_rate / 2
+        f_max = nyquist if self.f_max is None else self.f_max
+        if not 0 <= self.f_min < f_max <= nyquist:
+            raise ValueError(
+                f"front end needs 0 <= f_min < f_max <= sample_rate/2 ({nyquist:g} Hz), "
+                f"got f_min={self.f_min}, f_max={self.f_max}"
+            )
+
+    def frames(self, seconds: float = 1.0) -> int:
+        """Number of frames for a clip of ``seconds`` (centered STFT)."""
+        return int(round(seconds * self.sample_rate)) // self.hop_length + 1
+
+    def input_shape(self, seconds: float = 1.0) -> tuple[int, int, int]:
+        """Shape of one model input, ``(1, n_mels, frames)``."""
+        return (1, self.n_mels, self.frames(seconds))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
+
+
+def logmel(waves: torch.Tensor, source_rate: int, frontend: FrontEnd) -> torch.Tensor:
+    """Log-mel spectrograms ``(batch, n_mels, frames)`` of ``waves`` ``(batch, samples)``."""
+    if source_rate != frontend.sample_rate:
+        waves = torchaudio.functional.resample(waves, source_rate, frontend.sample_rate)
+    mel = torchaudio.transforms.MelSpectrogram(
+        sample_rate=frontend.sample_rate,
+        n_fft=frontend.n_fft,
+        win_length=frontend.win_length,
+        hop_length=frontend.hop_length,
+        f_min=frontend.f_min,
+        f_max=frontend.f_max,
+        n_mels=frontend.n_mels,
+        window_fn=_WINDOWS[frontend.window],
+        power=2.0,
+    )
+    return torch.log(mel(waves) + 1e-5)
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split, held in memory as one tensor."""
+
+    x: torch.Tensor  # (clips, 1, n_mels, frames), normalized float32
+    y: torch.Tensor  # (clips,) scene index
+    devices: list[str]  # recording device of each clip
+    filenames: list[str]  # relative file names, as in meta.csv
+    rows: torch.Tensor  # (clips,) row of each clip in meta.csv (teacher logits are indexed by it)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _cache_path(dataset, frontend: FrontEnd) -> Path:
+    key = content_key(_VERSION, dataset.fingerprint, frontend.to_dict())
+    return cache_root() / "features" / f"logmel-{key}.pt"
+
+
+def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    from nas_asc.data.tau22 import read_audio
+
+    seconds = 1.0
+    out = torch.empty(
+        len(filenames), frontend.n_mels, frontend.frames(seconds), dtype=torch.float16
+    )
+    bar = tqdm(
+        total=len(filenames),
+        desc=f"log-mel {frontend.n_mels} bins",
+        unit="clip",
+        disable=not progress,
+    )
+    notes: set[str] = set()
+    for start in range(0, len(filenames), _CHUNK):
+        names = filenames[start : start + _CHUNK]
+        by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, name in enumerate(names):
+            wave, rate = read_audio(dataset.path(name))
+            by_rate.setdefault(rate, []).append((start + i, wave))
+        for rate, items in by_rate.items():
+            if rate != 44100:
+                notes.add(f"{rate} Hz")
+            length = int(round(seconds * rate))
+            batch = np.zeros((len(items), length), dtype=np.float32)
+            for j, (_, wave) in enumerate(items):  # pad or trim to exactly one second
+                batch[j, : min(length, len(wave))] = wave[:length]
+            feats = logmel(torch.from_numpy(batch), rate, frontend)
+            out[[idx for idx, _ in items]] = feats.to(torch.float16)
+        bar.update(len(names))
+    bar.close()
+    if notes:
+        _LOG.warning(
+            "resampled clips recorded at %s to %d Hz",
+            ", ".join(sorted(notes)),
+            frontend.sample_rate,
+        )
+    return out
+
+
+def _cached_logmel(dataset, frontend: FrontEnd, progress: bool) -> tuple[list[str], torch.Tensor]:
+    path = _cache_path(dataset, frontend)
+    if path.exists():
+        blob = torch.load(path, weights_only=True)
+        return blob["filenames"], blob["logmel"]
+    filenames = sorted(set(dataset.train.filename) | set(dataset.evaluate.filename))
+    feats = _compute(dataset, filenames, frontend, progress)
+    with atomic_file(path) as fh:
+        torch.save({"filenames": filenames, "logmel": feats, "frontend": frontend.to_dict()}, fh)
+    return filenames, feats
+
+
+def load_features(
+    dataset, frontend: FrontEnd, progress: bool = True
+) -> tuple[FeatureSet, FeatureSet]:
+    """Train and evaluate :class:`FeatureSet` of a loaded TAU22 dataset for ``frontend``.
+
+    Features are normalized by the mean and standard deviation of the training split (one scalar
+    each), which the deployed front end applies as well.
+    """
+    filenames, feats = _cached_logmel(dataset, frontend, progress)
+    index = {name: i for i, name in enumerate(filenames)}
+    splits = []
+    for frame in (dataset.train, dataset.evaluate):
+        idx = torch.tensor([index[name] for name in frame.filename], dtype=torch.long)
+        splits.append((frame, feats[idx].float()))
+    train_x = splits[0][1]
+    mean, std = train_x.mean(), train_x.std()
+    if not math.isfinite(float(std)) or float(std) == 0.0:
+        raise ValueError("training features have zero or non-finite variance; is the audio silent?")
+    sets = []
+    for frame, x in splits:
+        sets.append(
+            FeatureSet(
+                x=((x - mean) / std).unsqueeze(1).contiguous(),
+                y=torch.tensor(frame.label.to_numpy(), dtype=torch.long),
+                devices=list(frame.device),
+                filenames=list(frame.filename),
+                rows=torch.tensor(frame.row.to_numpy(), dtype=torch.long),
+            )
+        )
+    return sets[0], sets[1]

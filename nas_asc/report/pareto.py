@@ -1,0 +1,593 @@
+"""Trial table, Pareto table and an interactive Pareto plot from an Optuna study.
+
+The study maximises int8 accuracy and minimises MACs and parameter bytes
+(``study.set_metric_names(["int8_accuracy", "macs", "param_bytes"])``). Each trial's user
+attributes carry its status (``trained``, ``infeasible`` or ``failed``), complexity, accuracies
+(fractions in [0, 1]) and sampled config; infeasible trials are complete with values
+``(0.0, macs, param_bytes)`` and positive constraints, so Optuna's constraint-aware
+``study.best_trials`` already leaves them out of the Pareto front.
+
+Example:
+    >>> paths = write_report(study, "reports/tfsepnet")  # doctest: +SKIP
+    >>> print(format_pareto_table(pareto_frame(study)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = [
+    "DEVICES",
+    "ReportPaths",
+    "format_pareto_table",
+    "pareto_frame",
+    "trials_frame",
+    "write_report",
+]
+
+DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
+
+_INT_COLUMNS = ("macs", "param_bytes", "params")
+_FLOAT_COLUMNS = (
+    "int8_accuracy",
+    "fp32_accuracy",
+    "seen_accuracy",
+    "unseen_accuracy",
+    "int8_log_loss",
+    "train_seconds",
+)
+_BASE_COLUMNS = (
+    "trial",
+    "state",
+    "status",
+    "feasible",
+    "int8_accuracy",
+    "fp32_accuracy",
+    "macs",
+    "param_bytes",
+    "params",
+    "seen_accuracy",
+    "unseen_accuracy",
+    "int8_log_loss",
+    "train_seconds",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Trial bookkeeping
+# --------------------------------------------------------------------------------------------
+
+
+def _status(trial: FrozenTrial) -> str | None:
+    status = trial.user_attrs.get("status")
+    if status is not None:
+        return str(status)
+    if trial.state == TrialState.FAIL:
+        return "failed"
+    return None
+
+
+def _feasible(trial: FrozenTrial) -> bool | None:
+    """The ``feasible`` user attribute, else whether every constraint is <= 0, else unknown."""
+    feasible = trial.user_attrs.get("feasible")
+    if isinstance(feasible, bool):
+        return feasible
+    if trial.constraints:
+        return all(value <= 0.0 for value in trial.constraints.values())
+    return None
+
+
+def _is_trained_feasible(trial: FrozenTrial) -> bool:
+    return (
+        trial.state == TrialState.COMPLETE
+        and _status(trial) in ("trained", None)
+        and _feasible(trial) is not False
+    )
+
+
+def _pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto-optimal trials among the complete, trained and feasible ones.
+
+    Uses Optuna's constraint-aware ``best_trials``. Should its front contain a trial that is
+    not trained or not feasible by the user attributes (e.g. one whose constraints were not
+    set), the front is recomputed by Optuna over the trained, feasible trials alone, in a
+    scratch in-memory study, so that such a trial cannot hide the trials it dominates.
+    """
+    if len(study.directions) < 2:
+        raise ValueError(
+            f"study {study.study_name!r} is single-objective; the Pareto report needs the "
+            "(int8_accuracy, macs, param_bytes) objectives"
+        )
+    front = study.best_trials
+    if all(_is_trained_feasible(t) for t in front):
+        return front
+    candidates = [t for t in study.get_trials(deepcopy=False) if _is_trained_feasible(t)]
+    if not candidates:
+        return []
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        scratch = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    scratch.add_trials(candidates)  # numbered 0, 1, ... in order
+    return [candidates[t.number] for t in scratch.best_trials]
+
+
+def _metric_values(study: optuna.Study, trial: FrozenTrial) -> dict[str, float]:
+    names = study.metric_names
+    if not names or trial.values is None or len(names) != len(trial.values):
+        return {}
+    return dict(zip(names, trial.values, strict=True))
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial of ``study`` (all states).
+
+    Args:
+        study: A multi-objective study written by the search.
+
+    Returns:
+        Columns ``trial``, ``state``, ``status``, ``feasible``, ``int8_accuracy``,
+        ``fp32_accuracy``, ``macs``, ``param_bytes``, ``params``, ``seen_accuracy``,
+        ``unseen_accuracy``, ``int8_log_loss``, ``train_seconds``, ``acc_<device>`` (devices
+        a, b, c, s1..s6, then any others), ``infeasible_reason``, one column per sampled
+        parameter (dotted names, in first-seen order) and ``pareto``. Missing numbers are NaN
+        (``<NA>`` in the integer columns), a missing status or feasibility is ``<NA>``.
+    """
+    trials = study.get_trials(deepcopy=False)
+    pareto = {t.number for t in _pareto_trials(study)} if trials else set()
+    devices = list(DEVICES)
+    param_names: list[str] = []
+    for trial in trials:
+        by_device = trial.user_attrs.get("accuracy_by_device")
+        if isinstance(by_device, Mapping):
+            devices += sorted(str(d) for d in by_device if str(d) not in devices)
+        param_names += [name for name in trial.params if name not in param_names]
+
+    rows = []
+    for trial in trials:
+        attrs = trial.user_attrs
+        values = _metric_values(study, trial)
+        row: dict[str, Any] = {
+            "trial": trial.number,
+            "state": trial.state.name,
+            "status": _status(trial),
+            "feasible": _feasible(trial),
+        }
+        for column in _BASE_COLUMNS[4:]:
+            value = attrs.get(column)
+            if value is None and column in values and column != "int8_accuracy":
+                value = values[column]  # complexity objectives, when the attribute is missing
+            if value is None and column == "int8_accuracy" and _status(trial) == "trained":
+                value = values.get(column)
+            row[column] = _number(value)
+        by_device = attrs.get("accuracy_by_device")
+        by_device = by_device if isinstance(by_device, Mapping) else {}
+        for device in devices:
+            row[f"acc_{device}"] = _number(by_device.get(device))
+        reason = attrs.get("infeasible_reason")
+        row["infeasible_reason"] = None if reason is None else str(reason)
+        for name in param_names:
+            row[name] = trial.params.get(name)
+        row["pareto"] = trial.number in pareto
+        rows.append(row)
+
+    columns = [
+        *_BASE_COLUMNS,
+        *(f"acc_{d}" for d in devices),
+        "infeasible_reason",
+        *param_names,
+        "pareto",
+    ]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["trial"] = frame["trial"].astype("int64")
+    for column in _INT_COLUMNS:
+        frame[column] = frame[column].round().astype("Int64")
+    for column in (*_FLOAT_COLUMNS, *(f"acc_{d}" for d in devices)):
+        frame[column] = frame[column].astype("float64")
+    frame["feasible"] = frame["feasible"].astype("boolean")
+    frame["pareto"] = frame["pareto"].astype(bool)
+    return frame
+
+
+def pareto_frame(study: optuna.Study) -> pd.DataFrame:
+    """The Pareto-optimal, feasible, trained trials, sorted by MACs then parameter bytes.
+
+    Args:
+        study: A multi-objective study written by the search.
+
+    Returns:
+        The rows of ``trials_frame(study)`` with ``pareto`` true, re-indexed from 0.
+    """
+    frame = trials_frame(study)
+    front = frame[frame["pareto"]]
+    return front.sort_values(["macs", "param_bytes", "trial"], kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # containers
+        return False
+
+
+def _known_false(value: Any) -> bool:
+    return not _missing(value) and not bool(value)
+
+
+def _status_of(row: Mapping[str, Any]) -> str | None:
+    status = row.get("status")
+    return None if _missing(status) else str(status)
+
+
+def format_macs(value: Any) -> str:
+    """MACs with an SI prefix, e.g. ``10.22 M``; ``-`` when missing."""
+    if _missing(value):
+        return "-"
+    value = float(value)
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}"
+    return f"{value:.0f}"
+
+
+def format_bytes(value: Any) -> str:
+    """Bytes with a decimal prefix, e.g. ``57.5 kB``; ``-`` when missing."""
+    if _missing(value):
+        return "-"
+    value = float(value)
+    for scale, prefix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f} {prefix}"
+    return f"{value:.0f} B"
+
+
+def _percent(value: Any) -> str:
+    return "-" if _missing(value) else f"{100.0 * float(value):.2f}"
+
+
+def format_pareto_table(frame: pd.DataFrame) -> str:
+    """A fixed-width terminal table of a ``pareto_frame``.
+
+    Args:
+        frame: Rows with ``trial``, ``int8_accuracy``, ``macs``, ``param_bytes`` and, when
+            present, ``seen_accuracy`` and ``unseen_accuracy``.
+
+    Returns:
+        The table (header, rule, one line per trial), or one line saying the front is empty.
+    """
+    if frame is None or len(frame) == 0:
+        return "Pareto front: empty (no trained trial within the budget yet)"
+    header = ("trial", "int8 acc %", "MACs", "param bytes", "seen %", "unseen %")
+    rows = [
+        (
+            str(int(row["trial"])),
+            _percent(row.get("int8_accuracy")),
+            format_macs(row.get("macs")),
+            format_bytes(row.get("param_bytes")),
+            _percent(row.get("seen_accuracy")),
+            _percent(row.get("unseen_accuracy")),
+        )
+        for _, row in frame.iterrows()
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where ``write_report`` put its files.
+
+    Attributes:
+        directory: The report directory.
+        trials_csv: Every trial (``trials_frame``).
+        pareto_csv: The Pareto-optimal trials (``pareto_frame``).
+        pareto_html: The self-contained interactive plot.
+    """
+
+    directory: Path
+    trials_csv: Path
+    pareto_csv: Path
+    pareto_html: Path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _budget(study: optuna.Study) -> dict[str, Any]:
+    """The study's budget (``name``, ``max_macs``, ``max_param_bytes``); unusable parts dropped."""
+    raw = study.user_attrs.get("budget")
+    if not isinstance(raw, Mapping):
+        return {}
+    budget: dict[str, Any] = {"name": str(raw.get("name") or "budget")}
+    for key in ("max_macs", "max_param_bytes"):
+        value = _number(raw.get(key))
+        if math.isfinite(value) and value > 0:
+            budget[key] = value
+    return budget
+
+
+def _flatten(config: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(config, Mapping):
+        return [(prefix, config)] if prefix else []
+    items: list[tuple[str, Any]] = []
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            items += _flatten(value, name)
+        else:
+            items.append((name, value))
+    return items
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _hover(trial: FrozenTrial, row: Mapping[str, Any]) -> str:
+    status = _status_of(row) or trial.state.name.lower()
+    lines = [f"<b>trial {trial.number}</b> ({status})"]
+    if not _missing(row.get("int8_accuracy")) and status == "trained":
+        lines.append(f"int8 accuracy: {_percent(row['int8_accuracy'])} %")
+        if not _missing(row.get("fp32_accuracy")):
+            lines.append(f"fp32 accuracy: {_percent(row['fp32_accuracy'])} %")
+    lines.append(f"MACs: {format_macs(row.get('macs'))}")
+    lines.append(f"parameter bytes: {format_bytes(row.get('param_bytes'))}")
+    reason = row.get("infeasible_reason")
+    if not _missing(reason) and reason:
+        lines.append(f"infeasible: {reason}")
+    config = trial.user_attrs.get("config")
+    items = _flatten(config) if isinstance(config, Mapping) else list(trial.params.items())
+    if items:
+        lines.append("<i>configuration</i>")
+        lines += [f"{name} = {_format_value(value)}" for name, value in items]
+    return "<br>".join(str(line).replace("\n", " ") for line in lines)
+
+
+def _staircase(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """The best accuracy reachable at or below each complexity: the 2-D front as a staircase."""
+    best = -math.inf
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for x, y in sorted(zip(xs, ys, strict=True), key=lambda p: (p[0], -p[1])):
+        if y > best:
+            best = y
+            out_x.append(x)
+            out_y.append(y)
+    return out_x, out_y
+
+
+def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    budget = _budget(study)
+    axes = (("macs", "MACs", "max_macs"), ("param_bytes", "parameter bytes", "max_param_bytes"))
+
+    records = frame.to_dict("records")
+    trained = [
+        r
+        for r in records
+        if r["state"] == "COMPLETE"
+        and _status_of(r) in ("trained", None)
+        and not _known_false(r["feasible"])
+        and not _missing(r["int8_accuracy"])
+    ]
+    front = [r for r in trained if r["pareto"]]
+    others = [r for r in trained if not r["pareto"]]
+    infeasible = [
+        r
+        for r in records
+        if (_status_of(r) == "infeasible" or _known_false(r["feasible"]))
+        and not _missing(r["macs"])
+        and not _missing(r["param_bytes"])
+    ]
+    n_failed = sum(1 for r in records if _status_of(r) == "failed" or r["state"] == "FAIL")
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.06,
+        subplot_titles=("int8 accuracy vs MACs", "int8 accuracy vs parameter bytes"),
+    )
+    accuracies = [100.0 * r["int8_accuracy"] for r in trained]
+    y_top = max([*accuracies, 10.0]) * 1.08
+    for col, (key, label, budget_key) in enumerate(axes, start=1):
+        show = col == 1
+
+        def xs(rows: list[dict], key: str = key) -> list[float]:
+            return [float(r[key]) for r in rows]
+
+        def hovers(rows: list[dict]) -> list[str]:
+            return [_hover(trials[r["trial"]], r) for r in rows]
+
+        if others:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs(others),
+                    y=[100.0 * r["int8_accuracy"] for r in others],
+                    mode="markers",
+                    name="trained, dominated",
+                    legendgroup="dominated",
+                    showlegend=show,
+                    marker={"color": "#7f9cc4", "size": 8, "opacity": 0.7},
+                    hovertext=hovers(others),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        if front:
+            step_x, step_y = _staircase(xs(front), [100.0 * r["int8_accuracy"] for r in front])
+            fig.add_trace(
+                go.Scatter(
+                    x=step_x,
+                    y=step_y,
+                    mode="lines",
+                    line={"shape": "hv", "color": "#d62728", "width": 2},
+                    name="Pareto front (best accuracy within complexity)",
+                    legendgroup="front-line",
+                    showlegend=show,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=col,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=xs(front),
+                    y=[100.0 * r["int8_accuracy"] for r in front],
+                    mode="markers+text",
+                    text=[str(r["trial"]) for r in front],
+                    textposition="top center",
+                    name="Pareto-optimal trial",
+                    legendgroup="front",
+                    showlegend=show,
+                    marker={
+                        "color": "#d62728",
+                        "size": 11,
+                        "symbol": "diamond",
+                        "line": {"color": "black", "width": 1},
+                    },
+                    hovertext=hovers(front),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        if infeasible:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs(infeasible),
+                    y=[0.0] * len(infeasible),
+                    mode="markers",
+                    name="infeasible (over budget, not trained; drawn at 0 %)",
+                    legendgroup="infeasible",
+                    showlegend=show,
+                    marker={"color": "#7f7f7f", "size": 9, "symbol": "x"},
+                    hovertext=hovers(infeasible),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        limit = budget.get(budget_key)
+        if limit is not None:
+            pretty = format_macs(limit) + " MACs" if key == "macs" else format_bytes(limit)
+            fig.add_trace(
+                go.Scatter(
+                    x=[limit, limit],
+                    y=[0.0, y_top],
+                    mode="lines+text",
+                    text=["", f"{budget['name']}: {pretty}"],
+                    textposition="top left",
+                    line={"color": "black", "dash": "dash", "width": 1.5},
+                    name=f"budget {budget['name']}",
+                    legendgroup="budget",
+                    showlegend=show,
+                    hovertext=f"budget {budget['name']}: {pretty}",
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text=f"{label} (log scale)", type="log", row=1, col=col)
+    fig.update_yaxes(title_text="int8 accuracy (%)", range=[-3.0, y_top * 1.05], row=1, col=1)
+
+    title = f"Study {study.study_name}: {len(trained)} trained, {len(front)} Pareto-optimal, "
+    title += f"{len(infeasible)} infeasible, {n_failed} failed"
+    if budget:
+        title += f" (budget {budget['name']})"
+    fig.update_layout(
+        title={"text": title},
+        template="plotly_white",
+        hoverlabel={"align": "left"},
+        legend={"orientation": "h", "y": -0.18},
+        height=620,
+    )
+    return fig
+
+
+def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
+    """Write ``trials.csv``, ``pareto.csv`` and ``pareto.html`` for ``study`` into ``out_dir``.
+
+    Each file is written atomically (temporary file in ``out_dir``, then ``os.replace``). The
+    HTML is self-contained (plotly.js inlined, works offline): int8 accuracy against MACs and
+    against parameter bytes, the budget limits as labelled dashed lines, the trained trials, the
+    Pareto-optimal ones highlighted and joined by a staircase (the best accuracy reachable within
+    each complexity), infeasible trials as crosses at 0 % and hover text with each trial's
+    number, metrics and full configuration.
+
+    Args:
+        study: A multi-objective study written by the search.
+        out_dir: The report directory; created if missing.
+
+    Returns:
+        The paths written.
+    """
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = ReportPaths(
+        directory=directory,
+        trials_csv=directory / "trials.csv",
+        pareto_csv=directory / "pareto.csv",
+        pareto_html=directory / "pareto.html",
+    )
+    frame = trials_frame(study)
+    front = frame[frame["pareto"]].sort_values(["macs", "param_bytes", "trial"], kind="stable")
+    html = _figure(study, frame).to_html(include_plotlyjs=True, full_html=True)
+    _write_atomic(paths.trials_csv, frame.to_csv(index=False))
+    _write_atomic(paths.pareto_csv, front.reset_index(drop=True).to_csv(index=False))
+    _write_atomic(paths.pareto_html, html)
+    return paths

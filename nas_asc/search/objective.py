@@ -1,0 +1,151 @@
+"""One trial: sample a candidate, gate it on the budget, train it, quantize it, measure it.
+
+Order matters: the candidate's complexity is counted before any training, and a candidate over
+budget is recorded as infeasible (its complexity kept, the violations given to the sampler as
+Optuna constraints) and never trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from nas_asc.budget import Budget
+from nas_asc.complexity import count
+from nas_asc.data.features import FeatureSet, FrontEnd, load_features
+from nas_asc.search.space import SearchSpace
+from nas_asc.train.loop import TrainConfig, evaluate, train
+from nas_asc.train.quantize import quantize_ptq
+
+__all__ = ["SearchContext", "Objective", "OBJECTIVE_NAMES", "DIRECTIONS", "trial_seed"]
+
+_LOG = logging.getLogger(__name__)
+
+OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Seed of one trial, derived from the study seed and the trial number (stable on resume)."""
+    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+@dataclass
+class SearchContext:
+    """What every trial of a search shares: space, budget, data, teacher, seed."""
+
+    space: SearchSpace
+    budget: Budget
+    dataset: Any  # nas_asc.data.tau22.TAU22
+    teacher_logits: torch.Tensor | None
+    seed: int = 0
+    progress: bool = True
+    _features: dict[FrontEnd, tuple[FeatureSet, FeatureSet]] = field(default_factory=dict)
+
+    def features(self, frontend: FrontEnd) -> tuple[FeatureSet, FeatureSet]:
+        """Train/evaluate features for ``frontend``, computed or loaded once per search."""
+        if frontend not in self._features:
+            if len(self._features) >= 2:  # bound memory: keep the two most recent front ends
+                self._features.pop(next(iter(self._features)))
+            self._features[frontend] = load_features(self.dataset, frontend, self.progress)
+        return self._features[frontend]
+
+
+def _describe(cfg: dict) -> str:
+    model = ", ".join(f"{k}={v}" for k, v in cfg["model"].items())
+    return f"{model}, n_mels={cfg['frontend'].get('n_mels')}, epochs={cfg['train'].get('epochs')}"
+
+
+class Objective:
+    """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``."""
+
+    def __init__(self, context: SearchContext) -> None:
+        self.ctx = context
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        try:
+            return self._run(trial)
+        except Exception as exc:
+            # Optuna keeps no exception text; record it so reports and the dashboard show it
+            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        ctx = self.ctx
+        cfg = ctx.space.sample(trial)
+        trial.set_user_attr("config", cfg)
+        frontend = FrontEnd(**cfg["frontend"])
+        recipe = TrainConfig(**cfg["train"])
+        seed = trial_seed(ctx.seed, trial.number)
+        trial.set_user_attr("seed", seed)
+
+        torch.manual_seed(seed)
+        model = _build(ctx.space.model, cfg["model"])
+        c = count(model, frontend.input_shape(), ctx.budget.weight_dtype)
+        trial.set_user_attr("params", c.params)
+        trial.set_user_attr("param_bytes", c.param_bytes)
+        trial.set_user_attr("macs", c.macs)
+        for key, value in ctx.budget.constraints(c).items():
+            trial.set_constraint(key, value)
+        violations = ctx.budget.violations(c)
+        trial.set_user_attr("feasible", not violations)
+        if violations:
+            reason = "; ".join(violations)
+            trial.set_user_attr("status", "infeasible")
+            trial.set_user_attr("infeasible_reason", reason)
+            if ctx.progress:
+                print(
+                    f"trial {trial.number}: {_describe(cfg)} -> over budget ({reason}), "
+                    "not trained",
+                    flush=True,
+                )
+            return 0.0, float(c.macs), float(c.param_bytes)
+
+        train_set, eval_set = ctx.features(frontend)
+        start = time.perf_counter()
+        result = train(model, train_set, recipe, ctx.teacher_logits, seed=seed)
+        fp32 = evaluate(model, eval_set)
+        n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
+        calib_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
+        int8_model = quantize_ptq(model, train_set.x[calib_idx[:n_calib]])
+        int8 = evaluate(int8_model, eval_set)
+        attrs = {
+            "status": "trained",
+            "fp32_accuracy": fp32.accuracy,
+            "int8_accuracy": int8.accuracy,
+            "int8_drop": fp32.accuracy - int8.accuracy,
+            "fp32_log_loss": fp32.log_loss,
+            "int8_log_loss": int8.log_loss,
+            "accuracy_by_device": int8.accuracy_by_device,
+            "fp32_accuracy_by_device": fp32.accuracy_by_device,
+            "seen_accuracy": int8.seen_accuracy,
+            "unseen_accuracy": int8.unseen_accuracy,
+            "confusion": int8.confusion.tolist(),
+            "train_seconds": result.seconds,
+            "trial_seconds": time.perf_counter() - start,
+            "history": result.history,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        if ctx.progress:
+            print(
+                f"trial {trial.number}: {_describe(cfg)} -> int8 {int8.accuracy:.1%} "
+                f"(fp32 {fp32.accuracy:.1%}), {c.macs / 1e6:.2f} M MACs, "
+                f"{c.param_bytes / 1e3:.1f} kB, {result.seconds:.0f} s",
+                flush=True,
+            )
+        return int8.accuracy, float(c.macs), float(c.param_bytes)
+
+
+def _build(family: str, model_cfg: dict) -> torch.nn.Module:
+    from nas_asc.models import create_model
+
+    return create_model(family, **model_cfg)

@@ -1,0 +1,239 @@
+"""Tests for the synthetic TAU22-layout dataset generator (tiny configs only)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+
+from nas_asc.data.synth import SYNTH_VERSION, SynthConfig, default_dataset, generate
+from nas_asc.data.tau22 import (
+    DEVICES,
+    SAMPLE_RATE,
+    SCENES,
+    SEEN_DEVICES,
+    UNSEEN_DEVICES,
+    load_tau22,
+    parse_filename,
+)
+from nas_asc.errors import DatasetError
+
+TINY = SynthConfig(
+    seed=3,
+    cities=("lisbon", "paris"),
+    train_locations=2,
+    eval_locations=1,
+    train_segments=1,
+    eval_segments=1,
+    train_clips_per_segment=2,
+    eval_clips_per_segment=1,
+    parallel_fraction=0.1,
+)
+SMALL = SynthConfig(
+    cities=("prague",),
+    train_locations=1,
+    eval_locations=1,
+    train_segments=1,
+    eval_segments=1,
+    train_clips_per_segment=1,
+    eval_clips_per_segment=1,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny generated dataset shared by the read-only tests of this module."""
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", TINY, progress=False)
+
+
+def _lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n") and "\r" not in text
+    return text[:-1].split("\n")
+
+
+def _table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_layout_and_headers(tiny: Path) -> None:
+    expected = {
+        "meta.csv": ["filename", "scene_label", "identifier", "source_label"],
+        "evaluation_setup/fold1_train.csv": ["filename", "scene_label"],
+        "evaluation_setup/fold1_evaluate.csv": ["filename", "scene_label"],
+        "evaluation_setup/fold1_test.csv": ["filename"],
+        **{f"split_setup/split{p}.csv": ["filename", "scene_label"] for p in (5, 10, 25, 50, 100)},
+    }
+    for name, header in expected.items():
+        lines = _lines(tiny / name)
+        assert lines[0] == "\t".join(header), name
+        assert len(lines) > 1, name
+        for line in lines:
+            assert "," not in line
+            assert len(line.split("\t")) == len(header), (name, line)
+    meta = _table(tiny / "meta.csv")
+    row = meta.iloc[0]
+    clip = parse_filename(row["filename"])
+    assert row["filename"].startswith("audio/")
+    assert row["scene_label"] == clip.scene
+    assert row["identifier"] == clip.identifier
+    assert row["source_label"] == clip.device
+    on_disk = {f"audio/{p.name}" for p in (tiny / "audio").iterdir()}
+    assert on_disk == set(meta["filename"])
+    assert meta["filename"].is_unique
+    info = json.loads((tiny / "synth.json").read_text())
+    assert info["version"] == SYNTH_VERSION
+    assert info["config"] == json.loads(json.dumps(asdict(TINY)))
+    assert not list(tiny.parent.glob(".*tmp"))  # atomic_dir left no temporary sibling
+
+
+def test_loads_and_folds_are_consistent(tiny: Path) -> None:
+    data = load_tau22(tiny)
+    meta = _table(tiny / "meta.csv")
+    assert len(data.train) + len(data.evaluate) == len(meta)
+    assert set(data.train["scene_label"]) == set(SCENES)
+    assert set(data.evaluate["scene_label"]) == set(SCENES)
+    test = _table(tiny / "evaluation_setup" / "fold1_test.csv")
+    assert test["filename"].tolist() == data.evaluate["filename"].tolist()
+    previous: set[str] = set()
+    for percent in (5, 10, 25, 50, 100):
+        subset = set(load_tau22(tiny, f"split{percent}").train["filename"])
+        assert previous <= subset  # nested, as in DCASE 2024
+        previous = subset
+    assert previous == set(data.train["filename"])
+
+
+def test_device_split(tiny: Path) -> None:
+    data = load_tau22(tiny)
+    train_devices = data.train["device"]
+    assert set(train_devices) == set(SEEN_DEVICES)
+    assert not set(train_devices) & set(UNSEEN_DEVICES)
+    assert (train_devices == "a").mean() > 0.5
+    assert set(data.evaluate["device"]) == set(DEVICES)
+    # Evaluation clips are parallel recordings: every clip on all nine devices.
+    stems = data.evaluate["filename"].str.rsplit("-", n=1).str[0]
+    assert (stems.value_counts() == len(DEVICES)).all()
+    # Training recordings on other devices are parallel to a device-a clip.
+    train_stems = data.train["filename"].str.rsplit("-", n=1).str[0]
+    a_stems = set(train_stems[train_devices == "a"])
+    assert set(train_stems) == a_stems
+
+
+def test_location_split(tiny: Path) -> None:
+    data = load_tau22(tiny)
+    assert not set(data.train["identifier"]) & set(data.evaluate["identifier"])
+    meta = _table(tiny / "meta.csv")
+    per_identifier = meta.groupby("identifier")["scene_label"].nunique()
+    assert (per_identifier == 1).all()  # a location belongs to one scene
+
+
+def test_wav_format(tiny: Path) -> None:
+    paths = sorted((tiny / "audio").iterdir())
+    for path in paths[:: max(1, len(paths) // 12)]:
+        info = soundfile.info(str(path))
+        assert info.samplerate == SAMPLE_RATE
+        assert info.channels == 1
+        assert info.frames == SAMPLE_RATE
+        assert info.format == "WAV"
+        assert info.subtype == "PCM_24"
+        samples, _ = soundfile.read(str(path), dtype="float32")
+        rms = float(np.sqrt(np.mean(samples**2)))
+        assert 1e-4 < rms < 0.5
+        assert np.max(np.abs(samples)) < 1.0
+
+
+def test_devices_differ_from_reference(tiny: Path) -> None:
+    data = load_tau22(tiny)
+    first = data.evaluate["filename"].iloc[0].rsplit("-", 1)[0]
+    audio = {d: soundfile.read(str(tiny / f"{first}-{d}.wav"))[0] for d in DEVICES}
+    for device in DEVICES[1:]:
+        corr = np.corrcoef(audio["a"], audio[device])[0, 1]
+        assert corr < 0.9999, device  # coloured, not a copy
+
+
+def test_deterministic(tmp_path: Path) -> None:
+    first = generate(tmp_path / "one", SMALL, progress=False)
+    second = generate(tmp_path / "two", SMALL, progress=False)
+    assert _digest(first) == _digest(second)
+    other = generate(tmp_path / "three", SynthConfig(**{**asdict(SMALL), "seed": 1}), False)
+    ours, theirs = _digest(first), _digest(other)
+    assert len(ours) == len(theirs)
+    audio = {v for k, v in ours.items() if k.startswith("audio/")}
+    assert not audio & set(theirs.values())  # another seed gives other audio
+
+
+def test_output_independent_of_worker_count(tmp_path: Path) -> None:
+    serial = generate(tmp_path / "serial", SMALL, progress=False, workers=1)
+    parallel = generate(tmp_path / "parallel", SMALL, progress=False, workers=2)
+    assert _digest(serial) == _digest(parallel)
+
+
+def test_refuses_non_empty_target(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(DatasetError, match="not empty") as info:
+        generate(out, SMALL, progress=False)
+    assert str(out) in str(info.value)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
+def test_refuses_file_target(tmp_path: Path) -> None:
+    out = tmp_path / "file"
+    out.write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        generate(out, SMALL, progress=False)
+
+
+def test_accepts_empty_target(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert generate(out, SMALL, progress=False) == out
+    assert (out / "meta.csv").is_file()
+
+
+def test_default_dataset_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAS_ASC_CACHE", str(tmp_path / "cache"))
+    root = default_dataset(progress=False, config=SMALL)
+    assert root.parent == tmp_path / "cache" / "datasets"
+    assert root.name.startswith("synth-")
+    stamp = (root / "meta.csv").stat().st_mtime_ns
+    assert default_dataset(progress=False, config=SMALL) == root
+    assert (root / "meta.csv").stat().st_mtime_ns == stamp
+    other = default_dataset(progress=False, config=SynthConfig(**{**asdict(SMALL), "seed": 5}))
+    assert other != root
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"seed": -1},
+        {"cities": ()},
+        {"cities": ("new-york",)},
+        {"cities": ("paris", "paris")},
+        {"train_locations": 0},
+        {"eval_clips_per_segment": 11},
+        {"parallel_fraction": 1.5},
+        {"confusion": -0.1},
+        {"unseen_strength": -1.0},
+    ],
+)
+def test_config_validation(change: dict) -> None:
+    with pytest.raises(DatasetError):
+        SynthConfig(**change)

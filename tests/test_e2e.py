@@ -1,0 +1,65 @@
+"""End to end through the real CLI on the embedded dataset (slow: trains real models)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _search(cwd, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "nas_asc", "search", "--space", "tfsepnet", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
+    return r, time.perf_counter() - start
+
+
+def test_default_search_meets_the_readme_promise(tmp_path):
+    """The README's main job: >= 10 trials, a Pareto front of >= 3 in-budget int8 points."""
+    r, seconds = _search(tmp_path, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    print(r.stdout[-4000:])
+    print(f"default search wall time: {seconds:.0f} s")
+    with open(tmp_path / "reports" / "tfsepnet" / "trials.csv") as fh:
+        trials = list(csv.DictReader(fh))
+    with open(tmp_path / "reports" / "tfsepnet" / "pareto.csv") as fh:
+        pareto = list(csv.DictReader(fh))
+    assert len(trials) >= 10
+    assert len(pareto) >= 3
+    for row in pareto:
+        assert int(float(row["macs"])) <= 30_000_000
+        assert int(float(row["param_bytes"])) <= 128_000
+        assert 0.1 < float(row["int8_accuracy"]) < 1.0
+    assert (tmp_path / "studies" / "tfsepnet.db").exists()
+    assert (tmp_path / "reports" / "tfsepnet" / "pareto.html").stat().st_size > 10_000
+    assert "Pareto" in r.stdout or "pareto" in r.stdout
+
+
+def test_search_continues_a_study_and_report_rewrites_it(tmp_path):
+    r, _ = _search(tmp_path, "--trials", "2", "--epochs", "1", "--study", "s", timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r, _ = _search(tmp_path, "--trials", "3", "--epochs", "1", "--study", "s", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(tmp_path / "reports" / "s" / "trials.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    rep = subprocess.run(
+        [sys.executable, "-m", "nas_asc", "report", "--study", "s"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert rep.returncode == 0, rep.stderr
+    assert "pareto.html" in rep.stdout

@@ -1,0 +1,106 @@
+"""One trial end to end on tiny data: budget gate, training, int8, study attributes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+from nas_asc.budget import DEFAULT_BUDGET, parse_budget
+from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
+from nas_asc.search.optuna_backend import SearchSettings, run_search
+from nas_asc.search.space import SearchSpace
+
+TINY_SPACE = {
+    "name": "tiny",
+    "model": "tfsepnet",
+    "fixed": {"frontend": {"n_mels": 32}, "train": {"batch_size": 32, "lr": 0.02}},
+    "dimensions": {
+        "model.width": {"type": "int", "low": 8, "high": 12, "step": 4},
+        "train.epochs": {"type": "int", "low": 1, "high": 2},
+        "train.kd_lambda": {"type": "float", "low": 0.0, "high": 0.5},
+    },
+}
+
+
+@pytest.fixture()
+def context(tiny_dataset):
+    space = SearchSpace.from_dict(TINY_SPACE)
+    teacher = torch.randn(tiny_dataset.n_meta_rows, 10)  # any logits indexed by meta.csv row
+    return SearchContext(space, DEFAULT_BUDGET, tiny_dataset, teacher, seed=0, progress=False)
+
+
+def _study():
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    study.set_metric_names(list(OBJECTIVE_NAMES))
+    return study
+
+
+def test_a_trained_trial_records_int8_accuracy_and_complexity(context):
+    study = _study()
+    study.optimize(Objective(context), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE
+    a = t.user_attrs
+    assert a["status"] == "trained" and a["feasible"] is True
+    assert t.values[0] == a["int8_accuracy"]
+    assert 0.0 <= a["int8_accuracy"] <= 1.0 and 0.0 <= a["fp32_accuracy"] <= 1.0
+    assert t.values[1] == a["macs"] and t.values[2] == a["param_bytes"]
+    assert set(a["accuracy_by_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+    assert a["unseen_accuracy"] is not None and a["train_seconds"] > 0
+    assert a["config"]["model"]["width"] in (8, 12)
+    assert all(v <= 0 for v in t.constraints.values())
+
+
+def test_over_budget_candidates_are_never_trained(context, monkeypatch):
+    import nas_asc.search.objective as objective
+
+    def boom(*args, **kwargs):
+        raise AssertionError("an over-budget candidate must not be trained")
+
+    monkeypatch.setattr(objective, "train", boom)
+    context.budget = parse_budget("bytes=1000")
+    study = _study()
+    study.optimize(Objective(context), n_trials=2)
+    for t in study.trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs["status"] == "infeasible"
+        assert "parameter bytes > 1,000" in t.user_attrs["infeasible_reason"]
+        assert t.user_attrs["param_bytes"] > 1000
+        assert t.constraints[0] > 0 or t.constraints[1] > 0
+    assert study.best_trials == []  # infeasible trials are never on the front
+
+
+def test_same_seed_and_config_give_the_same_metrics(context):
+    results = []
+    for _ in range(2):
+        study = _study()
+        study.enqueue_trial({"model.width": 8, "train.epochs": 1, "train.kd_lambda": 0.3})
+        study.optimize(Objective(context), n_trials=1)
+        results.append((study.trials[0].values, study.trials[0].user_attrs["accuracy_by_device"]))
+    assert results[0] == results[1]
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(context, tmp_path, monkeypatch):
+    import nas_asc.search.objective as objective
+
+    calls = {"n": 0}
+    real_train = objective.train
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FloatingPointError("loss became nan at epoch 0, step 0")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "train", flaky)
+    settings = SearchSettings("s", f"sqlite:///{tmp_path / 's.db'}", n_trials=2)
+    study = run_search(context, settings, data_label="tiny")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert "loss became nan" in study.trials[0].user_attrs["fail_reason"]
+    assert study.metric_names == list(OBJECTIVE_NAMES)
+    assert study.user_attrs["budget"]["max_macs"] == 30_000_000
+    # re-running continues to the trial count instead of starting over
+    again = run_search(context, SearchSettings("s", settings.storage, n_trials=3), "tiny")
+    assert len(again.trials) == 3
