@@ -188,6 +188,7 @@ def _write_report(study, reports: Path, quiet: bool):
 
     out = _writable_dir(reports / study.study_name, "reports")
     paths = write_report(study, out)
+    print("\nPareto front (int8 accuracy on held-out locations vs MACs vs parameter bytes):")
     print(format_pareto_table(pareto_frame(study)))
     return paths
 

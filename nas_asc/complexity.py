@@ -26,14 +26,20 @@ above; ``tests/test_complexity.py`` checks them against torchinfo on every regis
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from fvcore.nn.jit_analysis import JitModelAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore scripts a helper with torch.jit.script at import, which torch 2.14 deprecates; the
+    # tracing analysis used here is unaffected, so the warning would only confuse users.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 __all__ = ["Complexity", "count", "parse_input_shape", "DTYPE_BYTES"]
 

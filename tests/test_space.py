@@ -29,6 +29,7 @@ TFSEPNET_YAML = REPO / "search_spaces" / "tfsepnet.yaml"
 EXPECTED_DIMENSIONS = [
     "model.width",
     "model.block",
+    "model.dropout",
     "frontend.n_mels",
     "train.mixstyle_alpha",
     "train.mixstyle_p",
@@ -64,9 +65,9 @@ def test_tfsepnet_space_loads(space: SearchSpace) -> None:
     assert space.fixed["train"] == {"batch_size": 64}
     assert space.source == str(TFSEPNET_YAML)
     width = space.dimensions[0]
-    assert (width.kind, width.low, width.high, width.step) == ("int", 8, 64, 4)
+    assert (width.kind, width.low, width.high, width.step) == ("int", 8, 80, 4)
     lr = space.dimensions[EXPECTED_DIMENSIONS.index("train.lr")]
-    assert lr.log and lr.kind == "float" and lr.bounds() == (1.0e-3, 2.0e-2)
+    assert lr.log and lr.kind == "float" and lr.bounds() == (5.0e-3, 5.0e-2)
 
 
 def test_sample_with_a_real_trial(space: SearchSpace) -> None:
@@ -82,8 +83,8 @@ def test_sample_with_a_real_trial(space: SearchSpace) -> None:
         assert trial.params[dim.name] == value
         assert dim.distribution()._contains(dim.distribution().to_internal_repr(value))
     assert config["model"]["width"] % 4 == 0
-    assert config["frontend"]["n_mels"] in (64, 128)
-    assert 1.0e-3 <= config["train"]["lr"] <= 2.0e-2
+    assert config["frontend"]["n_mels"] in (32, 64)
+    assert 5.0e-3 <= config["train"]["lr"] <= 5.0e-2
     _build_configs(config)
     # Sampling does not leak into the shared fixed values.
     assert "width" not in space.fixed["model"]
@@ -104,7 +105,7 @@ def test_corner(space: SearchSpace, which: str) -> None:
     index = 0 if which == "low" else 1
     for dim in space.dimensions:
         assert config[dim.section][dim.field] == dim.bounds()[index]
-    expected = {"low": (8, "tfsep", 64, 3), "high": (64, "tfsep_noshuffle", 128, 8)}[which]
+    expected = {"low": (8, "tfsep", 32, 2), "high": (80, "tfsep_noshuffle", 64, 4)}[which]
     got = (
         config["model"]["width"],
         config["model"]["block"],
@@ -124,9 +125,9 @@ def test_corner_rejects_other_values(space: SearchSpace) -> None:
 def test_distributions_match_dimensions(space: SearchSpace) -> None:
     dists = space.distributions()
     assert list(dists) == EXPECTED_DIMENSIONS
-    assert dists["model.width"] == optuna.distributions.IntDistribution(8, 64, step=4)
-    assert dists["train.lr"] == optuna.distributions.FloatDistribution(1e-3, 2e-2, log=True)
-    assert dists["frontend.n_mels"] == optuna.distributions.CategoricalDistribution((64, 128))
+    assert dists["model.width"] == optuna.distributions.IntDistribution(8, 80, step=4)
+    assert dists["train.lr"] == optuna.distributions.FloatDistribution(5e-3, 5e-2, log=True)
+    assert dists["frontend.n_mels"] == optuna.distributions.CategoricalDistribution((32, 64))
 
 
 def test_round_trip(space: SearchSpace) -> None:

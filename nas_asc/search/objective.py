@@ -58,8 +58,12 @@ class SearchContext:
         return self._features[frontend]
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _describe(cfg: dict) -> str:
-    model = ", ".join(f"{k}={v}" for k, v in cfg["model"].items())
+    model = ", ".join(f"{k}={_fmt(v)}" for k, v in cfg["model"].items())
     return f"{model}, n_mels={cfg['frontend'].get('n_mels')}, epochs={cfg['train'].get('epochs')}"
 
 

@@ -8,6 +8,7 @@ dataset and seed; re-running the same study continues it up to its trial count.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,10 @@ def open_study(study_name: str, storage: str, create: bool = False, seed: int = 
                 f"study {study_name!r} in {storage} was not created by nas-asc (its directions "
                 "differ); choose another --study name"
             )
-        study.set_metric_names(list(OBJECTIVE_NAMES))
+        with warnings.catch_warnings():
+            # experimental since Optuna 3.2 and unchanged since; the dashboard reads the names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVE_NAMES))
         return study
     try:
         return optuna.load_study(study_name=study_name, storage=store, sampler=sampler)

@@ -27,7 +27,7 @@ __all__ = ["TrainConfig", "TrainResult", "EvalResult", "TrainingDiverged", "trai
 class TrainConfig:
     epochs: int = 8  # passes over the training split
     batch_size: int = 64  # clips per optimizer step
-    lr: float = 5e-3  # peak learning rate (AdamW), after linear warm-up
+    lr: float = 1e-2  # peak learning rate (AdamW), after linear warm-up
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_epochs: int = 1  # linear warm-up from 0 to lr, then cosine decay to 0
     mixstyle_alpha: float = 0.3  # Freq-MixStyle Beta(alpha, alpha) mixing coefficient

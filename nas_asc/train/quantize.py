@@ -10,6 +10,7 @@ re-quantizes after, and :func:`nas_asc.complexity.count` stores their parameters
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 from torch import nn
@@ -59,9 +60,14 @@ def quantize_ptq(model: nn.Module, calibration: torch.Tensor, batch_size: int = 
         qmap = qmap.set_object_type(cls, None)
     custom = PrepareCustomConfig().set_non_traceable_module_classes(float_types)
     float_model = copy.deepcopy(model).eval()
-    prepared = prepare_fx(
-        float_model, qmap, example_inputs=(calibration[:1],), prepare_custom_config=custom
-    )
-    for start in range(0, len(calibration), batch_size):
-        prepared(calibration[start : start + batch_size])
-    return convert_fx(prepared)
+    with warnings.catch_warnings():
+        # torch 2.14 announces the deprecation of quantized tensors and of reduce_range inside
+        # its own FX quantization path; nothing here can act on it, so keep stderr readable.
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*quant_min and quant_max.*")
+        prepared = prepare_fx(
+            float_model, qmap, example_inputs=(calibration[:1],), prepare_custom_config=custom
+        )
+        for start in range(0, len(calibration), batch_size):
+            prepared(calibration[start : start + batch_size])
+        return convert_fx(prepared)

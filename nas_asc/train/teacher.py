@@ -29,12 +29,13 @@ _VERSION = 1
 @dataclass(frozen=True)
 class TeacherConfig:
     model: str = "tfsepnet"  # registered family of every member
-    width: int = 32  # member width (wider than the students the default space favours)
+    width: int = 24  # member width
     members: int = 2  # ensemble size
-    mixstyle_p: tuple[float, ...] = (0.4, 0.8)  # Freq-MixStyle p per member, cycled
+    mixstyle_p: tuple[float, ...] = (0.0, 0.3)  # Freq-MixStyle p per member, cycled
+    dropout: float = 0.0  # TF-SepConv dropout of every member
     frontend: FrontEnd = field(default_factory=lambda: FrontEnd(n_mels=64))  # teacher input
     train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(epochs=4, lr=5e-3, kd_lambda=0.0)
+        default_factory=lambda: TrainConfig(epochs=4, batch_size=64, lr=2e-2, kd_lambda=0.0)
     )  # member recipe (no distillation)
     seed: int = 0  # member i uses seed + i
 
@@ -85,7 +86,7 @@ def get_teacher(
         p = config.mixstyle_p[i % len(config.mixstyle_p)]
         recipe = dataclasses.replace(config.train, mixstyle_p=p)
         torch.manual_seed(seed)
-        model = create_model(config.model, width=config.width)
+        model = create_model(config.model, width=config.width, dropout=config.dropout)
         if progress:
             print(
                 f"teacher {i + 1}/{config.members}: {config.model} width {config.width}, "
