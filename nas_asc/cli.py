@@ -1,8 +1,9 @@
 """The ``nas-asc`` command line: parses, calls the pipeline stages, reports errors in one line.
 
-Commands: ``search``, ``complexity``, ``data synth``, ``teacher``, ``report``. A problem with the
-user's input (a bad flag value, a malformed space or dataset, an unknown study) is printed as one
-line ``nas-asc: error: ...`` with exit code 2; set ``NAS_ASC_DEBUG=1`` for the traceback.
+Commands: ``search``, ``complexity``, ``data synth``, ``teacher``, ``report``, ``dashboard``,
+``export``. A problem with the user's input (a bad flag value, a malformed space or dataset, an
+unknown study) is printed as one line ``nas-asc: error: ...`` with exit code 2; set
+``NAS_ASC_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("reports"),
         help="folder for reports/<study>/ (default: reports)",
     )
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        help="artifact folder for trial checkpoints and confusion images "
+        "(default: studies/<study>/artifacts beside the SQLite file)",
+    )
 
     p = sub.add_parser("complexity", help="count parameters, parameter bytes and MACs of a model")
     p.add_argument("model", help="registered model family, e.g. tfsepnet")
@@ -155,7 +162,61 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("reports"),
         help="folder for reports/<study>/ (default: reports)",
     )
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study")
+    p.add_argument("--study", required=True, help="study name")
+    _add_storage(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
+
+    p = sub.add_parser(
+        "export", help="export Pareto-optimal trials: int8 ONNX, weights, model card, C header"
+    )
+    p.add_argument("--study", required=True, help="study name")
+    _add_storage(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--trials",
+        type=_trial_list,
+        help="comma-separated trial numbers (default: every Pareto-optimal trial)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="dataset root to re-verify on (default: the one the study recorded)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing trial exports")
+    p.add_argument(
+        "--tolerance-pp",
+        type=_positive_float,
+        default=0.5,
+        help="largest ONNX Runtime vs PyTorch int8 accuracy gap, in percentage points "
+        "(default: 0.5)",
+    )
+    p.add_argument("--no-c-header", action="store_true", help="skip the C header")
     return parser
+
+
+def _trial_list(text: str) -> list[int]:
+    try:
+        numbers = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected trial numbers like 3,5,8, got {text!r}"
+        ) from None
+    if not numbers or any(n < 0 for n in numbers):
+        raise argparse.ArgumentTypeError(f"expected trial numbers like 3,5,8, got {text!r}")
+    return numbers
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,6 +256,7 @@ def _write_report(study, reports: Path, quiet: bool):
 
 def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc.budget import parse_budget
+    from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
     from nas_asc.search.objective import SearchContext
     from nas_asc.search.optuna_backend import SearchSettings, default_storage, run_search
     from nas_asc.search.space import load_space
@@ -211,9 +273,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     _writable_dir(args.reports, "reports")
     dataset, data_label = _load_dataset(args.data, args.train_split, progress)
     teacher = get_teacher(dataset, progress=progress)
-    context = SearchContext(space, budget, dataset, teacher.logits, args.seed, progress)
-    settings = SearchSettings(study_name, storage, args.trials, args.timeout, args.seed)
-    study = run_search(context, settings, data_label)
+    # created only once the inputs have been checked, so a bad input leaves no folder behind
+    artifact_dir = args.artifacts or default_artifact_dir(storage, study_name)
+    store = open_artifact_store(_writable_dir(artifact_dir, "artifacts"))
+    context = SearchContext(
+        space, budget, dataset, teacher.logits, args.seed, progress, artifact_store=store
+    )
+    settings = SearchSettings(
+        study_name, storage, args.trials, args.timeout, args.seed, str(artifact_dir)
+    )
+    data_info = {
+        "root": str(Path(dataset.root).resolve()),
+        "train_split": args.train_split,
+        "fingerprint": dataset.fingerprint,
+        "synthetic": args.data is None,
+    }
+    study = run_search(context, settings, data_label, data_info)
     paths = _write_report(study, args.reports, args.quiet)
     states = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
     print(
@@ -221,7 +296,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"{states.count('infeasible')} over budget, {states.count('failed')} failed) "
         f"in {time.perf_counter() - started:.0f} s\n"
         f"study:   {storage} (study {study_name!r})\n"
-        f"reports: {paths.pareto_html}\n"
+        f"reports: {paths.index_html}\n"
+        f"         {paths.pareto_html}\n"
         f"         {paths.pareto_csv}\n"
         f"         {paths.trials_csv}"
     )
@@ -294,21 +370,58 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _existing_study(name: str, storage: str | None):
+    """Open an existing study (default storage: studies/<name>.db, which must exist)."""
     from nas_asc.search.optuna_backend import default_storage, open_study
 
-    storage = args.storage
     if storage is None:
-        db = Path("studies") / f"{args.study}.db"
+        db = Path("studies") / f"{name}.db"
         if not db.exists():
             raise NasAscError(
-                f"no study database {db}; run `nas-asc search --study {args.study}` first or "
+                f"no study database {db}; run `nas-asc search --study {name}` first or "
                 "pass --storage"
             )
-        storage = default_storage(args.study)
-    study = open_study(args.study, storage)
+        storage = default_storage(name)
+    return open_study(name, storage), storage
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    study, _ = _existing_study(args.study, args.storage)
     paths = _write_report(study, args.reports, args.quiet)
-    print(f"reports: {paths.pareto_html}\n         {paths.pareto_csv}\n         {paths.trials_csv}")
+    print(
+        f"reports: {paths.index_html}\n         {paths.pareto_html}\n"
+        f"         {paths.pareto_csv}\n         {paths.trials_csv}"
+    )
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from nas_asc.report.dashboard import serve
+
+    study, storage = _existing_study(args.study, args.storage)
+    serve(study, storage, args.host, args.port)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nas_asc.export import export_study
+
+    study, _ = _existing_study(args.study, args.storage)
+    _writable_dir(args.out, "export")
+    results = export_study(
+        study,
+        args.out,
+        trials=args.trials,
+        data_root=args.data,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        tolerance_pp=args.tolerance_pp,
+        c_header=not args.no_c_header,
+    )
+    print(
+        f"exported {len(results)} model(s), each re-verified with ONNX Runtime, to {args.out} "
+        f"(index: {args.out / 'index.json'})"
+    )
     return 0
 
 
@@ -318,6 +431,8 @@ _COMMANDS = {
     "data": cmd_data,
     "teacher": cmd_teacher,
     "report": cmd_report,
+    "dashboard": cmd_dashboard,
+    "export": cmd_export,
 }
 
 

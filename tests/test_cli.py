@@ -56,6 +56,10 @@ def _one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
         (("search", "--space", "tfsepnet", "--budget", "huge"), ("unknown budget preset",)),
         (("search", "--space", "tfsepnet", "--trials", "0"), ("positive integer",)),
         (("report", "--study", "missing"), ("no study database",)),
+        (("dashboard", "--study", "missing"), ("no study database",)),
+        (("dashboard", "--study", "x", "--port", "70000"), ("a port is 1..65535",)),
+        (("export", "--study", "missing", "--out", "x"), ("no study database",)),
+        (("export", "--study", "x", "--out", "x", "--trials", "a,b"), ("trial numbers",)),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, fragments, tmp_path):

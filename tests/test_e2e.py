@@ -44,7 +44,22 @@ def test_default_search_meets_the_readme_promise(tmp_path):
         assert 0.1 < float(row["int8_accuracy"]) < 1.0
     assert (tmp_path / "studies" / "tfsepnet.db").exists()
     assert (tmp_path / "reports" / "tfsepnet" / "pareto.html").stat().st_size > 10_000
+    assert (tmp_path / "reports" / "tfsepnet" / "index.html").stat().st_size > 10_000
     assert "Pareto" in r.stdout or "pareto" in r.stdout
+
+    # the user's last step: export the Pareto set, re-verified with ONNX Runtime
+    ex = subprocess.run(
+        [sys.executable, "-m", "nas_asc", "export", "--study", "tfsepnet", "--out", "exported"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    cards = sorted((tmp_path / "exported").glob("tfsepnet-trial*/card.json"))
+    assert len(cards) == len(pareto)
+    for card in cards:
+        assert (card.parent / "model_int8.onnx").stat().st_size > 1_000
 
 
 def test_search_continues_a_study_and_report_rewrites_it(tmp_path):

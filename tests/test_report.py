@@ -210,9 +210,9 @@ def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
     paths = write_report(study, out)
     assert isinstance(paths, ReportPaths)
     assert paths.directory == out
-    for path in (paths.trials_csv, paths.pareto_csv, paths.pareto_html):
+    for path in (paths.trials_csv, paths.pareto_csv, paths.pareto_html, paths.index_html):
         assert path.is_file() and path.parent == out
-    assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "pareto.html", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir()) == REPORT_FILES
 
     trials = pd.read_csv(paths.trials_csv)
     assert list(trials["trial"]) == list(range(7))
@@ -228,4 +228,61 @@ def test_write_report(study: optuna.Study, tmp_path: Path) -> None:
 
     # Writing again replaces the files in place and leaves no temporary files behind.
     write_report(study, out)
-    assert sorted(p.name for p in out.iterdir()) == ["pareto.csv", "pareto.html", "trials.csv"]
+    assert sorted(p.name for p in out.iterdir()) == REPORT_FILES
+
+
+REPORT_FILES = ["hypervolume.csv", "index.html", "pareto.csv", "pareto.html", "trials.csv"]
+
+
+def test_index_page_is_self_contained_with_devices_and_hypervolume(study, tmp_path) -> None:
+    paths = write_report(study, tmp_path)
+    page = paths.index_html.read_text(encoding="utf-8")
+    assert page.count("plotly.js v") == 1  # plotly.js inlined once, the page works offline
+    assert "<script src=" not in page  # nothing fetched from a network
+    for text in ("Pareto front", "per recording device", "s4 (unseen)", "Hypervolume over trials"):
+        assert text in page
+    assert "reference point: accuracy 10% (chance), 30 M MACs and 128,000 parameter bytes" in page
+    history = pd.read_csv(paths.hypervolume_csv)
+    # one row per complete trial; the hypervolume never decreases and ends positive
+    assert list(history["trial"]) == [t.number for t in study.trials if t.state.name == "COMPLETE"]
+    assert history["hypervolume"].is_monotonic_increasing
+    assert 0 < history["hypervolume"].iloc[-1] <= 0.9
+
+
+def test_hypervolume_matches_a_hand_computed_front() -> None:
+    from nas_asc.report.hypervolume import hypervolume_history
+
+    s = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    s.set_user_attr(
+        "budget", {"name": "dcase2024", "max_macs": MAX_MACS, "max_param_bytes": MAX_BYTES}
+    )
+    # (acc, MACs, bytes): a box of (0.5 - 0.1) x 0.5 x 0.5 = 0.1, an infeasible trial that adds
+    # nothing, then a dominating point: (0.6 - 0.1) x 0.9 x 0.9 = 0.405
+    for acc, macs, nbytes in [(0.5, 15e6, 64e3), (0.0, 45e6, 64e3), (0.6, 3e6, 12.8e3)]:
+        s.add_trial(
+            create_trial(values=[acc, macs, nbytes], constraints=_constraints(macs, nbytes))
+        )
+    assert hypervolume_history(s)["hypervolume"].tolist() == pytest.approx([0.1, 0.1, 0.405])
+
+
+def test_pruned_trials_are_drawn_apart_and_never_on_the_front(tmp_path) -> None:
+    study = _study()
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED,
+            params={"model.width": 20, "model.block": "tfsep", "train.lr": 0.005},
+            distributions=DISTRIBUTIONS,
+            user_attrs={
+                "status": "pruned",
+                "macs": 2_000_000,
+                "param_bytes": 9_000,
+                "last_accuracy": 0.31,
+            },
+        )
+    )
+    frame = trials_frame(study)
+    row = frame.set_index("trial").loc[7]
+    assert row["state"] == "PRUNED" and not row["pareto"]
+    assert row["last_accuracy"] == pytest.approx(0.31)
+    html = write_report(study, tmp_path).pareto_html.read_text(encoding="utf-8")
+    assert "pruned (stopped early" in html and "1 pruned" in html

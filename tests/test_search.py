@@ -104,3 +104,48 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(context, tmp_path, mo
     # re-running continues to the trial count instead of starting over
     again = run_search(context, SearchSettings("s", settings.storage, n_trials=3), "tiny")
     assert len(again.trials) == 3
+
+
+PRUNE_SPACE = {
+    "name": "tiny-prune",
+    "model": "cnn",
+    "fixed": {
+        "model": {"variant": "sm1", "dropout": 0.0},
+        "frontend": {"sample_rate": 8000, "hop_length": 1024, "n_mels": 32},
+        "train": {"batch_size": 32, "lr": 0.01, "epochs": 1, "prune": True},
+    },
+    "dimensions": {"model.width": {"type": "categorical", "choices": [1.0]}},
+}
+
+
+def test_an_over_budget_prunable_candidate_is_trained_pruned_and_recorded_pruned(tiny_dataset):
+    # SM1 on 1x32x8 has 52,414 parameter bytes; 12,622 with every layer at 4 filters
+    space = SearchSpace.from_dict(PRUNE_SPACE)
+    teacher = torch.randn(tiny_dataset.n_meta_rows, 10)
+    budget = parse_budget("bytes=30k")
+    ctx = SearchContext(space, budget, tiny_dataset, teacher, seed=0, progress=False)
+    study = _study()
+    study.optimize(Objective(ctx), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("fail_reason")
+    a = t.user_attrs
+    assert a["status"] == "trained" and a["feasible"] is True
+    assert a["pruning"]["before"]["param_bytes"] == 52_414
+    assert a["param_bytes"] == a["pruning"]["after"]["param_bytes"] <= 30_000
+    assert t.values[2] == a["param_bytes"] and t.values[1] == a["macs"]
+    assert all(v <= 0 for v in t.constraints.values())
+    assert any(h.get("phase") == "finetune" for h in a["history"])
+
+
+def test_a_candidate_that_cannot_be_pruned_into_budget_is_never_trained(tiny_dataset, monkeypatch):
+    import nas_asc.search.objective as objective
+
+    monkeypatch.setattr(objective, "train", lambda *a, **k: pytest.fail("must not train"))
+    space = SearchSpace.from_dict(PRUNE_SPACE)
+    ctx = SearchContext(space, parse_budget("bytes=5k"), tiny_dataset, None, seed=0, progress=False)
+    study = _study()
+    study.optimize(Objective(ctx), n_trials=1)
+    a = study.trials[0].user_attrs
+    assert a["status"] == "infeasible"
+    assert "even pruned to 4 filters per layer" in a["infeasible_reason"]
+    assert a["prune_floor"]["param_bytes"] == 12_622

@@ -7,33 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from toydata import toy_set
 
-from nas_asc.data.features import FeatureSet
 from nas_asc.models import create_model
 from nas_asc.train.augment import freq_mixstyle
 from nas_asc.train.distill import distillation_objective, kd_loss
 from nas_asc.train.loop import TrainConfig, TrainingDiverged, evaluate, train
 from nas_asc.train.quantize import quantize_ptq
-
-
-def _toy_set(n: int = 96, seed: int = 0, devices=("a", "b", "s4")) -> FeatureSet:
-    """Three classes, each with a pulsing pattern in its own frequency band.
-
-    The pattern varies over time so that per-frequency normalizations (FreqIN) keep it.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % 3
-    x = torch.randn(n, 1, 32, 16, generator=g) * 0.5
-    for k in range(3):
-        x[y == k, :, 10 * k : 10 * k + 8, ::2] += 3.0
-    return FeatureSet(
-        x=x,
-        y=y,
-        devices=[devices[(i // 3) % len(devices)] for i in range(n)],
-        filenames=[f"audio/clip-{i}.wav" for i in range(n)],
-        rows=torch.arange(n),
-    )
-
 
 # ------------------------------------------------------------------------------ Freq-MixStyle
 
@@ -103,11 +83,11 @@ def _quick(**kw) -> TrainConfig:
 def test_training_learns_a_separable_toy_problem_and_evaluates_per_device():
     torch.manual_seed(0)
     model = create_model("tfsepnet", width=8, n_classes=3)
-    data = _toy_set()
+    data = toy_set()
     result = train(model, data, _quick(epochs=8), seed=0)
     assert len(result.history) == 8
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    ev = evaluate(model, _toy_set(seed=1), n_classes=3)
+    ev = evaluate(model, toy_set(seed=1), n_classes=3)
     assert ev.accuracy > 0.8
     assert set(ev.accuracy_by_device) == {"a", "b", "s4"}
     assert ev.unseen_accuracy == pytest.approx(ev.accuracy_by_device["s4"])
@@ -119,15 +99,15 @@ def test_training_is_deterministic_for_a_seed():
     def run():
         torch.manual_seed(5)
         model = create_model("tfsepnet", width=8, n_classes=3)
-        train(model, _toy_set(), _quick(epochs=2, mixstyle_p=0.5), seed=5)
-        return evaluate(model, _toy_set(seed=1), n_classes=3).logits
+        train(model, toy_set(), _quick(epochs=2, mixstyle_p=0.5), seed=5)
+        return evaluate(model, toy_set(seed=1), n_classes=3).logits
 
     assert torch.equal(run(), run())
 
 
 def test_distillation_uses_teacher_logits_indexed_by_row():
     torch.manual_seed(0)
-    data = _toy_set()
+    data = toy_set()
     teacher = torch.full((len(data), 3), float("nan"))
     teacher[data.rows] = F.one_hot(data.y, 3).float() * 5
     model = create_model("tfsepnet", width=8, n_classes=3)
@@ -139,7 +119,7 @@ def test_distillation_uses_teacher_logits_indexed_by_row():
 
 
 def test_a_diverging_loss_stops_training_with_a_clear_error():
-    data = _toy_set()
+    data = toy_set()
     data.x[3] = float("nan")
     model = create_model("tfsepnet", width=8, n_classes=3)
     with pytest.raises(TrainingDiverged, match="loss became nan"):
@@ -160,10 +140,10 @@ def test_bad_train_configs_are_refused(bad):
 def test_ptq_int8_model_agrees_with_fp32_and_is_really_int8():
     torch.manual_seed(0)
     model = create_model("tfsepnet", width=8, n_classes=3)
-    data = _toy_set()
+    data = toy_set()
     train(model, data, _quick(epochs=4), seed=0)
     q = quantize_ptq(model, data.x[:64])
-    test = _toy_set(seed=2)
+    test = toy_set(seed=2)
     with torch.no_grad():
         agree = (model(test.x).argmax(1) == q(test.x).argmax(1)).float().mean().item()
     assert agree >= 0.9

@@ -101,6 +101,8 @@ class FeatureSet:
     devices: list[str]  # recording device of each clip
     filenames: list[str]  # relative file names, as in meta.csv
     rows: torch.Tensor  # (clips,) row of each clip in meta.csv (teacher logits are indexed by it)
+    mean: float = 0.0  # log-mel mean subtracted (training split): the deployed front end does too
+    std: float = 1.0  # log-mel standard deviation divided by (training split)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -192,6 +194,8 @@ def load_features(
                 devices=list(frame.device),
                 filenames=list(frame.filename),
                 rows=torch.tensor(frame.row.to_numpy(), dtype=torch.long),
+                mean=float(mean),
+                std=float(std),
             )
         )
     return sets[0], sets[1]

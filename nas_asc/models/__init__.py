@@ -1,6 +1,16 @@
 """Model families, registered by name. Importing this package registers every family."""
 
-from nas_asc.models import tfsepnet  # noqa: F401  (registers the family)
+# Importing a family module registers it (``@register_model``).
+from nas_asc.models import (  # noqa: F401
+    bcres2net,
+    bcresnet,
+    blocks,
+    bsconv,
+    cnn,
+    cpmobile,
+    mobilenetv2_ca,
+    tfsepnet,
+)
 from nas_asc.models._registry import create_model, get_model_config, list_models, register_model
 
 __all__ = ["create_model", "get_model_config", "list_models", "register_model"]

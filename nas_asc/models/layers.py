@@ -10,7 +10,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FreqInstanceNorm", "ResNorm", "AdaResNorm", "shuffle_groups_for", "make_norm"]
+__all__ = [
+    "FreqInstanceNorm",
+    "ResNorm",
+    "AdaResNorm",
+    "shuffle_groups_for",
+    "make_norm",
+    "SubSpectralNorm",
+]
 
 
 def _freq_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,3 +110,71 @@ def shuffle_groups_for(channels: int) -> int:
     target = channels / 4
     divisors = [g for g in range(2, channels + 1) if channels % g == 0 and g < channels] or [1]
     return min(divisors, key=lambda g: (abs(g - target), g))
+
+
+# --------------------------------------------------------------------------------------------
+# SubSpectralNorm (BC-ResNet family, shared/seeds/002 and 004)
+# --------------------------------------------------------------------------------------------
+
+
+# The two helpers below are leaves for torch.fx (``torch.fx.wrap``): they branch on the
+# frequency extent, which symbolic tracing cannot see, so FX records a call instead of tracing
+# into them. In the int8 model they run in float between a dequantize and a quantize.
+@torch.fx.wrap
+def _pad_freq_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate the last frequency bin until the bin count is a multiple of ``multiple``."""
+    extra = -x.shape[2] % multiple
+    if extra == 0:
+        return x
+    return torch.nn.functional.pad(x, (0, 0, 0, extra), mode="replicate")
+
+
+@torch.fx.wrap
+def _crop_freq_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Drop the frequency bins that ``_pad_freq_to_multiple`` added."""
+    if x.shape[2] == like.shape[2]:
+        return x
+    return x[:, :, : like.shape[2]]
+
+
+class SubSpectralNorm(nn.Module):
+    """BatchNorm with separate statistics and affine parameters per frequency sub-band.
+
+    Chang et al., "Subspectral normalization for neural audio data processing" (ICASSP 2021),
+    as used in BC-ResNet (Kim et al., Interspeech 2021). The frequency axis is cut into
+    ``sub_bands`` contiguous bands of equal size and each (channel, band) pair gets its own
+    BatchNorm statistics: the map is viewed as ``(N, C * S, F / S, T)`` (channel ``c``, band
+    ``s`` becomes channel ``c * S + s``), normalized by ``BatchNorm2d(C * S)`` and viewed back.
+    That is the reference implementation's layout, so it has ``2 * C * S`` parameters.
+
+    Its statistics are batch statistics, not per-sample ones, so int8 PTQ converts the inner
+    BatchNorm2d to a quantized BatchNorm (it cannot be folded into the preceding depthwise conv,
+    whose weights are shared across bands); it is not ``deploy_float``.
+
+    When the number of bins is not a multiple of ``sub_bands`` (e.g. 2 bins left of a 32-bin
+    input after four halvings, with 4 sub-bands) the last bin is repeated up to the next
+    multiple for the statistics and the extra bins are dropped afterwards; inputs whose bin
+    count divides evenly take the plain reference path.
+
+    Args:
+        channels: feature channels ``C``.
+        sub_bands: number of frequency sub-bands ``S`` (1 is a plain BatchNorm2d).
+        eps: BatchNorm epsilon.
+    """
+
+    def __init__(self, channels: int, sub_bands: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        if not isinstance(sub_bands, int) or sub_bands < 1:
+            raise ValueError(
+                f"SubSpectralNorm sub_bands must be an integer >= 1, got {sub_bands!r}"
+            )
+        self.channels = channels
+        self.sub_bands = sub_bands
+        self.bn = nn.BatchNorm2d(channels * sub_bands, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _pad_freq_to_multiple(x, self.sub_bands)
+        # (N, C, F, T) -> (N, C, S, F/S, T) -> (N, C*S, F/S, T), normalize, and back
+        y = self.bn(y.unflatten(2, (self.sub_bands, -1)).flatten(1, 2))
+        y = y.unflatten(1, (-1, self.sub_bands)).flatten(2, 3)
+        return _crop_freq_like(y, x)

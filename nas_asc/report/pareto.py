@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import tempfile
@@ -184,6 +185,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             row[f"acc_{device}"] = _number(by_device.get(device))
         reason = attrs.get("infeasible_reason")
         row["infeasible_reason"] = None if reason is None else str(reason)
+        row["last_accuracy"] = _number(attrs.get("last_accuracy"))
         for name in param_names:
             row[name] = trial.params.get(name)
         row["pareto"] = trial.number in pareto
@@ -193,6 +195,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         *_BASE_COLUMNS,
         *(f"acc_{d}" for d in devices),
         "infeasible_reason",
+        "last_accuracy",
         *param_names,
         "pareto",
     ]
@@ -200,7 +203,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     frame["trial"] = frame["trial"].astype("int64")
     for column in _INT_COLUMNS:
         frame[column] = frame[column].round().astype("Int64")
-    for column in (*_FLOAT_COLUMNS, *(f"acc_{d}" for d in devices)):
+    for column in (*_FLOAT_COLUMNS, "last_accuracy", *(f"acc_{d}" for d in devices)):
         frame[column] = frame[column].astype("float64")
     frame["feasible"] = frame["feasible"].astype("boolean")
     frame["pareto"] = frame["pareto"].astype(bool)
@@ -314,13 +317,17 @@ class ReportPaths:
         directory: The report directory.
         trials_csv: Every trial (``trials_frame``).
         pareto_csv: The Pareto-optimal trials (``pareto_frame``).
-        pareto_html: The self-contained interactive plot.
+        pareto_html: The self-contained interactive Pareto plot.
+        hypervolume_csv: Normalized hypervolume after each complete trial.
+        index_html: The self-contained report page (summary, Pareto table, all figures).
     """
 
     directory: Path
     trials_csv: Path
     pareto_csv: Path
     pareto_html: Path
+    hypervolume_csv: Path
+    index_html: Path
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -432,6 +439,13 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
         and not _missing(r["macs"])
         and not _missing(r["param_bytes"])
     ]
+    pruned = [
+        r
+        for r in records
+        if (r["state"] == "PRUNED" or _status_of(r) == "pruned")
+        and not _missing(r["macs"])
+        and not _missing(r["param_bytes"])
+    ]
     n_failed = sum(1 for r in records if _status_of(r) == "failed" or r["state"] == "FAIL")
 
     fig = make_subplots(
@@ -522,6 +536,30 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
                 row=1,
                 col=col,
             )
+        if pruned:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs(pruned),
+                    y=[
+                        0.0 if _missing(r["last_accuracy"]) else 100.0 * r["last_accuracy"]
+                        for r in pruned
+                    ],
+                    mode="markers",
+                    name="pruned (stopped early; last accuracy measured)",
+                    legendgroup="pruned",
+                    showlegend=show,
+                    marker={
+                        "color": "rgba(0,0,0,0)",
+                        "size": 9,
+                        "symbol": "triangle-down",
+                        "line": {"color": "#ff7f0e", "width": 1.5},
+                    },
+                    hovertext=hovers(pruned),
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
         limit = budget.get(budget_key)
         if limit is not None:
             pretty = format_macs(limit) + " MACs" if key == "macs" else format_bytes(limit)
@@ -546,7 +584,7 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
     fig.update_yaxes(title_text="int8 accuracy (%)", range=[-3.0, y_top * 1.05], row=1, col=1)
 
     title = f"Study {study.study_name}: {len(trained)} trained, {len(front)} Pareto-optimal, "
-    title += f"{len(infeasible)} infeasible, {n_failed} failed"
+    title += f"{len(infeasible)} infeasible, {len(pruned)} pruned, {n_failed} failed"
     if budget:
         title += f" (budget {budget['name']})"
     fig.update_layout(
@@ -559,15 +597,103 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
     return fig
 
 
-def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
-    """Write ``trials.csv``, ``pareto.csv`` and ``pareto.html`` for ``study`` into ``out_dir``.
+def _html_table(front: pd.DataFrame) -> str:
+    if len(front) == 0:
+        return "<p>The Pareto front is empty: no trained trial within the budget yet.</p>"
+    header = [
+        "trial",
+        "int8 acc %",
+        "fp32 acc %",
+        "MACs",
+        "param bytes",
+        "params",
+        "seen %",
+        "unseen %",
+    ]
+    lines = ["<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>"]
+    lines.append("<tbody>")
+    for _, row in front.iterrows():
+        params = row.get("params")
+        cells = [
+            str(int(row["trial"])),
+            _percent(row.get("int8_accuracy")),
+            _percent(row.get("fp32_accuracy")),
+            format_macs(row.get("macs")),
+            format_bytes(row.get("param_bytes")),
+            "-" if _missing(params) else f"{int(params):,}",
+            _percent(row.get("seen_accuracy")),
+            _percent(row.get("unseen_accuracy")),
+        ]
+        lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
 
-    Each file is written atomically (temporary file in ``out_dir``, then ``os.replace``). The
-    HTML is self-contained (plotly.js inlined, works offline): int8 accuracy against MACs and
-    against parameter bytes, the budget limits as labelled dashed lines, the trained trials, the
-    Pareto-optimal ones highlighted and joined by a staircase (the best accuracy reachable within
-    each complexity), infeasible trials as crosses at 0 % and hover text with each trial's
-    number, metrics and full configuration.
+
+def _index_page(
+    study: optuna.Study, frame: pd.DataFrame, front: pd.DataFrame, figures: list[Any], hv: float
+) -> str:
+    from nas_asc.report.hypervolume import reference_point
+
+    attrs = study.user_attrs
+    budget = _budget(study)
+    counts = frame["status"].fillna(frame["state"].str.lower()).value_counts().to_dict()
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no trials"
+    facts = [
+        ("study", study.study_name),
+        ("search space", str(attrs.get("space", "-"))),
+        ("data", str(attrs.get("data", "-"))),
+        (
+            "budget",
+            f"{budget.get('name', '-')}: {format_bytes(budget.get('max_param_bytes'))} of "
+            f"parameters, {format_macs(budget.get('max_macs'))} MACs",
+        ),
+        ("trials", f"{len(frame)} ({summary})"),
+        ("Pareto-optimal", str(len(front))),
+        ("hypervolume", f"{hv:.4f} (reference point: {reference_point(study).describe()})"),
+    ]
+    plots = []
+    for i, fig in enumerate(f for f in figures if f is not None):
+        plots.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>nas-asc report: {html.escape(study.study_name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 10px; text-align: right; }}
+table.facts th {{ text-align: left; background: #f4f4f4; }}
+table.facts td {{ text-align: left; }}
+</style></head>
+<body>
+<h1>nas-asc report: study {html.escape(study.study_name)}</h1>
+<p>Accuracy is the int8 model's top-1 accuracy on the held-out split (locations not seen in
+training; devices s4-s6 never seen). Complexity follows the DCASE Task 1 rule: parameter bytes at
+the stored dtype, MACs of one 1-second inference.</p>
+<table class="facts">{rows}</table>
+<h2>Pareto front</h2>
+{_html_table(front)}
+<p>Files: <a href="pareto.csv">pareto.csv</a>, <a href="trials.csv">trials.csv</a>,
+<a href="hypervolume.csv">hypervolume.csv</a>, <a href="pareto.html">pareto.html</a>.</p>
+<h2>Figures</h2>
+{"".join(plots)}
+</body></html>
+"""
+
+
+def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
+    """Write the report of ``study`` into ``out_dir``.
+
+    Files: ``trials.csv``, ``pareto.csv``, ``hypervolume.csv``, ``pareto.html`` (the Pareto
+    panels alone) and ``index.html`` (summary, Pareto table, the Pareto panels, per-device
+    accuracy of the Pareto-optimal trials and hypervolume over trials). Both HTML files are
+    self-contained (plotly.js inlined, they open offline). The Pareto panels show int8 accuracy
+    against MACs and against parameter bytes, the budget limits as labelled dashed lines, the
+    trained trials, the Pareto-optimal ones highlighted and joined by a staircase (the best
+    accuracy reachable within each complexity), infeasible trials as crosses at 0 %, pruned
+    trials as hollow triangles at their last accuracy, and hover text with each trial's number,
+    metrics and full configuration. Each file is written atomically (temporary file in
+    ``out_dir``, then ``os.replace``).
 
     Args:
         study: A multi-objective study written by the search.
@@ -576,6 +702,9 @@ def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
     Returns:
         The paths written.
     """
+    from nas_asc.report.hypervolume import hypervolume_history, reference_point
+    from nas_asc.report.plots import device_figure, hypervolume_figure
+
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = ReportPaths(
@@ -583,11 +712,23 @@ def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
         trials_csv=directory / "trials.csv",
         pareto_csv=directory / "pareto.csv",
         pareto_html=directory / "pareto.html",
+        hypervolume_csv=directory / "hypervolume.csv",
+        index_html=directory / "index.html",
     )
     frame = trials_frame(study)
     front = frame[frame["pareto"]].sort_values(["macs", "param_bytes", "trial"], kind="stable")
-    html = _figure(study, frame).to_html(include_plotlyjs=True, full_html=True)
+    front = front.reset_index(drop=True)
+    history = hypervolume_history(study)
+    hv = float(history["hypervolume"].iloc[-1]) if len(history) else 0.0
+    pareto_fig = _figure(study, frame)
+    figures = [
+        pareto_fig,
+        device_figure(front),
+        hypervolume_figure(history, reference_point(study)),
+    ]
     _write_atomic(paths.trials_csv, frame.to_csv(index=False))
-    _write_atomic(paths.pareto_csv, front.reset_index(drop=True).to_csv(index=False))
-    _write_atomic(paths.pareto_html, html)
+    _write_atomic(paths.pareto_csv, front.to_csv(index=False))
+    _write_atomic(paths.hypervolume_csv, history.to_csv(index=False))
+    _write_atomic(paths.pareto_html, pareto_fig.to_html(include_plotlyjs=True, full_html=True))
+    _write_atomic(paths.index_html, _index_page(study, frame, front, figures, hv))
     return paths

@@ -3,10 +3,19 @@
 Order matters: the candidate's complexity is counted before any training, and a candidate over
 budget is recorded as infeasible (its complexity kept, the violations given to the sampler as
 Optuna constraints) and never trained.
+
+One exception, when the space sets ``train.prune: true`` (L1-norm structured filter pruning as a
+search operator, report 001): a candidate over budget whose prunable layers, cut to
+``prune_min_filters`` filters each, would fit is trained at full size, pruned (lowest L1 norm
+first) until it fits, fine-tuned for ``prune_finetune_epochs``, and measured; the complexity it
+records (objectives, constraints, user attributes) is the pruned model's, and ``pruning`` holds
+the counts before and after. A candidate that could not fit even at that floor is infeasible and
+never trained, as above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -19,8 +28,16 @@ import torch
 from nas_asc.budget import Budget
 from nas_asc.complexity import count
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
+from nas_asc.data.tau22 import SCENES
+from nas_asc.search.artifacts import (
+    Checkpoint,
+    calibration_indices,
+    save_checkpoint,
+    save_confusion_image,
+)
 from nas_asc.search.space import SearchSpace
 from nas_asc.train.loop import TrainConfig, evaluate, train
+from nas_asc.train.prune import min_complexity, prune_to_fit
 from nas_asc.train.quantize import quantize_ptq
 
 __all__ = ["SearchContext", "Objective", "OBJECTIVE_NAMES", "DIRECTIONS", "trial_seed"]
@@ -47,6 +64,7 @@ class SearchContext:
     teacher_logits: torch.Tensor | None
     seed: int = 0
     progress: bool = True
+    artifact_store: Any = None  # optuna FileSystemArtifactStore for checkpoints, or None
     _features: dict[FrontEnd, tuple[FeatureSet, FeatureSet]] = field(default_factory=dict)
 
     def features(self, frontend: FrontEnd) -> tuple[FeatureSet, FeatureSet]:
@@ -93,15 +111,27 @@ class Objective:
 
         torch.manual_seed(seed)
         model = _build(ctx.space.model, cfg["model"])
-        c = count(model, frontend.input_shape(), ctx.budget.weight_dtype)
-        trial.set_user_attr("params", c.params)
-        trial.set_user_attr("param_bytes", c.param_bytes)
-        trial.set_user_attr("macs", c.macs)
-        for key, value in ctx.budget.constraints(c).items():
-            trial.set_constraint(key, value)
+        shape = frontend.input_shape()
+        c = count(model, shape, ctx.budget.weight_dtype)
+        self._record_complexity(trial, c)
         violations = ctx.budget.violations(c)
-        trial.set_user_attr("feasible", not violations)
-        if violations:
+        prune = bool(violations) and recipe.prune
+        if prune:
+            # over budget but prunable: it is trained only if pruning can bring it in budget
+            floor = min_complexity(model, shape, ctx.budget.weight_dtype, recipe.prune_min_filters)
+            trial.set_user_attr("prune_floor", floor.to_dict())
+            floor_violations = ctx.budget.violations(floor)
+            if floor_violations:
+                violations = [
+                    f"{v}, even pruned to {recipe.prune_min_filters} filters per layer"
+                    for v in floor_violations
+                ]
+                prune = False
+        if not prune:
+            for key, value in ctx.budget.constraints(c).items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("feasible", not violations)
+        if violations and not prune:
             reason = "; ".join(violations)
             trial.set_user_attr("status", "infeasible")
             trial.set_user_attr("infeasible_reason", reason)
@@ -116,10 +146,29 @@ class Objective:
         train_set, eval_set = ctx.features(frontend)
         start = time.perf_counter()
         result = train(model, train_set, recipe, ctx.teacher_logits, seed=seed)
+        pruned = None
+        if prune:
+            pruning = prune_to_fit(
+                model, ctx.budget.fits, shape, ctx.budget.weight_dtype, 1, recipe.prune_min_filters
+            )
+            c = pruning.after
+            pruned = pruning.filters_after
+            trial.set_user_attr("pruning", pruning.to_dict())
+            self._record_complexity(trial, c)
+            for key, value in ctx.budget.constraints(c).items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("feasible", ctx.budget.fits(c))
+            if recipe.prune_finetune_epochs:
+                finetune = dataclasses.replace(
+                    recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0
+                )
+                tuned = train(model, train_set, finetune, ctx.teacher_logits, seed=seed + 1)
+                result.history += [{**h, "phase": "finetune"} for h in tuned.history]
+                result.seconds += tuned.seconds
         fp32 = evaluate(model, eval_set)
         n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
-        calib_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))
-        int8_model = quantize_ptq(model, train_set.x[calib_idx[:n_calib]])
+        calib_idx = calibration_indices(len(train_set), seed, n_calib)
+        int8_model = quantize_ptq(model, train_set.x[calib_idx])
         int8 = evaluate(int8_model, eval_set)
         attrs = {
             "status": "trained",
@@ -139,6 +188,8 @@ class Objective:
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        if ctx.artifact_store is not None:
+            self._save_artifacts(trial, cfg, model, c, seed, n_calib, attrs, pruned)
         if ctx.progress:
             print(
                 f"trial {trial.number}: {_describe(cfg)} -> int8 {int8.accuracy:.1%} "
@@ -147,6 +198,44 @@ class Objective:
                 flush=True,
             )
         return int8.accuracy, float(c.macs), float(c.param_bytes)
+
+    @staticmethod
+    def _record_complexity(trial: optuna.Trial, c) -> None:
+        trial.set_user_attr("params", c.params)
+        trial.set_user_attr("param_bytes", c.param_bytes)
+        trial.set_user_attr("macs", c.macs)
+
+    def _save_artifacts(self, trial, cfg, model, c, seed, n_calib, attrs, pruned) -> None:
+        checkpoint = Checkpoint(
+            family=self.ctx.space.model,
+            model_config=dict(cfg["model"]),
+            frontend=dict(cfg["frontend"]),
+            train=dict(cfg["train"]),
+            state_dict=model.state_dict(),
+            seed=seed,
+            calibration={"seed": seed, "n": n_calib},
+            complexity=c.to_dict(),
+            pruned=pruned,
+            metrics={k: attrs[k] for k in _CHECKPOINT_METRICS},
+        )
+        save_checkpoint(trial, self.ctx.artifact_store, checkpoint)
+        save_confusion_image(
+            trial,
+            self.ctx.artifact_store,
+            attrs["confusion"],
+            list(SCENES),
+            f"trial {trial.number}: int8 {attrs['int8_accuracy']:.1%} on held-out locations",
+        )
+
+
+_CHECKPOINT_METRICS = (
+    "fp32_accuracy",
+    "int8_accuracy",
+    "accuracy_by_device",
+    "fp32_accuracy_by_device",
+    "seen_accuracy",
+    "unseen_accuracy",
+)
 
 
 def _build(family: str, model_cfg: dict) -> torch.nn.Module:

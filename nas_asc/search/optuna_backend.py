@@ -34,6 +34,7 @@ class SearchSettings:
     n_trials: int
     timeout: float | None = None
     seed: int = 0
+    artifact_dir: str | None = None  # checkpoint/image artifact store; None: keep no artifacts
 
 
 def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
@@ -105,10 +106,34 @@ def _check_same_settings(study: optuna.Study, space_name: str, budget: Budget) -
         )
 
 
-def run_search(context: SearchContext, settings: SearchSettings, data_label: str) -> optuna.Study:
-    """Run (or continue) the study until it has ``settings.n_trials`` finished trials."""
+def _check_artifact_dir(study: optuna.Study, artifact_dir: str | None) -> None:
+    recorded = study.user_attrs.get("artifact_dir")
+    if recorded and artifact_dir and Path(recorded) != Path(artifact_dir):
+        raise NasAscError(
+            f"study {study.study_name!r} keeps its checkpoints in {recorded}; continue it with "
+            f"--artifacts {recorded}, or choose a new --study name"
+        )
+
+
+def run_search(
+    context: SearchContext,
+    settings: SearchSettings,
+    data_label: str,
+    data_info: dict | None = None,
+) -> optuna.Study:
+    """Run (or continue) the study until it has ``settings.n_trials`` finished trials.
+
+    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``) is recorded so that export
+    can re-measure the study's models on the same held-out split.
+    """
     study = open_study(settings.study_name, settings.storage, create=True, seed=settings.seed)
     _check_same_settings(study, context.space.name, context.budget)
+    if settings.artifact_dir:
+        artifact_dir = str(Path(settings.artifact_dir).resolve())
+        _check_artifact_dir(study, artifact_dir)
+        study.set_user_attr("artifact_dir", artifact_dir)
+    if data_info:
+        study.set_user_attr("data_info", data_info)
     study.set_user_attr("space", context.space.name)
     study.set_user_attr("space_definition", context.space.to_dict())
     study.set_user_attr("budget", context.budget.to_dict())

@@ -35,6 +35,9 @@ class TrainConfig:
     kd_temperature: float = 2.0  # distillation temperature T
     kd_lambda: float = 0.5  # loss = (1 - lambda) * CE + lambda * T^2 * KL(teacher || student)
     calibration_batches: int = 8  # batches of training data used to calibrate int8 PTQ
+    prune: bool = False  # over budget: train, prune lowest-L1 filters until it fits, fine-tune
+    prune_finetune_epochs: int = 1  # fine-tuning epochs after pruning
+    prune_min_filters: int = 4  # no pruned layer keeps fewer filters than this
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,6 +51,14 @@ class TrainConfig:
             (self.kd_temperature > 0, "kd_temperature must be > 0"),
             (0.0 <= self.kd_lambda <= 1.0, "kd_lambda must be in [0, 1]"),
             (self.calibration_batches >= 1, "calibration_batches must be >= 1"),
+            (
+                isinstance(self.prune_finetune_epochs, int) and self.prune_finetune_epochs >= 0,
+                "prune_finetune_epochs must be an integer >= 0",
+            ),
+            (
+                isinstance(self.prune_min_filters, int) and self.prune_min_filters >= 1,
+                "prune_min_filters must be an integer >= 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:

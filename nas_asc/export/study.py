@@ -1,0 +1,700 @@
+"""Export of a study's Pareto set (or chosen trials) as re-verified int8 ONNX models with cards.
+
+For every exported trial, ``<out>/<study>-trial<N>/`` holds:
+
+* ``model.pt``: the float weights and everything needed to rebuild the model (family, config,
+  front end, training recipe, calibration subset, pruned structure), as plain types that load
+  with ``torch.load(..., weights_only=True)``;
+* ``config.json``: the same without the weights;
+* ``model_int8.onnx``: the int8 QDQ model (:mod:`nas_asc.export.onnx`);
+* ``model_int8.h``: its int8 weights for CMSIS-NN style C code (:mod:`nas_asc.export.cheader`);
+* ``card.json`` and ``card.md``: the model card (:mod:`nas_asc.export.card`).
+
+``<out>/index.json`` lists every model exported to ``<out>``. Nothing is retrained: the trial's
+checkpoint is read from the study's artifact store, its int8 model rebuilt exactly as the search
+built it (same calibration clips), and the exported ONNX model re-verified before anything is
+written: ONNX Runtime on the held-out split within ``tolerance_pp`` percentage points of the
+PyTorch int8 model, the rebuilt int8 model within the same tolerance of the accuracy the study
+recorded, the graph's weights identical to the model's, and the complexity recounted from the
+graph within the study's budget. A trial that fails a check (or cannot be exported) leaves no
+folder behind (each is written to a temporary folder and renamed when complete) and the export
+raises :class:`ExportError` naming the check and its figures, after exporting the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import numbers
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from nas_asc.errors import NasAscError
+
+__all__ = ["ExportResult", "ExportError", "export_study", "EXPORT_FORMAT"]
+
+EXPORT_FORMAT = "nas-asc-export/1"
+INDEX_FORMAT = "nas-asc-export-index/1"
+FILES = ("model.pt", "config.json", "model_int8.onnx", "model_int8.h", "card.json", "card.md")
+_QUANTIZATION = (
+    "post-training static quantization (PyTorch FX, x86 engine): symmetric per-channel int8 "
+    "weights, per-tensor uint8 activations, BatchNorm folded; deploy_float layers in float32."
+)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One exported, re-verified model.
+
+    Attributes:
+        trial: The trial number.
+        name: The export folder's name, ``<study>-trial<N>``.
+        directory: The export folder.
+        files: Each written file by name (``model.pt``, ``model_int8.onnx``, ...).
+        fp32_accuracy: Float model on the held-out split (re-measured).
+        int8_accuracy: PyTorch int8 model on the held-out split (re-measured).
+        onnx_accuracy: ONNX Runtime on the held-out split.
+        macs: MACs per clip under the DCASE rule, recounted from the ONNX graph.
+        param_bytes: Parameter bytes under the DCASE rule, recounted from the ONNX graph.
+        card: The model card (as written to ``card.json``).
+    """
+
+    trial: int
+    name: str
+    directory: Path
+    files: dict[str, Path]
+    fp32_accuracy: float
+    int8_accuracy: float
+    onnx_accuracy: float
+    macs: int
+    param_bytes: int
+    card: dict[str, Any] = field(repr=False)
+
+
+class ExportError(NasAscError):
+    """Some models could not be exported or failed re-verification; nothing was written for them.
+
+    Attributes:
+        failures: ``{trial number: reason}`` of the models that failed (the check and its
+            figures, or the export error).
+        results: The models that passed and were written.
+    """
+
+    def __init__(self, message: str, failures: dict[int, str], results: list[ExportResult]):
+        super().__init__(message)
+        self.failures = failures
+        self.results = results
+
+
+# --------------------------------------------------------------------------------------------
+# Selection and checks before any work
+# --------------------------------------------------------------------------------------------
+
+
+def _folder_name(study_name: str, trial: int) -> str:
+    safe = re.sub(r"[^0-9A-Za-z._-]+", "_", study_name).strip("._") or "study"
+    return f"{safe}-trial{trial}"
+
+
+def _select_trials(study: optuna.Study, trials: Sequence[int] | None) -> list[Any]:
+    from nas_asc.report.pareto import pareto_frame
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trials is None:
+        chosen = [int(n) for n in pareto_frame(study)["trial"]]
+        if not chosen:
+            raise NasAscError(
+                f"study {study.study_name!r} has no trained trial within its budget, so its "
+                "Pareto set is empty; run more trials, or name trials with --trials"
+            )
+    else:
+        if len(trials) == 0:
+            raise NasAscError(
+                "no trial numbers given; name trials (e.g. --trials 3,5) or leave out --trials "
+                "to export the Pareto set"
+            )
+        chosen: list[int] = []
+        for n in trials:
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise NasAscError(f"trial numbers must be integers, got {n!r}; e.g. --trials 3,5")
+            if int(n) not in chosen:
+                chosen.append(int(n))
+    selected = []
+    for n in chosen:
+        trial = by_number.get(n)
+        if trial is None:
+            known = f"0-{max(by_number)}" if by_number else "none"
+            raise NasAscError(
+                f"study {study.study_name!r} has no trial {n} (trials: {known}); pick trial "
+                "numbers from the report, or leave out --trials to export the Pareto set"
+            )
+        if not trial.user_attrs.get("checkpoint_artifact"):
+            status = trial.user_attrs.get("status", trial.state.name.lower())
+            raise NasAscError(
+                f"trial {n} of study {study.study_name!r} has no checkpoint (status: {status}); "
+                "only trained trials can be exported, e.g. the Pareto set (leave out --trials)"
+            )
+        selected.append(trial)
+    return selected
+
+
+def _study_budget(study: optuna.Study):
+    from nas_asc.budget import Budget
+
+    recorded = study.user_attrs.get("budget")
+    if not isinstance(recorded, dict):
+        raise NasAscError(
+            f"study {study.study_name!r} records no budget; it was not run by nas-asc search"
+        )
+    return Budget(**recorded)
+
+
+def _load_dataset(study: optuna.Study, data_root: str | Path | None, progress: bool):
+    from nas_asc.data.tau22 import load_tau22
+
+    info = study.user_attrs.get("data_info")
+    if not isinstance(info, dict) or "fingerprint" not in info:
+        raise NasAscError(
+            f"study {study.study_name!r} records no dataset (root and fingerprint); it was run "
+            "by an older nas-asc: run the search again with this version"
+        )
+    root = Path(data_root) if data_root is not None else Path(info.get("root", ""))
+    if not root.is_dir():
+        raise NasAscError(
+            f"dataset root {root} of study {study.study_name!r} does not exist; pass --data with "
+            "the dataset folder the study was run on"
+        )
+    split = info.get("train_split", "fold1")
+    if progress:
+        print(f"loading dataset {root} ({split})", flush=True)
+    dataset = load_tau22(root, train_split=split)
+    if dataset.fingerprint != info["fingerprint"]:
+        raise NasAscError(
+            f"dataset {root} (split {split}) has fingerprint {dataset.fingerprint}, but study "
+            f"{study.study_name!r} was run on {info['fingerprint']}: its files changed; pass "
+            "--data with the dataset the study was run on"
+        )
+    return dataset, info
+
+
+def _check_targets(out_dir: Path, names: list[str], overwrite: bool) -> None:
+    for name in names:
+        target = out_dir / name
+        if target.exists() and not target.is_dir():
+            raise NasAscError(f"{target} exists and is not a folder; remove it or choose --out")
+        if target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise NasAscError(
+                f"export folder {target} already exists and is not empty; pass --overwrite to "
+                "replace it, or choose another --out"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# One trial
+# --------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _normalization(dataset, frontend, train_set) -> dict[str, float]:
+    """Scalar mean and std that standardize the log-mel features (training split)."""
+    return {"mean": train_set.mean, "std": train_set.std}
+
+
+def _check(name: str, value: Any, reference: Any, limit: Any, passed: bool, detail: str) -> dict:
+    return {
+        "name": name,
+        "value": value,
+        "reference": reference,
+        "limit": limit,
+        "passed": bool(passed),
+        "detail": detail,
+    }
+
+
+def _verify(trial, onnx_eval, int8_eval, recount, graph, budget, tolerance_pp: float) -> list[dict]:
+    attrs = trial.user_attrs
+    checks = []
+    gap = 100.0 * abs(onnx_eval.accuracy - int8_eval.accuracy)
+    checks.append(
+        _check(
+            "onnx_vs_pytorch_int8_accuracy_pp",
+            round(gap, 4),
+            None,
+            tolerance_pp,
+            gap <= tolerance_pp + 1e-9,
+            f"ONNX Runtime accuracy {onnx_eval.accuracy:.2%} vs PyTorch int8 "
+            f"{int8_eval.accuracy:.2%}",
+        )
+    )
+    recorded = attrs.get("int8_accuracy")
+    if isinstance(recorded, (int, float)):
+        drift = 100.0 * abs(int8_eval.accuracy - float(recorded))
+        checks.append(
+            _check(
+                "rebuilt_vs_study_int8_accuracy_pp",
+                round(drift, 4),
+                None,
+                tolerance_pp,
+                drift <= tolerance_pp + 1e-9,
+                f"rebuilt PyTorch int8 accuracy {int8_eval.accuracy:.2%} vs "
+                f"{float(recorded):.2%} recorded in the study",
+            )
+        )
+    checks.append(
+        _check(
+            "onnx_weights_match_model",
+            {
+                "weight_macs": graph.weight_macs,
+                "weight_bytes": graph.weight_bytes,
+                "weight_params": graph.weight_params + graph.float_params,
+            },
+            {
+                "weight_macs": recount["expected_weight_macs"],
+                "weight_bytes": recount["expected_weight_bytes"],
+                "weight_params": recount["expected_weight_params"],
+            },
+            "equal",
+            recount["weights_match"],
+            "weight MACs, weight bytes and weight count of the ONNX graph vs the float model",
+        )
+    )
+    checks.append(
+        _check(
+            "macs_within_budget",
+            recount["macs"],
+            attrs.get("macs"),
+            budget.max_macs,
+            recount["macs"] <= budget.max_macs,
+            "MACs per clip under the DCASE rule, recounted from the ONNX graph",
+        )
+    )
+    checks.append(
+        _check(
+            "param_bytes_within_budget",
+            recount["param_bytes"],
+            attrs.get("param_bytes") if budget.weight_dtype == "int8" else None,
+            budget.max_param_bytes,
+            recount["param_bytes"] <= budget.max_param_bytes,
+            "parameter bytes under the DCASE rule (int8 weights), recounted from the ONNX graph",
+        )
+    )
+    if isinstance(attrs.get("macs"), (int, float)):
+        checks.append(
+            _check(
+                "macs_match_study",
+                recount["macs"],
+                int(attrs["macs"]),
+                "equal",
+                recount["macs"] == int(attrs["macs"]),
+                "recounted MACs vs the trial's count",
+            )
+        )
+    return checks
+
+
+def _failure_message(trial_number: int, checks: list[dict]) -> str:
+    failed = [c for c in checks if not c["passed"]]
+    parts = []
+    for c in failed:
+        parts.append(f"{c['name']}: {c['detail']} (value {c['value']}, limit {c['limit']})")
+    return f"trial {trial_number}: " + "; ".join(parts)
+
+
+def _summary(result) -> dict[str, Any]:
+    return {**result.summary(), "n_clips": int(len(result.logits))}
+
+
+def _export_trial(
+    study: optuna.Study,
+    trial,
+    dataset,
+    data_info: dict,
+    budget,
+    features: dict,
+    workdir: Path,
+    name: str,
+    tolerance_pp: float,
+    c_header: bool,
+) -> tuple[dict, list[dict], dict[str, Any]]:
+    """Write one trial's files into ``workdir``; returns (card, checks, figures)."""
+    import onnx
+    import onnxruntime
+
+    import nas_asc
+    from nas_asc.complexity import parse_input_shape
+    from nas_asc.data.features import FrontEnd, load_features
+    from nas_asc.data.tau22 import SCENES
+    from nas_asc.export import onnx as onnx_export
+    from nas_asc.export.card import CARD_FORMAT, file_digest, write_card
+    from nas_asc.export.cheader import write_c_header
+    from nas_asc.models import get_model_config
+    from nas_asc.search.artifacts import calibration_indices, load_checkpoint
+    from nas_asc.train.loop import TrainConfig, evaluate
+    from nas_asc.train.quantize import quantize_ptq
+
+    ckpt = load_checkpoint(study, trial)
+    frontend = FrontEnd(**ckpt.frontend)
+    if frontend not in features:
+        train_set, eval_set = load_features(dataset, frontend, progress=False)
+        features[frontend] = (train_set, eval_set, _normalization(dataset, frontend, train_set))
+    train_set, eval_set, norm = features[frontend]
+    input_shape = parse_input_shape(tuple(eval_set.x.shape[1:]))
+
+    model = ckpt.build_model()
+    fp32 = evaluate(model, eval_set)
+    idx = calibration_indices(len(train_set), ckpt.calibration["seed"], ckpt.calibration["n"])
+    int8_model = quantize_ptq(model, train_set.x[idx])
+    int8 = evaluate(int8_model, eval_set)
+
+    resolved = dataclasses.asdict(get_model_config(ckpt.family)(**ckpt.model_config))
+    recipe = TrainConfig(**ckpt.train).to_dict()
+    config = {
+        "format": EXPORT_FORMAT,
+        "name": name,
+        "study": study.study_name,
+        "trial": trial.number,
+        "family": ckpt.family,
+        "model_config": _plain(ckpt.model_config),  # create_model(family, **model_config)
+        "model_config_resolved": _plain(resolved),  # with the family's defaults filled in
+        "pruned": _plain(ckpt.pruned),
+        "frontend": frontend.to_dict(),
+        "normalization": norm,
+        "input_shape": list(input_shape),
+        "classes": list(SCENES),
+        "train": recipe,
+        "seed": ckpt.seed,
+        "calibration": _plain(ckpt.calibration),
+    }
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({**config, "state_dict": state}, workdir / "model.pt")
+    (workdir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    metadata = {
+        "nas_asc.format": EXPORT_FORMAT,
+        "nas_asc.name": name,
+        "nas_asc.classes": json.dumps(list(SCENES)),
+        "nas_asc.frontend": json.dumps(frontend.to_dict()),
+        "nas_asc.normalization": json.dumps(norm),
+        "nas_asc.input": "standardized log-mel (batch, 1, n_mels, frames): "
+        "(log(mel power + 1e-5) - mean) / std",
+    }
+    onnx_path = workdir / "model_int8.onnx"
+    graph_proto = onnx_export.export_int8_onnx(int8_model, eval_set.x[:1], onnx_path, metadata)
+    session = onnx_export.onnx_session(onnx_path)
+    onnx_eval = evaluate(onnx_export.OnnxModule(session), eval_set)
+    param_names = {n for n, _ in model.named_parameters()}
+    graph = onnx_export.count_onnx(graph_proto, input_shape, param_names)
+    recount = onnx_export.dcase_recount(model, graph, input_shape)
+    checks = _verify(trial, onnx_eval, int8, recount, graph, budget, tolerance_pp)
+    figures = {
+        "fp32": fp32.accuracy,
+        "int8": int8.accuracy,
+        "onnx": onnx_eval.accuracy,
+        "macs": recount["macs"],
+        "param_bytes": recount["param_bytes"],
+    }
+    if not all(c["passed"] for c in checks):
+        return {}, checks, figures
+
+    if c_header:
+        write_c_header(graph_proto, workdir / "model_int8.h", name, param_names)
+    attrs = trial.user_attrs
+    card = {
+        "format": CARD_FORMAT,
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {
+            "study": study.study_name,
+            "trial": trial.number,
+            "space": study.user_attrs.get("space"),
+            "seed": ckpt.seed,
+        },
+        "model": {
+            "family": ckpt.family,
+            "config": _plain(resolved),
+            "searched": _plain(dict(trial.params)),
+            "pruned": _plain(ckpt.pruned),
+            "classes": list(SCENES),
+        },
+        "frontend": {
+            **frontend.to_dict(),
+            "input_shape": list(input_shape),
+            "normalization": norm,
+            "description": (
+                "Audio resampled to sample_rate, power Mel spectrogram (centered STFT), "
+                "log(mel + 1e-5), standardized with the training split's scalar mean and std: "
+                "input = (log-mel - mean) / std, shape (batch, 1, n_mels, frames)."
+            ),
+        },
+        "training": {
+            "recipe": recipe,
+            "seed": ckpt.seed,
+            "calibration": _plain(ckpt.calibration),
+            "quantization": _QUANTIZATION,
+        },
+        "data": {
+            **{k: data_info.get(k) for k in ("root", "train_split", "fingerprint", "synthetic")},
+            "n_train": len(train_set),
+            "n_eval": len(eval_set),
+        },
+        "budget": budget.to_dict(),
+        "complexity": {
+            "dcase": {
+                "macs": recount["macs"],
+                "param_bytes": recount["param_bytes"],
+                "params": recount["params"],
+                "input_shape": list(input_shape),
+            },
+            "search": {k: attrs.get(k) for k in ("macs", "param_bytes", "params")},
+            "onnx_graph": graph.to_dict(),
+            "within_budget": True,
+            "budget_use": {
+                "macs": recount["macs"] / budget.max_macs,
+                "param_bytes": recount["param_bytes"] / budget.max_param_bytes,
+            },
+        },
+        "accuracy": {
+            "split": "fold1 evaluate (held-out locations)",
+            "n_clips": len(eval_set),
+            "fp32": _summary(fp32),
+            "int8_pytorch": _summary(int8),
+            "int8_onnx": _summary(onnx_eval),
+            # share of clips on which ONNX Runtime and PyTorch int8 predict the same scene; int8
+            # backends round near-ties differently, so a few disagreements are expected
+            "onnx_pytorch_agreement": float(
+                (onnx_eval.logits.argmax(1) == int8.logits.argmax(1)).float().mean()
+            ),
+            "study": {
+                k: attrs.get(k)
+                for k in (
+                    "int8_accuracy",
+                    "fp32_accuracy",
+                    "accuracy_by_device",
+                    "seen_accuracy",
+                    "unseen_accuracy",
+                )
+            },
+        },
+        "verification": {"passed": True, "tolerance_pp": tolerance_pp, "checks": checks},
+        "runtime": {
+            "nas_asc": nas_asc.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": onnx_export.OPSET,
+            "onnx_input": onnx_export.INPUT_NAME,
+            "onnx_output": onnx_export.OUTPUT_NAME,
+        },
+        "files": {
+            f: file_digest(workdir / f)
+            for f in FILES
+            if f not in ("card.json", "card.md") and (workdir / f).exists()
+        },
+    }
+    write_card(card, workdir)
+    return card, checks, figures
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def _install(workdir: Path, target: Path) -> None:
+    """Move a complete export folder into place (replacing ``target`` if it exists)."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    try:
+        os.replace(workdir, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old / target.name, target)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_index(out_dir: Path, study: optuna.Study, results: list[ExportResult]) -> Path:
+    path = out_dir / "index.json"
+    entries: dict[str, dict] = {}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            entries = {e["name"]: e for e in previous.get("exports", []) if "name" in e}
+        except (ValueError, TypeError, KeyError):
+            entries = {}
+    for r in results:
+        entries[r.name] = {
+            "name": r.name,
+            "study": study.study_name,
+            "trial": r.trial,
+            "directory": r.name,
+            "int8_accuracy": r.int8_accuracy,
+            "onnx_accuracy": r.onnx_accuracy,
+            "fp32_accuracy": r.fp32_accuracy,
+            "macs": r.macs,
+            "param_bytes": r.param_bytes,
+            "files": sorted(r.files),
+        }
+    index = {
+        "format": INDEX_FORMAT,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exports": sorted(entries.values(), key=lambda e: (str(e.get("study")), e.get("trial"))),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=out_dir)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(index, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def export_study(
+    study: optuna.Study,
+    out_dir: str | Path,
+    trials: Sequence[int] | None = None,
+    data_root: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    tolerance_pp: float = 0.5,
+    c_header: bool = True,
+) -> list[ExportResult]:
+    """Export the Pareto-optimal trials of ``study`` (or ``trials``) as verified int8 models.
+
+    Args:
+        study: A study run by ``nas-asc search`` with checkpoints (its artifact folder present).
+        out_dir: Folder for ``<study>-trial<N>/`` folders and ``index.json`` (created).
+        trials: Trial numbers to export; None exports the Pareto set.
+        data_root: Dataset root, if not the one the study recorded (its fingerprint must match).
+        overwrite: Replace existing non-empty export folders of these trials.
+        progress: Print a line per model.
+        tolerance_pp: Largest accepted gap, in percentage points, between ONNX Runtime and
+            PyTorch int8 accuracy (and between the rebuilt and the recorded int8 accuracy).
+        c_header: Also write ``model_int8.h``.
+
+    Returns:
+        One :class:`ExportResult` per exported model, in the order exported.
+
+    Raises:
+        NasAscError: An unknown trial, a trial without checkpoint, a missing artifact folder or
+            dataset, a changed dataset, an existing export folder; nothing is written then.
+        ExportError: Some models failed re-verification or could not be exported (after the
+            others were exported); its ``failures`` say which check failed for which trial.
+
+    Example:
+        >>> results = export_study(study, "exports", trials=[3, 5])  # doctest: +SKIP
+    """
+    from nas_asc.export.onnx import require_onnx
+    from nas_asc.search.artifacts import study_artifact_store
+
+    if not 0.0 <= tolerance_pp < 100.0:
+        raise ValueError(f"tolerance_pp must be in [0, 100), got {tolerance_pp}")
+    require_onnx()
+    selected = _select_trials(study, trials)
+    study_artifact_store(study)  # a missing artifact folder fails here, before any work
+    budget = _study_budget(study)
+    out_dir = Path(out_dir)
+    names = [_folder_name(study.study_name, t.number) for t in selected]
+    _check_targets(out_dir, names, overwrite)
+    dataset, data_info = _load_dataset(study, data_root, progress)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NasAscError(
+            f"cannot create the export folder {out_dir}: {exc.strerror}; choose another --out"
+        ) from None
+
+    results: list[ExportResult] = []
+    failures: dict[int, str] = {}
+    features: dict = {}
+    for trial, name in zip(selected, names, strict=True):
+        started = time.perf_counter()
+        workdir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
+        try:
+            card, checks, figures = _export_trial(
+                study,
+                trial,
+                dataset,
+                data_info,
+                budget,
+                features,
+                workdir,
+                name,
+                tolerance_pp,
+                c_header,
+            )
+        except NasAscError as exc:  # e.g. an operator the ONNX exporter cannot convert
+            failures[trial.number] = f"trial {trial.number}: {exc}"
+            if progress:
+                print(f"trial {trial.number}: FAILED ({exc})", flush=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+            continue
+        try:
+            if not card:
+                failures[trial.number] = _failure_message(trial.number, checks)
+                if progress:
+                    print(f"trial {trial.number}: FAILED verification, not exported", flush=True)
+                continue
+            os.chmod(workdir, 0o755)  # mkdtemp makes it private; exports are meant to be shared
+            target = out_dir / name
+            _install(workdir, target)
+        finally:
+            if workdir.exists():
+                shutil.rmtree(workdir, ignore_errors=True)
+        files = {f: target / f for f in FILES if (target / f).exists()}
+        result = ExportResult(
+            trial=trial.number,
+            name=name,
+            directory=target,
+            files=files,
+            fp32_accuracy=figures["fp32"],
+            int8_accuracy=figures["int8"],
+            onnx_accuracy=figures["onnx"],
+            macs=int(figures["macs"]),
+            param_bytes=int(figures["param_bytes"]),
+            card=card,
+        )
+        results.append(result)
+        if progress:
+            print(
+                f"trial {trial.number}: {target}  int8 {result.int8_accuracy:.1%} "
+                f"(ONNX Runtime {result.onnx_accuracy:.1%}), {result.macs / 1e6:.2f} M MACs, "
+                f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+    if results:
+        _write_index(out_dir, study, results)
+    if failures:
+        raise ExportError(
+            f"{len(failures)} of {len(selected)} models failed and were not exported: "
+            + " | ".join(failures[n] for n in failures),
+            failures,
+            results,
+        )
+    return results

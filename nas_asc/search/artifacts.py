@@ -1,0 +1,232 @@
+"""Per-trial artifacts in an Optuna artifact store: checkpoints and confusion-matrix images.
+
+Every trained trial keeps what export needs, so export never retrains:
+
+* a **checkpoint** (``checkpoint.pt``, a plain dictionary readable with ``torch.load(...,
+  weights_only=True)``): model family and config, front end, training recipe, the float weights,
+  the calibration subset of its int8 conversion (seed and size, so the int8 model is rebuilt
+  bit for bit), the structure left by filter pruning if any, and the measured complexity;
+* a **confusion-matrix image** (PNG) of the int8 model on the held-out split, which the Optuna
+  dashboard shows on the trial page.
+
+Both are uploaded with :func:`optuna.artifacts.upload_artifact` to a
+:class:`~optuna.artifacts.FileSystemArtifactStore`; the trial's user attributes
+``checkpoint_artifact`` and ``confusion_artifact`` hold their artifact ids, and the study's user
+attribute ``artifact_dir`` the store's folder. With the default SQLite storage
+``studies/<study>.db`` the store is ``studies/<study>/artifacts``; workers of one study on several
+machines must share that folder (or pass the same ``--artifacts`` path on a shared file system).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+
+from nas_asc.errors import NasAscError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "calibration_indices",
+    "default_artifact_dir",
+    "open_artifact_store",
+    "study_artifact_store",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_confusion_image",
+]
+
+CHECKPOINT_FORMAT = "nas-asc-checkpoint/1"
+
+
+def default_artifact_dir(storage: str, study_name: str) -> Path:
+    """Artifact folder of a study: beside its SQLite file, else ``studies/<study>/artifacts``."""
+    if storage.startswith("sqlite:///"):
+        db = Path(storage[len("sqlite:///") :])
+        return db.parent / study_name / "artifacts"
+    return Path("studies") / study_name / "artifacts"
+
+
+def open_artifact_store(path: str | Path) -> FileSystemArtifactStore:
+    """Open (creating it if needed) a file-system artifact store at ``path``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NasAscError(
+            f"cannot create the artifact folder {path}: {exc.strerror}; pass --artifacts with a "
+            "writable folder"
+        ) from None
+    return FileSystemArtifactStore(str(path))
+
+
+def study_artifact_store(study: optuna.Study) -> FileSystemArtifactStore:
+    """The artifact store recorded in ``study`` by the search that ran it."""
+    recorded = study.user_attrs.get("artifact_dir")
+    if not recorded:
+        raise NasAscError(
+            f"study {study.study_name!r} records no artifact folder (it was run without "
+            "checkpoints); run the search again with this version of nas-asc"
+        )
+    if not Path(recorded).is_dir():
+        raise NasAscError(
+            f"the artifact folder {recorded} of study {study.study_name!r} does not exist; run "
+            "from the folder the search ran in, or restore the folder"
+        )
+    return FileSystemArtifactStore(recorded)
+
+
+def calibration_indices(n_train: int, seed: int, n_calibration: int) -> torch.Tensor:
+    """Training clips used to calibrate a trial's int8 conversion (deterministic in ``seed``)."""
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return order[: min(n_train, n_calibration)]
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild a trained trial's float and int8 models."""
+
+    family: str  # registered model family
+    model_config: dict[str, Any]  # fields of the family's config dataclass
+    frontend: dict[str, Any]  # nas_asc.data.features.FrontEnd fields
+    train: dict[str, Any]  # nas_asc.train.loop.TrainConfig fields
+    state_dict: dict[str, torch.Tensor]  # trained float weights
+    seed: int  # the trial's seed
+    calibration: dict[str, int]  # {"seed": ..., "n": ...}: see calibration_indices
+    complexity: dict[str, Any]  # params, param_bytes, macs, input_shape as counted
+    pruned: dict[str, int] | None = None  # filters kept per pruned layer, if pruned
+    metrics: dict[str, Any] = field(default_factory=dict)  # accuracies measured in the trial
+    format: str = CHECKPOINT_FORMAT
+
+    def build_model(self) -> torch.nn.Module:
+        """The trained float model (pruned structure restored, weights loaded strictly)."""
+        from nas_asc.models import create_model
+
+        model = create_model(self.family, **self.model_config)
+        if self.pruned:
+            for layer, kept in self.pruned.items():
+                model.prune_filters(layer, torch.arange(kept))
+        model.load_state_dict(self.state_dict, strict=True)
+        return model.eval()
+
+
+def _to_plain(value: Any) -> Any:
+    """Tuples become lists so the checkpoint loads with ``weights_only=True``."""
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def save_checkpoint(
+    trial: optuna.Trial, store: FileSystemArtifactStore, checkpoint: Checkpoint
+) -> str:
+    """Upload ``checkpoint`` as an artifact of ``trial``; record its id; return the id."""
+    payload = _to_plain({k: v for k, v in asdict(checkpoint).items() if k != "state_dict"})
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()}
+    with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
+        path = os.path.join(tmp, f"trial-{trial.number}-checkpoint.pt")
+        torch.save(payload, path)
+        artifact_id = upload_artifact(
+            artifact_store=store,
+            file_path=path,
+            study_or_trial=trial,
+            mimetype="application/octet-stream",
+        )
+    trial.set_user_attr("checkpoint_artifact", artifact_id)
+    return artifact_id
+
+
+def load_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Checkpoint:
+    """Download and read the checkpoint of ``trial`` from the study's artifact store."""
+    artifact_id = trial.user_attrs.get("checkpoint_artifact")
+    if not artifact_id:
+        status = trial.user_attrs.get("status", trial.state.name.lower())
+        raise NasAscError(
+            f"trial {trial.number} of study {study.study_name!r} has no checkpoint "
+            f"(status: {status}); only trained trials can be exported"
+        )
+    store = study_artifact_store(study)
+    with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
+        path = os.path.join(tmp, "checkpoint.pt")
+        try:
+            download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
+        except Exception as exc:  # the store raises several types for a missing file
+            raise NasAscError(
+                f"checkpoint {artifact_id} of trial {trial.number} is missing from "
+                f"{study.user_attrs.get('artifact_dir')}: {exc}"
+            ) from None
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise NasAscError(
+            f"checkpoint of trial {trial.number} has format {payload.get('format')!r}; this "
+            f"nas-asc reads {CHECKPOINT_FORMAT!r}"
+        )
+    return Checkpoint(**payload)
+
+
+def _confusion_png(confusion: Any, labels: list[str], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(confusion, dtype=float)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=100)
+    try:
+        im = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xlabel("predicted scene")
+        ax.set_ylabel("true scene")
+        ax.set_title(title, fontsize=10)
+        for i in range(rates.shape[0]):
+            for j in range(rates.shape[1]):
+                if counts[i, j]:
+                    colour = "white" if rates[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color=colour,
+                    )
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true scene")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def save_confusion_image(
+    trial: optuna.Trial,
+    store: FileSystemArtifactStore,
+    confusion: Any,
+    labels: list[str],
+    title: str,
+) -> str:
+    """Upload a PNG of ``confusion`` (rows = true scene) for ``trial``; record and return its id."""
+    png = _confusion_png(confusion, labels, title)
+    with tempfile.TemporaryDirectory(prefix="nas-asc-cm-") as tmp:
+        path = os.path.join(tmp, f"trial-{trial.number}-confusion.png")
+        Path(path).write_bytes(png)
+        artifact_id = upload_artifact(
+            artifact_store=store, file_path=path, study_or_trial=trial, mimetype="image/png"
+        )
+    trial.set_user_attr("confusion_artifact", artifact_id)
+    return artifact_id
