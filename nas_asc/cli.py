@@ -407,7 +407,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     from nas_asc.export import export_study
 
     study, _ = _existing_study(args.study, args.storage)
-    _writable_dir(args.out, "export")
     results = export_study(
         study,
         args.out,

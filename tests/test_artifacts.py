@@ -5,18 +5,16 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
+from toydata import artifact_context
 
-from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
 from nas_asc.search.artifacts import (
     calibration_indices,
     default_artifact_dir,
     load_checkpoint,
-    open_artifact_store,
 )
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
-from nas_asc.search.space import SearchSpace
+from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
 from nas_asc.train.loop import evaluate
 from nas_asc.train.quantize import quantize_ptq
 
@@ -35,15 +33,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def trained_study(tiny_dataset, tmp_path_factory):
     artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = SearchContext(
-        SearchSpace.from_dict(SPACE),
-        DEFAULT_BUDGET,
-        tiny_dataset,
-        torch.randn(tiny_dataset.n_meta_rows, 10),
-        seed=3,
-        progress=False,
-        artifact_store=open_artifact_store(artifact_dir),
-    )
+    context = artifact_context(tiny_dataset, SPACE, artifact_dir, seed=3)
     study = optuna.create_study(directions=list(DIRECTIONS))
     study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr("artifact_dir", str(artifact_dir))

@@ -19,13 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
+from toydata import artifact_context
 
-from nas_asc.budget import DEFAULT_BUDGET
-from nas_asc.search.artifacts import open_artifact_store
-from nas_asc.search.objective import SearchContext
 from nas_asc.search.optuna_backend import SearchSettings, run_search
-from nas_asc.search.space import SearchSpace
 
 SPACE = {
     "name": "dash",
@@ -63,15 +59,7 @@ def served(tiny_dataset, tmp_path_factory):
     work = tmp_path_factory.mktemp("dash")
     storage = f"sqlite:///{work / 'dash.db'}"
     artifacts = work / "artifacts"
-    context = SearchContext(
-        SearchSpace.from_dict(SPACE),
-        DEFAULT_BUDGET,
-        tiny_dataset,
-        torch.randn(tiny_dataset.n_meta_rows, 10),
-        seed=0,
-        progress=False,
-        artifact_store=open_artifact_store(artifacts),
-    )
+    context = artifact_context(tiny_dataset, SPACE, artifacts)
     run_search(context, SearchSettings("dash", storage, 3, artifact_dir=str(artifacts)), "tiny")
     port = _free_port()
     log = (work / "dashboard.log").open("w")

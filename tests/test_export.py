@@ -15,6 +15,8 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from toydata import artifact_context
+
 from nas_asc.budget import DEFAULT_BUDGET, Budget  # noqa: E402
 from nas_asc.complexity import count  # noqa: E402
 from nas_asc.data.features import FrontEnd, load_features  # noqa: E402
@@ -24,9 +26,7 @@ from nas_asc.export.cheader import quantize_multiplier  # noqa: E402
 from nas_asc.export.onnx import OnnxModule, count_onnx, onnx_session  # noqa: E402
 from nas_asc.export.study import FILES, _install  # noqa: E402
 from nas_asc.models import create_model, list_models  # noqa: E402
-from nas_asc.search.artifacts import open_artifact_store  # noqa: E402
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext  # noqa: E402
-from nas_asc.search.space import SearchSpace  # noqa: E402
+from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective  # noqa: E402
 from nas_asc.train.loop import predict  # noqa: E402
 
 SPACE = {
@@ -44,15 +44,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def study(tiny_dataset, tiny_root, tmp_path_factory):
     artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = SearchContext(
-        SearchSpace.from_dict(SPACE),
-        DEFAULT_BUDGET,
-        tiny_dataset,
-        torch.randn(tiny_dataset.n_meta_rows, 10),
-        seed=5,
-        progress=False,
-        artifact_store=open_artifact_store(artifact_dir),
-    )
+    context = artifact_context(tiny_dataset, SPACE, artifact_dir, seed=5)
     study = optuna.create_study(study_name="tiny", directions=list(DIRECTIONS))
     study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr("artifact_dir", str(artifact_dir))

@@ -1,4 +1,4 @@
-"""A tiny separable feature set for training tests (imported by several test modules)."""
+"""Small shared test helpers: a toy feature set, a search context with an artifact store."""
 
 from __future__ import annotations
 
@@ -23,4 +23,23 @@ def toy_set(n: int = 96, seed: int = 0, devices=("a", "b", "s4")) -> FeatureSet:
         devices=[devices[(i // 3) % len(devices)] for i in range(n)],
         filenames=[f"audio/clip-{i}.wav" for i in range(n)],
         rows=torch.arange(n),
+    )
+
+
+def artifact_context(dataset, space: dict, artifact_dir, seed: int = 0):
+    """A search context over the ``space`` dict on ``dataset``: random teacher logits indexed by
+    meta.csv row, no progress output, checkpoints kept in an artifact store at ``artifact_dir``."""
+    from nas_asc.budget import DEFAULT_BUDGET
+    from nas_asc.search.artifacts import open_artifact_store
+    from nas_asc.search.objective import SearchContext
+    from nas_asc.search.space import SearchSpace
+
+    return SearchContext(
+        SearchSpace.from_dict(space),
+        DEFAULT_BUDGET,
+        dataset,
+        torch.randn(dataset.n_meta_rows, 10),
+        seed=seed,
+        progress=False,
+        artifact_store=open_artifact_store(artifact_dir),
     )

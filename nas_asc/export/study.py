@@ -212,11 +212,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _normalization(dataset, frontend, train_set) -> dict[str, float]:
-    """Scalar mean and std that standardize the log-mel features (training split)."""
-    return {"mean": train_set.mean, "std": train_set.std}
-
-
 def _check(name: str, value: Any, reference: Any, limit: Any, passed: bool, detail: str) -> dict:
     return {
         "name": name,
@@ -353,7 +348,7 @@ def _export_trial(
     frontend = FrontEnd(**ckpt.frontend)
     if frontend not in features:
         train_set, eval_set = load_features(dataset, frontend, progress=False)
-        features[frontend] = (train_set, eval_set, _normalization(dataset, frontend, train_set))
+        features[frontend] = (train_set, eval_set, {"mean": train_set.mean, "std": train_set.std})
     train_set, eval_set, norm = features[frontend]
     input_shape = parse_input_shape(tuple(eval_set.x.shape[1:]))
 

@@ -205,27 +205,23 @@ class BCRes2Block(nn.Module):
             self.project = nn.Identity()
         self.act = nn.ReLU()
 
-    def _freq_split(self, x: torch.Tensor) -> torch.Tensor:
+    def _hierarchical(self, x: torch.Tensor, op) -> torch.Tensor:
+        """Res2Net hierarchy: group i gets its input plus group i-1's output, through op(i)."""
         parts = torch.split(x, self.group, dim=1)
         outs = []
         y = parts[0]
         for i in range(self.scale):
             if i > 0:
                 y = y + parts[i]
-            y = self.freq_norms[i](self.freq_convs[i](y))
+            y = op(i, y)
             outs.append(y)
         return torch.cat(outs, dim=1)
 
+    def _freq_split(self, x: torch.Tensor) -> torch.Tensor:
+        return self._hierarchical(x, lambda i, y: self.freq_norms[i](self.freq_convs[i](y)))
+
     def _time_split(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.group, dim=1)
-        outs = []
-        y = parts[0]
-        for i in range(self.scale):
-            if i > 0:
-                y = y + parts[i]
-            y = self.time_act(self.time_convs[i](y))
-            outs.append(y)
-        return torch.cat(outs, dim=1)
+        return self._hierarchical(x, lambda i, y: self.time_act(self.time_convs[i](y)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         aux = self._freq_split(self.pointwise(x))
