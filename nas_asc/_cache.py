@@ -3,6 +3,15 @@
 The root is ``$NAS_ASC_CACHE`` or the platform cache directory (``~/.cache/nas-asc`` on Linux).
 Entries are keyed by content hashes and written atomically: a writer fills a temporary sibling and
 renames it into place, so a crash never leaves a half-written entry behind.
+
+Entries are also verified on load, because a cache outlives the process that wrote it (a disk
+that fills up, a copy interrupted by hand, a bit flipped in storage): a corrupt entry must never
+crash a search or, worse, feed it wrong data. :func:`save_torch` writes a SHA-256 checksum file
+(``<entry>.sha256``, in ``sha256sum`` format) *before* renaming the entry into place, so an entry
+that exists always has its checksum; :func:`load_torch` checks it and, on a mismatch, a
+truncation or a missing checksum, deletes the entry with a one-line warning and returns ``None``
+so that the caller recomputes it. Folder entries (the synthetic dataset) carry a manifest of
+every file's size and SHA-256 (:func:`write_manifest`, :func:`check_manifest`).
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -17,7 +27,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["cache_root", "content_key", "atomic_dir", "atomic_file"]
+__all__ = [
+    "cache_root",
+    "content_key",
+    "atomic_dir",
+    "atomic_file",
+    "save_torch",
+    "load_torch",
+    "discard",
+    "write_manifest",
+    "check_manifest",
+    "MANIFEST",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: File name of a folder entry's manifest (relative path, size, SHA-256 of every other file).
+MANIFEST = "manifest.sha256"
+_CHUNK = 1 << 20  # bytes read at a time while hashing
 
 
 def cache_root() -> Path:
@@ -71,3 +98,155 @@ def atomic_file(final: Path, mode: str = "wb") -> Iterator[Any]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def discard(path: str | Path) -> None:
+    """Delete a cache entry written by :func:`save_torch` and its checksum file, if present."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _checksum_path(path).unlink(missing_ok=True)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save`` ``obj`` to the cache entry ``path``, atomically and with a checksum.
+
+    The data go to a temporary sibling, their SHA-256 to ``<path>.sha256`` (atomically), and only
+    then is the data renamed into place: whoever sees the entry also finds its checksum. A crash
+    at any point leaves either no entry or a complete, verifiable one.
+
+    Args:
+        obj: What to save (tensors, and containers of tensors, numbers and strings).
+        path: The entry's final path.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with atomic_file(_checksum_path(path), "w") as fh:
+            fh.write(f"{_sha256(tmp)}  {path.name}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why the entry at ``path`` cannot be trusted, or None if its checksum matches."""
+    try:
+        recorded = _checksum_path(path).read_text(encoding="ascii").split()
+    except FileNotFoundError:
+        return "has no checksum file (an older nas-asc or a copy wrote it)"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"has an unreadable checksum file ({exc})"
+    if len(recorded) != 2 or len(recorded[0]) != 64:
+        return "has a malformed checksum file"
+    try:
+        actual = _sha256(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if actual != recorded[0]:
+        return "does not match its checksum (truncated or corrupted)"
+    return None
+
+
+def load_torch(path: str | Path, *, weights_only: bool = True) -> Any | None:
+    """Load a cache entry written by :func:`save_torch`, verifying its checksum first.
+
+    Args:
+        path: The entry's path.
+        weights_only: Passed to ``torch.load`` (True: tensors and plain containers only).
+
+    Returns:
+        The saved object, or ``None`` when the entry is absent or was corrupt. A corrupt entry
+        (checksum mismatch, truncation, missing checksum, unreadable data) is deleted with a
+        one-line warning, so the caller recomputes and saves it again.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    problem = _entry_problem(path)
+    if problem is None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+        except Exception as exc:  # torch raises several types for unreadable archives
+            problem = f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    _LOG.warning("cache entry %s %s; deleted, it will be recomputed", path, problem)
+    discard(path)
+    return None
+
+
+def write_manifest(root: str | Path) -> Path:
+    """Write ``root/manifest.sha256``: ``sha256  size  relative/path`` for every other file.
+
+    Write it last, inside the :func:`atomic_dir` block that fills ``root``: it doubles as the
+    completion marker.
+
+    Returns:
+        The manifest's path.
+    """
+    root = Path(root)
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        rel = path.relative_to(root).as_posix()
+        lines.append(f"{_sha256(path)}  {path.stat().st_size}  {rel}\n")
+    out = root / MANIFEST
+    with atomic_file(out, "w") as fh:
+        fh.writelines(lines)
+    return out
+
+
+def check_manifest(root: str | Path, hashes: bool = False) -> str | None:
+    """Check a folder entry against its manifest.
+
+    Args:
+        root: The folder.
+        hashes: Also recompute every file's SHA-256 (reads every byte); by default only the
+            presence and size of each file are checked, which is cheap and catches truncation
+            and missing files.
+
+    Returns:
+        None if the folder matches its manifest, else a short description of the first problem.
+    """
+    root = Path(root)
+    try:
+        text = (root / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"has no {MANIFEST} (it was not completed, or an older nas-asc wrote it)"
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"has an unreadable {MANIFEST} ({exc})"
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("  ", 2)
+        if len(fields) != 3 or not fields[1].isdigit():
+            return f"has a malformed {MANIFEST} (line {number})"
+        digest, size, rel = fields[0], int(fields[1]), fields[2]
+        path = root / rel
+        try:
+            actual = path.stat().st_size
+        except OSError:
+            return f"lacks {rel}"
+        if actual != size:
+            return f"has {rel} of {actual} bytes, expected {size}"
+        if hashes and _sha256(path) != digest:
+            return f"has {rel} with a wrong checksum"
+    return None

@@ -77,13 +77,20 @@ _KEYS = {
 
 
 def _number(key: str, text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)\s*", text.lower())
+    # the sign is matched so that a negative limit is refused as such, not as "not a number"
+    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)\s*", text.lower())
     if not match:
         raise BudgetError(
             f"budget {key}={text!r} is not a number; write e.g. {key}=30M, {key}=128k or "
             f"{key}=30000000"
         )
-    return int(round(float(match.group(1)) * _SUFFIX[match.group(2)]))
+    value = int(round(float(match.group(1)) * _SUFFIX[match.group(2)]))
+    if value <= 0:
+        raise BudgetError(
+            f"budget {key}={text!r} is not a number above zero (limits must be positive); "
+            f"write e.g. {key}={'30M' if key == 'macs' else '128k'}"
+        )
+    return value
 
 
 def parse_budget(spec: str | None) -> Budget:

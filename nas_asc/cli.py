@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (with where to find help), not a usage block."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # every error line starts "nas-asc: error:", also a subcommand's ("see" names it)
+        self.exit(2, f"nas-asc: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -122,6 +123,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="artifact folder for trial checkpoints and confusion images "
         "(default: studies/<study>/artifacts beside the SQLite file)",
     )
+    p.add_argument(
+        "--teacher-logits",
+        type=Path,
+        help="distil from this ensemble-logits file (.pt or .npy, shape (rows of meta.csv, 10), "
+        "as the DCASE community distributes them) instead of nas-asc's cached teacher",
+    )
+    p.add_argument(
+        "--ir-dir",
+        type=Path,
+        help="folder of microphone impulse-response WAVs for device simulation "
+        "(train.devicesim_p > 0); default: a generated set of plausible microphone responses",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("optuna", "ray"),
+        default="optuna",
+        help="optuna: trials run in this process (or --workers processes sharing a database); "
+        "ray: trials run as Ray Tune trials, locally or on a cluster (pip install 'ray[tune]')",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="trials run in parallel on this machine (default: 1); with --backend optuna more "
+        "than 1 needs --storage postgresql://...",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="address of a running Ray cluster (ray start --head prints it); default: start a "
+        "local Ray instance",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("tpe", "random"),
+        default="tpe",
+        help="tpe: multivariate, constraint-aware TPE (default); random: uniform sampling",
+    )
+    p.add_argument(
+        "--pruner",
+        choices=("dominance", "none"),
+        default="dominance",
+        help="dominance: stop a trial whose accuracy after an epoch is beaten by most trials of "
+        "equal or lower complexity at that epoch (default); none: train every trial fully",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=30,
+        help="seconds between a running trial's heartbeats; a trial silent for 4 heartbeats is "
+        "taken as abandoned by a dead worker and re-queued (default: 30)",
+    )
 
     p = sub.add_parser("complexity", help="count parameters, parameter bytes and MACs of a model")
     p.add_argument("model", help="registered model family, e.g. tfsepnet")
@@ -148,10 +200,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("teacher", help="train and cache the teacher ensemble for a dataset")
     _add_data(p)
-    p.add_argument("--members", type=_positive_int, help="ensemble size")
-    p.add_argument("--width", type=_positive_int, help="TF-SepNet width C of every member")
+    p.add_argument(
+        "--member",
+        action="append",
+        metavar="FAMILY[:K=V,...]",
+        help="one ensemble member, repeatable: a model family and its config fields, plus "
+        "mixstyle_p and seed (e.g. --member tfsepnet:width=64 --member "
+        "bcresnet:width=80,mixstyle_p=0.3); default: 2 x tfsepnet:width=24",
+    )
+    p.add_argument(
+        "--members", type=_positive_int, help="ensemble size of TF-SepNets (without --member)"
+    )
+    p.add_argument(
+        "--width", type=_positive_int, help="TF-SepNet width C of every member (without --member)"
+    )
     p.add_argument("--epochs", type=_positive_int, help="training epochs per member")
     p.add_argument("--retrain", action="store_true", help="train again even if cached")
+    p.add_argument(
+        "--logits",
+        type=Path,
+        metavar="FILE",
+        help="check an external ensemble-logits file (.pt or .npy, rows of meta.csv x 10) and "
+        "report its accuracy on the evaluate split instead of training",
+    )
 
     p = sub.add_parser("report", help="write the Pareto report of a study")
     p.add_argument("--study", required=True, help="study name")
@@ -224,8 +295,12 @@ def _port(text: str) -> int:
 
 def _load_dataset(data: Path | None, train_split: str, progress: bool):
     from nas_asc.data.synth import default_dataset
-    from nas_asc.data.tau22 import load_tau22
+    from nas_asc.data.tau22 import TRAIN_SPLITS, load_tau22
 
+    if train_split not in TRAIN_SPLITS:  # checked before the synthetic dataset is generated
+        raise NasAscError(
+            f"unknown --train-split {train_split!r}; use one of {', '.join(TRAIN_SPLITS)}"
+        )
     if data is None:
         root = default_dataset(progress=progress)
         return load_tau22(root, train_split=train_split), f"synthetic ({root})"
@@ -244,6 +319,71 @@ def _writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _check_creatable(path: Path, what: str, flag: str) -> None:
+    """Refuse, before any work and creating nothing, a folder that could not be created later.
+
+    The nearest existing ancestor of ``path`` must be a writable folder (root may write
+    anywhere, but not below a regular file).
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NasAscError(
+            f"cannot create {what} folder {path}: {probe} is a file, not a folder; "
+            f"choose another {flag}"
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise NasAscError(
+            f"cannot create {what} folder {path}: {probe} is not writable; choose another {flag}"
+        )
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password masked, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show it as given
+        return url
+
+
+def _check_storage(url: str) -> None:
+    """Fail in one line, before the dataset is loaded or a teacher trained, if the study storage
+    cannot be opened. Creates nothing: an SQLite file's folder is checked (connecting would
+    create the file); a database server is connected to once, with a short timeout."""
+    if url.startswith("sqlite:"):
+        _, sep, rest = url.partition(":///")
+        if sep and rest and not rest.startswith(":memory:"):
+            _check_creatable(Path(rest).parent, "studies", "--storage")
+        return
+    import sqlalchemy
+
+    shown = _safe_url(url)
+    engine = None
+    try:
+        connect_args = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except ImportError as exc:
+        raise NasAscError(
+            f"cannot open study storage {shown}: its database driver is not installed ({exc}); "
+            "install it (PostgreSQL: pip install 'psycopg[binary]')"
+        ) from None
+    except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs one line
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise NasAscError(
+            f"cannot open study storage {shown}: {detail}; check the URL (e.g. "
+            "postgresql://user@host/db) and that the database server is running"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
 def _write_report(study, reports: Path, quiet: bool):
     from nas_asc.report.pareto import format_pareto_table, pareto_frame, write_report
 
@@ -258,7 +398,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc.budget import parse_budget
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
     from nas_asc.search.objective import SearchContext
-    from nas_asc.search.optuna_backend import SearchSettings, default_storage, run_search
+    from nas_asc.search.optuna_backend import (
+        SearchSettings,
+        check_parallel_storage,
+        default_storage,
+        recorded_artifact_dir,
+        run_search,
+        trial_counts,
+    )
     from nas_asc.search.space import load_space
     from nas_asc.train.teacher import get_teacher
 
@@ -269,18 +416,62 @@ def cmd_search(args: argparse.Namespace) -> int:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
     study_name = args.study or space.name
+    if args.ray_address and args.backend != "ray":
+        raise NasAscError("--ray-address needs --backend ray")
     storage = args.storage or default_storage(study_name)
-    _writable_dir(args.reports, "reports")
+    if args.backend == "optuna":
+        check_parallel_storage(storage, args.workers)
+    # every output is checked before the dataset is loaded or a teacher trained
+    _check_storage(storage)
+    _check_creatable(args.reports, "reports", "--reports")
+    artifact_dir = args.artifacts
+    if artifact_dir is None and not storage.startswith("sqlite:"):
+        # a worker joining a shared study keeps checkpoints where the study keeps them
+        recorded = recorded_artifact_dir(storage, study_name)
+        artifact_dir = Path(recorded) if recorded else None
+    artifact_dir = artifact_dir or default_artifact_dir(storage, study_name)
+    _check_creatable(artifact_dir, "artifacts", "--artifacts")
+    if args.ir_dir is not None:  # check the folder now, not in the middle of the search
+        from nas_asc.data.devicesim import load_impulse_responses
+
+        load_impulse_responses(args.ir_dir, 32000)
     dataset, data_label = _load_dataset(args.data, args.train_split, progress)
-    teacher = get_teacher(dataset, progress=progress)
+    if args.teacher_logits is not None:
+        from nas_asc.train.teacher import load_teacher_logits
+
+        teacher = load_teacher_logits(args.teacher_logits, dataset)
+        if progress:
+            print(
+                f"teacher: {args.teacher_logits} (ensemble accuracy "
+                f"{teacher.report['ensemble_accuracy']:.1%} on the evaluate split)",
+                flush=True,
+            )
+    else:
+        teacher = get_teacher(dataset, progress=progress)
     # created only once the inputs have been checked, so a bad input leaves no folder behind
-    artifact_dir = args.artifacts or default_artifact_dir(storage, study_name)
     store = open_artifact_store(_writable_dir(artifact_dir, "artifacts"))
     context = SearchContext(
-        space, budget, dataset, teacher.logits, args.seed, progress, artifact_store=store
+        space,
+        budget,
+        dataset,
+        teacher.logits,
+        args.seed,
+        progress,
+        artifact_store=store,
+        ir_dir=None if args.ir_dir is None else str(args.ir_dir.resolve()),
     )
     settings = SearchSettings(
-        study_name, storage, args.trials, args.timeout, args.seed, str(artifact_dir)
+        study_name,
+        storage,
+        args.trials,
+        args.timeout,
+        args.seed,
+        str(artifact_dir),
+        sampler=args.sampler,
+        pruner=args.pruner,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
+        artifact_dir_explicit=args.artifacts is not None,
     )
     data_info = {
         "root": str(Path(dataset.root).resolve()),
@@ -288,12 +479,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         "fingerprint": dataset.fingerprint,
         "synthetic": args.data is None,
     }
-    study = run_search(context, settings, data_label, data_info)
+    if args.backend == "ray":
+        from nas_asc.search.ray_backend import run_ray_search
+
+        study = run_ray_search(context, settings, data_label, data_info, address=args.ray_address)
+    else:
+        study = run_search(context, settings, data_label, data_info)
     paths = _write_report(study, args.reports, args.quiet)
-    states = [t.user_attrs.get("status", t.state.name.lower()) for t in study.trials]
+    n = trial_counts(study)
+    retried = f", {n.retried} re-queued after a worker died" if n.retried else ""
     print(
-        f"\n{len(study.trials)} trials ({states.count('trained')} trained, "
-        f"{states.count('infeasible')} over budget, {states.count('failed')} failed) "
+        f"\n{n.done} trials ({n.trained} trained, {n.infeasible} over budget, {n.pruned} "
+        f"stopped early, {n.failed} failed{retried}) "
         f"in {time.perf_counter() - started:.0f} s\n"
         f"study:   {storage} (study {study_name!r})\n"
         f"reports: {paths.index_html}\n"
@@ -344,6 +541,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from nas_asc.data.synth import SynthConfig, generate
 
+    _check_creatable(args.out, "output", "--out")
     out = generate(args.out, SynthConfig(seed=args.seed), progress=not args.quiet)
     print(f"synthetic TAU22-layout dataset written to {out}")
     return 0
@@ -352,22 +550,64 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_teacher(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from nas_asc.train.teacher import TeacherConfig, get_teacher
+    from nas_asc.train.teacher import (
+        TeacherConfig,
+        get_teacher,
+        load_teacher_logits,
+        parse_member,
+    )
 
-    config = TeacherConfig()
-    overrides = {k: getattr(args, k) for k in ("members", "width") if getattr(args, k)}
+    if args.logits is not None:
+        if args.member or args.members or args.width or args.epochs or args.retrain:
+            raise NasAscError(
+                "--logits checks an existing logits file and trains nothing; leave out "
+                "--member, --members, --width, --epochs and --retrain"
+            )
+        dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
+        teacher = load_teacher_logits(args.logits, dataset)
+        _print_ensemble(teacher.report)
+        return 0
+    if args.member and (args.members or args.width):
+        raise NasAscError(
+            "--member lists every member; leave out --members/--width, or use those two "
+            "alone for an ensemble of TF-SepNets"
+        )
+    if args.member:
+        members = tuple(parse_member(text, i) for i, text in enumerate(args.member))
+        config = TeacherConfig(members=members)
+    elif args.members or args.width:
+        default = TeacherConfig().members
+        width = args.width or default[0].model["width"]
+        config = TeacherConfig.uniform(args.members or len(default), width=width, dropout=0.0)
+    else:
+        config = TeacherConfig()
     if args.epochs:
-        overrides["train"] = dataclasses.replace(config.train, epochs=args.epochs)
-    config = dataclasses.replace(config, **overrides)
+        config = dataclasses.replace(
+            config, train=dataclasses.replace(config.train, epochs=args.epochs)
+        )
     dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
     teacher = get_teacher(dataset, config, progress=not args.quiet, retrain=args.retrain)
     for i, m in enumerate(teacher.report["members"]):
+        fields = ",".join(f"{k}={v}" for k, v in m.get("model", {}).items())
         print(
-            f"member {i}: seed {m['seed']}, MixStyle p={m['mixstyle_p']}: "
-            f"accuracy {m['accuracy']:.1%}"
+            f"member {i}: {m.get('family', 'tfsepnet')}:{fields} seed {m['seed']}, "
+            f"MixStyle p={m['mixstyle_p']}: accuracy {m['accuracy']:.1%}"
         )
-    print(f"ensemble accuracy: {teacher.report['ensemble_accuracy']:.1%}")
+    _print_ensemble(teacher.report)
     return 0
+
+
+def _print_ensemble(report: dict) -> None:
+    ensemble = report.get("ensemble") or {}
+    unseen = ensemble.get("unseen_accuracy")
+    detail = (
+        f" (seen devices {ensemble['seen_accuracy']:.1%}, unseen "
+        f"{'n/a' if unseen is None else f'{unseen:.1%}'}; {ensemble['n_clips']} clips)"
+        if ensemble
+        else ""
+    )
+    source = f" of {report['source']}" if report.get("source") else ""
+    print(f"ensemble accuracy{source}: {report['ensemble_accuracy']:.1%}{detail}")
 
 
 def _existing_study(name: str, storage: str | None):
@@ -382,6 +622,12 @@ def _existing_study(name: str, storage: str | None):
                 "pass --storage"
             )
         storage = default_storage(name)
+    elif storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+        # opening a missing SQLite file would create an empty database: refuse instead
+        raise NasAscError(
+            f"no study database {storage[len('sqlite:///') :]}; check --storage, or run "
+            f"`nas-asc search --study {name} --storage {storage}` first"
+        )
     return open_study(name, storage), storage
 
 
@@ -445,8 +691,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NasAscError, ValueError, TypeError, OSError) as exc:
         if os.environ.get("NAS_ASC_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, OSError) and exc.filename:
-            message = f"{exc.strerror or exc}: {exc.filename}"
+            message = (
+                f"{exc.strerror or exc}: {exc.filename}; check that path (a folder, writable, "
+                "with free space) or choose another"
+            )
         print(f"nas-asc: error: {message}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # not a problem with the input but a bug or an unforeseen failure: still one line, with
+        # the way to the traceback, never a traceback the user has to read past
+        if os.environ.get("NAS_ASC_DEBUG"):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"nas-asc: error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; "
+            "re-run with NAS_ASC_DEBUG=1 for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # python -m nas_asc.cli, as well as python -m nas_asc
+    raise SystemExit(main())

@@ -13,6 +13,7 @@ from nas_asc.search.artifacts import (
     calibration_indices,
     default_artifact_dir,
     load_checkpoint,
+    open_artifact_store,
 )
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
 from nas_asc.train.loop import evaluate
@@ -104,3 +105,135 @@ def test_checkpoint_of_a_pruned_model_rebuilds_its_structure():
     assert count(rebuilt, shape).param_bytes == result.after.param_bytes
     x = torch.randn(2, *shape[1:])
     torch.testing.assert_close(rebuilt(x), model.eval()(x))
+
+
+# ------------------------------------------------------------------ quantization-aware training
+
+QAT_MODEL = {"width": 8, "depths": [1, 1, 1, 1]}
+
+
+def _qat_trial_study(tiny_dataset, tiny_root, artifact_dir):
+    """A study with one QAT-trained trial recorded as the search records it (checkpoint included),
+    and the trained fake-quantized model."""
+    from nas_asc.budget import DEFAULT_BUDGET
+    from nas_asc.complexity import count
+    from nas_asc.models import create_model
+    from nas_asc.search.artifacts import Checkpoint, open_artifact_store, save_checkpoint
+    from nas_asc.train.quantize import convert_qat, prepare_qat
+
+    frontend = FrontEnd(n_mels=32)
+    train_set, eval_set = load_features(tiny_dataset, frontend, progress=False)
+    torch.manual_seed(0)
+    model = create_model("tfsepnet", **QAT_MODEL)
+    prepared = prepare_qat(model, train_set.x[:1])
+    opt = torch.optim.Adam(prepared.parameters(), lr=0.02)
+    for start in range(0, len(train_set), 32):
+        loss = torch.nn.functional.cross_entropy(
+            prepared(train_set.x[start : start + 32]), train_set.y[start : start + 32]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    int8 = evaluate(convert_qat(prepared), eval_set)
+    c = count(model, frontend.input_shape())
+    study = optuna.create_study(study_name="qat", directions=list(DIRECTIONS))
+    study.set_metric_names(list(OBJECTIVE_NAMES))
+    study.set_user_attr("artifact_dir", str(artifact_dir))
+    study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
+    study.set_user_attr(
+        "data_info",
+        {"root": str(tiny_root), "train_split": "fold1", "fingerprint": tiny_dataset.fingerprint},
+    )
+    trial = study.ask()
+    for key, value in {
+        "status": "trained",
+        "int8_accuracy": int8.accuracy,
+        "accuracy_by_device": int8.accuracy_by_device,
+        "seen_accuracy": int8.seen_accuracy,
+        "unseen_accuracy": int8.unseen_accuracy,
+        "macs": c.macs,
+        "param_bytes": c.param_bytes,
+        "params": c.params,
+    }.items():
+        trial.set_user_attr(key, value)
+    checkpoint = Checkpoint(
+        family="tfsepnet",
+        model_config=dict(QAT_MODEL),
+        frontend=frontend.to_dict(),
+        train={"epochs": 1, "batch_size": 32},
+        state_dict=prepared.state_dict(),
+        seed=0,
+        calibration={"seed": 0, "n": 0},
+        complexity=c.to_dict(),
+        quantization="qat",
+    )
+    save_checkpoint(trial, open_artifact_store(artifact_dir), checkpoint)
+    study.tell(trial, [int8.accuracy, float(c.macs), float(c.param_bytes)])
+    return study, prepared, int8, train_set, eval_set
+
+
+@pytest.fixture(scope="module")
+def qat_study(tiny_dataset, tiny_root, tmp_path_factory):
+    return _qat_trial_study(tiny_dataset, tiny_root, tmp_path_factory.mktemp("qat-artifacts"))
+
+
+def test_qat_checkpoint_round_trip_reproduces_the_int8_model_exactly(qat_study):
+    from nas_asc.train.quantize import fake_quant_disabled
+
+    study, prepared, int8, train_set, eval_set = qat_study
+    ckpt = load_checkpoint(study, study.trials[0])
+    assert ckpt.quantization == "qat"
+    rebuilt = evaluate(ckpt.build_int8(train_set.x), eval_set)
+    assert torch.equal(rebuilt.logits, int8.logits)
+    assert rebuilt.accuracy == study.trials[0].user_attrs["int8_accuracy"]
+    # the float view is the QAT network with fake quantization off
+    with fake_quant_disabled(prepared):
+        fp32 = evaluate(prepared, eval_set)
+    torch.testing.assert_close(evaluate(ckpt.build_fp32(train_set.x), eval_set).logits, fp32.logits)
+    with pytest.raises(NasAscError, match="pass model inputs"):
+        ckpt.build_model()
+
+
+def test_checkpoint_without_a_quantization_field_loads_as_ptq(trained_study, tmp_path):
+    from optuna.artifacts import upload_artifact
+
+    trial = trained_study.trials[0]
+    ckpt = load_checkpoint(trained_study, trial)
+    assert ckpt.quantization == "ptq"
+    old = torch.load(
+        trained_study.user_attrs["artifact_dir"] + "/" + trial.user_attrs["checkpoint_artifact"],
+        weights_only=True,
+    )
+    old.pop("quantization", None)  # written before the field existed
+    path = tmp_path / "old.pt"
+    torch.save(old, path)
+    fresh = optuna.create_study(directions=list(DIRECTIONS))
+    fresh.set_user_attr("artifact_dir", trained_study.user_attrs["artifact_dir"])
+    t = fresh.ask()
+    store = open_artifact_store(trained_study.user_attrs["artifact_dir"])
+    artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=t)
+    t.set_user_attr("checkpoint_artifact", artifact_id)
+    fresh.tell(t, [0.0, 1.0, 1.0])
+    assert load_checkpoint(fresh, fresh.trials[0]).quantization == "ptq"
+
+
+def test_checkpoint_refuses_an_unknown_quantization():
+    from nas_asc.search.artifacts import Checkpoint
+
+    with pytest.raises(NasAscError, match=r"quantization must be one of \['ptq', 'qat'\]"):
+        Checkpoint("tfsepnet", {}, {}, {}, {}, 0, {}, {}, quantization="int4")
+
+
+@pytest.mark.slow
+def test_a_qat_trial_exports_and_re_verifies(qat_study, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from nas_asc.export import export_study
+
+    study, _, int8, _, _ = qat_study
+    (result,) = export_study(study, tmp_path, trials=[0], progress=False, tolerance_pp=5.0)
+    assert result.int8_accuracy == int8.accuracy
+    assert result.card["verification"]["passed"]
+    assert "quantization-aware training" in result.card["training"]["quantization"]
+    saved = torch.load(result.files["model.pt"], weights_only=True)
+    assert saved["quantization"] == "qat"
+    assert result.param_bytes == study.trials[0].user_attrs["param_bytes"]

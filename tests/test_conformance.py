@@ -106,7 +106,7 @@ def test_int8_model_agrees_with_fp32_after_a_short_fit(name, cfg, shape):
     int8 = quantize_ptq(model, x)
     with torch.no_grad():
         q = int8(x).argmax(dim=1)
-    agreement = (q == fp32).float().mean().item()
-    assert agreement >= 0.9, f"int8 top-1 agrees with fp32 on only {agreement:.0%} of the batch"
+    agree = int((q == fp32).sum())  # counted exactly: 27 of 30 is 90 %, not 0.8999999762
+    assert agree >= 0.9 * len(y), f"int8 top-1 agrees with fp32 on only {agree} of {len(y)} clips"
     # the converted graph really holds int8 kernels
     assert any("quantized" in type(m).__module__ for m in int8.modules())

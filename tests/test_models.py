@@ -93,8 +93,12 @@ def test_widths_of_every_space_build_with_valid_shuffles():
         space = load_space(name)
         if space.model != "tfsepnet":
             continue
-        dim = next(d for d in space.dimensions if d.name == "model.width")
-        for width in range(int(dim.low), int(dim.high) + 1, int(dim.step or 1)):
+        dim = next((d for d in space.dimensions if d.name == "model.width"), None)
+        if dim is None:  # a recipe space fixes the width
+            widths = [space.fixed["model"]["width"]]
+        else:
+            widths = range(int(dim.low), int(dim.high) + 1, int(dim.step or 1))
+        for width in widths:
             model = create_model("tfsepnet", width=width)
             assert model(torch.randn(2, 1, 64, 44)).shape == (2, 10)
 

@@ -14,7 +14,7 @@ from nas_asc.models import (
     get_model_config,
 )
 from nas_asc.models.bcresnet import BCResBlock, BCResNetConfig
-from nas_asc.models.layers import SubSpectralNorm
+from nas_asc.models.layers import AdaResNorm, ResNorm, SubSpectralNorm
 from nas_asc.search.space import load_space
 from nas_asc.train.loop import TrainConfig, train
 from nas_asc.train.quantize import quantize_ptq
@@ -100,9 +100,32 @@ def test_teacher_reproduces_table1_parameters_and_documents_the_mac_gap():
 
 
 def test_resnorm_adds_no_parameters_or_macs():
-    with_rn = count(create_model("bcresnet", resnorm=True), (1, 1, 64, 44))
-    without = count(create_model("bcresnet", resnorm=False), (1, 1, 64, 44))
+    with_rn = count(create_model("bcresnet", norm="resnorm"), (1, 1, 64, 44))
+    without = count(create_model("bcresnet", norm="none"), (1, 1, 64, 44))
     assert (with_rn.params, with_rn.macs) == (without.params, without.macs)
+    assert get_model_config("bcresnet")().norm == "resnorm"  # the report's BC-ResNet2
+
+
+def test_adaresnorm_adds_three_float32_parameters_per_normalized_channel():
+    # the input (1 channel) and the input of each stage (80, 40, 60, 80 channels at c = 40)
+    base = count(create_model("bcresnet", norm="resnorm"), REPORT_INPUT)
+    ada = count(create_model("bcresnet", norm="adaresnorm"), REPORT_INPUT)
+    channels = 1 + 80 + 40 + 60 + 80
+    assert ada.params - base.params == 3 * channels
+    assert ada.param_bytes - base.param_bytes == 4 * 3 * channels  # deploy_float: float32
+    assert ada.macs == base.macs
+
+
+@pytest.mark.parametrize("norm", ["adaresnorm", "none"])  # resnorm: the PTQ tests below
+def test_every_norm_runs_and_stays_float_in_int8(norm):
+    torch.manual_seed(0)
+    model = create_model("bcresnet", width=8, norm=norm).eval()
+    x = torch.randn(4, 1, 32, 16)
+    q = quantize_ptq(model, x)
+    assert q(x).shape == (4, 10)
+    # the input's and each stage's norm stay float modules between a dequantize and a quantize
+    assert sum(isinstance(m, ResNorm) for m in q.modules()) == (5 if norm == "resnorm" else 0)
+    assert sum(isinstance(m, AdaResNorm) for m in q.modules()) == (5 if norm == "adaresnorm" else 0)
 
 
 def test_defaults_are_the_report_student():
@@ -141,6 +164,7 @@ def test_block_stride_and_dilation():
         (dict(pool_after=(4,)), r"pool_after must name stages 0..3"),
         (dict(stem_stride=0), "stem_stride must be an integer >= 1"),
         (dict(dilations=(1, 1, 0, 1)), "dilations must be integers >= 1"),
+        (dict(norm="batchnorm"), r"norm must be one of \['resnorm', 'adaresnorm', 'none'\]"),
     ],
 )
 def test_bad_configs_are_refused(bad, message):
@@ -190,15 +214,17 @@ def test_subspectralnorm_refuses_bad_sub_bands():
 # ------------------------------------------------------------------ int8 PTQ
 
 
-def test_ptq_converts_subspectralnorm_to_quantized_batchnorm():
+def test_ptq_keeps_subspectralnorm_in_float_between_int8_convolutions():
+    # it cannot fold into its convolution (nas_asc.train.quantize explains the choice)
     torch.manual_seed(0)
     model = create_model("bcresnet", width=8).eval()
     x = torch.randn(8, 1, 64, 44)
     q = quantize_ptq(model, x)
     assert q(x).shape == (8, 10)
     n_ssn = sum(isinstance(m, SubSpectralNorm) for m in model.modules())
-    quantized_bn = [m for m in q.modules() if isinstance(m, torch.ao.nn.quantized.BatchNorm2d)]
-    assert n_ssn == 9 and len(quantized_bn) == n_ssn
+    assert n_ssn == 9 and sum(isinstance(m, SubSpectralNorm) for m in q.modules()) == n_ssn
+    assert not any(isinstance(m, torch.ao.nn.quantized.BatchNorm2d) for m in q.modules())
+    assert any(isinstance(m, torch.ao.nn.quantized.Conv2d) for m in q.modules())
 
 
 @pytest.mark.slow

@@ -1,9 +1,13 @@
 """Log-mel front end (torchaudio) and the on-disk feature cache.
 
 Log-mel spectrograms are computed once per (dataset, front end) for every clip the dataset's
-metadata names, stored as float16 under ``<cache root>/features/`` (written atomically, keyed by
-the dataset fingerprint and the front-end configuration) and shared by every trial whose front end
-matches. Trials read them as one in-memory tensor.
+metadata names, stored as float16 under ``<cache root>/features/`` (written atomically with a
+SHA-256 checksum, keyed by the dataset fingerprint and the front-end configuration) and shared by
+every trial whose front end matches. Trials read them as one in-memory tensor. A cache entry that
+fails its checksum or does not fit the dataset is deleted and recomputed, never used.
+
+Clips that depart from the TAU22 format (44.1 kHz mono) are converted (resampled, channels
+averaged), with one note on the log saying how many and how.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from nas_asc._cache import atomic_file, cache_root, content_key
+from nas_asc._cache import cache_root, content_key, load_torch, save_torch
 
 __all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features"]
 
@@ -116,7 +120,7 @@ def _cache_path(dataset, frontend: FrontEnd) -> Path:
 def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) -> torch.Tensor:
     from tqdm.auto import tqdm
 
-    from nas_asc.data.tau22 import read_audio
+    from nas_asc.data.tau22 import SAMPLE_RATE, read_audio
 
     seconds = 1.0
     out = torch.empty(
@@ -128,16 +132,19 @@ def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) 
         unit="clip",
         disable=not progress,
     )
-    notes: set[str] = set()
+    converted: dict[str, int] = {}  # departure from 44.1 kHz mono -> clips
     for start in range(0, len(filenames), _CHUNK):
         names = filenames[start : start + _CHUNK]
         by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
         for i, name in enumerate(names):
-            wave, rate = read_audio(dataset.path(name))
+            notes: set[str] = set()
+            wave, rate = read_audio(dataset.path(name), notes)
+            if rate != SAMPLE_RATE:
+                notes.add(f"{rate} Hz")
+            for note in notes:
+                converted[note] = converted.get(note, 0) + 1
             by_rate.setdefault(rate, []).append((start + i, wave))
         for rate, items in by_rate.items():
-            if rate != 44100:
-                notes.add(f"{rate} Hz")
             length = int(round(seconds * rate))
             batch = np.zeros((len(items), length), dtype=np.float32)
             for j, (_, wave) in enumerate(items):  # pad or trim to exactly one second
@@ -146,24 +153,45 @@ def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) 
             out[[idx for idx, _ in items]] = feats.to(torch.float16)
         bar.update(len(names))
     bar.close()
-    if notes:
+    if converted:
+        # not an error: the clips are usable, but the user should know their data is unusual
         _LOG.warning(
-            "resampled clips recorded at %s to %d Hz",
-            ", ".join(sorted(notes)),
-            frontend.sample_rate,
+            "note: converted clips that are not 44.1 kHz mono as in TAU22: %s",
+            ", ".join(
+                f"{n} at {k} resampled to {frontend.sample_rate} Hz"
+                if k.endswith("Hz")
+                else f"{n} with {k} averaged to mono"
+                for k, n in sorted(converted.items())
+            ),
         )
     return out
 
 
+def _fits(blob, filenames: list[str], frontend: FrontEnd) -> bool:
+    """Whether a loaded cache entry holds features of exactly these clips and front end."""
+    try:
+        feats = blob["logmel"]
+        return (
+            blob["filenames"] == filenames
+            and blob["frontend"] == frontend.to_dict()
+            and isinstance(feats, torch.Tensor)
+            and tuple(feats.shape) == (len(filenames), frontend.n_mels, frontend.frames())
+        )
+    except (KeyError, TypeError):
+        return False
+
+
 def _cached_logmel(dataset, frontend: FrontEnd, progress: bool) -> tuple[list[str], torch.Tensor]:
     path = _cache_path(dataset, frontend)
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        return blob["filenames"], blob["logmel"]
     filenames = sorted(set(dataset.train.filename) | set(dataset.evaluate.filename))
+    blob = load_torch(path)  # None if absent or corrupt (then deleted with a warning)
+    if blob is not None:
+        if _fits(blob, filenames, frontend):
+            return filenames, blob["logmel"]
+        # a checksum-valid entry for other clips: a key collision or a bug, never use it
+        _LOG.warning("feature cache %s does not match the dataset; recomputing it", path)
     feats = _compute(dataset, filenames, frontend, progress)
-    with atomic_file(path) as fh:
-        torch.save({"filenames": filenames, "logmel": feats, "frontend": frontend.to_dict()}, fh)
+    save_torch({"filenames": filenames, "logmel": feats, "frontend": frontend.to_dict()}, path)
     return filenames, feats
 
 

@@ -389,11 +389,13 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
     )
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
+def read_audio(path: Path, notes: set[str] | None = None) -> tuple[np.ndarray, int]:
     """Read an audio file as float32 mono samples with ``soundfile``.
 
     Args:
         path: Audio file (WAV, FLAC, ...).
+        notes: If given, a short description of each departure from the TAU22 format that the
+            caller should tell the user about (``"2 channels"``: averaged to mono) is added.
 
     Returns:
         ``(samples, sample_rate)``; multi-channel files are averaged to mono.
@@ -404,6 +406,11 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"audio file {path} not found; check the dataset root and its audio/")
+    if path.stat().st_size == 0:  # soundfile would only say "Format not recognised"
+        raise DatasetError(
+            f"audio file {path} is empty (0 bytes); re-download or regenerate it (an interrupted "
+            "copy or extraction leaves such files)"
+        )
     try:
         data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.SoundFileError, OSError, ValueError) as exc:
@@ -415,4 +422,6 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise DatasetError(f"audio file {path} holds no samples; re-download or regenerate it")
     samples = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    if notes is not None and data.shape[1] != 1:
+        notes.add(f"{data.shape[1]} channels")
     return np.ascontiguousarray(samples, dtype=np.float32), int(sample_rate)

@@ -2,9 +2,11 @@
 
 For every exported trial, ``<out>/<study>-trial<N>/`` holds:
 
-* ``model.pt``: the float weights and everything needed to rebuild the model (family, config,
-  front end, training recipe, calibration subset, pruned structure), as plain types that load
-  with ``torch.load(..., weights_only=True)``;
+* ``model.pt``: the trained weights and everything needed to rebuild the model (family,
+  config, front end, training recipe, quantization mode, calibration subset, pruned
+  structure), as plain types that load with ``torch.load(..., weights_only=True)``; with
+  quantization-aware training the weights are the fake-quantized model's
+  (:meth:`nas_asc.search.artifacts.Checkpoint.build_model`);
 * ``config.json``: the same without the weights;
 * ``model_int8.onnx``: the int8 QDQ model (:mod:`nas_asc.export.onnx`);
 * ``model_int8.h``: its int8 weights for CMSIS-NN style C code (:mod:`nas_asc.export.cheader`);
@@ -12,13 +14,14 @@ For every exported trial, ``<out>/<study>-trial<N>/`` holds:
 
 ``<out>/index.json`` lists every model exported to ``<out>``. Nothing is retrained: the trial's
 checkpoint is read from the study's artifact store, its int8 model rebuilt exactly as the search
-built it (same calibration clips), and the exported ONNX model re-verified before anything is
-written: ONNX Runtime on the held-out split within ``tolerance_pp`` percentage points of the
-PyTorch int8 model, the rebuilt int8 model within the same tolerance of the accuracy the study
-recorded, the graph's weights identical to the model's, and the complexity recounted from the
-graph within the study's budget. A trial that fails a check (or cannot be exported) leaves no
-folder behind (each is written to a temporary folder and renamed when complete) and the export
-raises :class:`ExportError` naming the check and its figures, after exporting the others.
+built it (PTQ: the same calibration clips; QAT: the trained fake-quantized model converted
+again), and the exported ONNX model re-verified before anything is written: ONNX Runtime on the
+held-out split within ``tolerance_pp`` percentage points of the PyTorch int8 model, the rebuilt
+int8 model within the same tolerance of the accuracy the study recorded, the graph's weights
+identical to the model's, and the complexity recounted from the graph within the study's
+budget. A trial that fails a check (or cannot be exported) leaves no folder behind (each is
+written to a temporary folder and renamed when complete) and the export raises
+:class:`ExportError` naming the check and its figures, after exporting the others.
 """
 
 from __future__ import annotations
@@ -46,10 +49,18 @@ __all__ = ["ExportResult", "ExportError", "export_study", "EXPORT_FORMAT"]
 EXPORT_FORMAT = "nas-asc-export/1"
 INDEX_FORMAT = "nas-asc-export-index/1"
 FILES = ("model.pt", "config.json", "model_int8.onnx", "model_int8.h", "card.json", "card.md")
-_QUANTIZATION = (
-    "post-training static quantization (PyTorch FX, x86 engine): symmetric per-channel int8 "
-    "weights, per-tensor uint8 activations, BatchNorm folded; deploy_float layers in float32."
-)
+_QUANTIZATION = {
+    "ptq": (
+        "post-training static quantization (PyTorch FX, x86 engine): symmetric per-channel "
+        "int8 weights, per-tensor uint8 activations, BatchNorm folded; deploy_float layers and "
+        "SubSpectralNorm in float32."
+    ),
+    "qat": (
+        "quantization-aware training (PyTorch FX, x86 engine): trained with fake-quantized "
+        "symmetric per-channel int8 weights and per-tensor uint8 activations, BatchNorm folded "
+        "during training; deploy_float layers and SubSpectralNorm in float32."
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -340,9 +351,8 @@ def _export_trial(
     from nas_asc.export.card import CARD_FORMAT, file_digest, write_card
     from nas_asc.export.cheader import write_c_header
     from nas_asc.models import get_model_config
-    from nas_asc.search.artifacts import calibration_indices, load_checkpoint
+    from nas_asc.search.artifacts import load_checkpoint
     from nas_asc.train.loop import TrainConfig, evaluate
-    from nas_asc.train.quantize import quantize_ptq
 
     ckpt = load_checkpoint(study, trial)
     frontend = FrontEnd(**ckpt.frontend)
@@ -352,11 +362,13 @@ def _export_trial(
     train_set, eval_set, norm = features[frontend]
     input_shape = parse_input_shape(tuple(eval_set.x.shape[1:]))
 
-    model = ckpt.build_model()
-    fp32 = evaluate(model, eval_set)
-    idx = calibration_indices(len(train_set), ckpt.calibration["seed"], ckpt.calibration["n"])
-    int8_model = quantize_ptq(model, train_set.x[idx])
+    # the trained network as trained: the float model (PTQ) or the fake-quantized one (QAT)
+    model = ckpt.build_model(train_set.x[:1])
+    fp32 = evaluate(ckpt.build_fp32(train_set.x), eval_set)
+    int8_model = ckpt.build_int8(train_set.x)
     int8 = evaluate(int8_model, eval_set)
+    # the float structure: what the DCASE rule counts and how float parameters are named
+    architecture = ckpt.build_architecture().eval()
 
     resolved = dataclasses.asdict(get_model_config(ckpt.family)(**ckpt.model_config))
     recipe = TrainConfig(**ckpt.train).to_dict()
@@ -375,6 +387,9 @@ def _export_trial(
         "classes": list(SCENES),
         "train": recipe,
         "seed": ckpt.seed,
+        # "ptq": state_dict holds float weights, rebuilt int8 with the calibration clips;
+        # "qat": it is the prepare_qat model's state, rebuilt int8 by convert_qat
+        "quantization": ckpt.quantization,
         "calibration": _plain(ckpt.calibration),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -394,9 +409,9 @@ def _export_trial(
     graph_proto = onnx_export.export_int8_onnx(int8_model, eval_set.x[:1], onnx_path, metadata)
     session = onnx_export.onnx_session(onnx_path)
     onnx_eval = evaluate(onnx_export.OnnxModule(session), eval_set)
-    param_names = {n for n, _ in model.named_parameters()}
+    param_names = {n for n, _ in architecture.named_parameters()}
     graph = onnx_export.count_onnx(graph_proto, input_shape, param_names)
-    recount = onnx_export.dcase_recount(model, graph, input_shape)
+    recount = onnx_export.dcase_recount(architecture, graph, input_shape)
     checks = _verify(trial, onnx_eval, int8, recount, graph, budget, tolerance_pp)
     figures = {
         "fp32": fp32.accuracy,
@@ -442,7 +457,8 @@ def _export_trial(
             "recipe": recipe,
             "seed": ckpt.seed,
             "calibration": _plain(ckpt.calibration),
-            "quantization": _QUANTIZATION,
+            "quantization_mode": ckpt.quantization,  # ptq: calibrated; qat: trained quantized
+            "quantization": _QUANTIZATION[ckpt.quantization],
         },
         "data": {
             **{k: data_info.get(k) for k in ("root", "train_split", "fingerprint", "synthetic")},

@@ -29,12 +29,14 @@ module reproduces in MACs (23,969,914 on the student's 1x256x32 input, "23.97" i
   1x1 conv to 4C, the mean over frequency and time, and a biased 1x1 conv to the classes.
 
 Choices the implementation leaves open: ResNorm is the parameter-free ``lambda * x + FreqIN(x)``
-with lambda 0.1 of Kim et al. (the cited ResNorm); stage channels are rounded up to a multiple
-of ``scale`` (exact for every width divisible by 8); a block's frequency stride, which the
-report's network never uses, subsamples in the transition's 1x1 conv (a strided conv inside
-the split would break the hierarchical adds). Inputs with fewer than 40 Mel bins (or 20
-frames) leave the head less than its 5x5 kernel; such maps are zero-padded to the kernel size
-(a no-op for the report's input).
+with lambda 0.1 of Kim et al. (the cited ResNorm; ``norm="resnorm"``, the default), and
+``norm="adaresnorm"`` puts the adaptive variant of the TF-SepNet report (shared/seeds/003,
+Eq. 4; 3 float32 parameters per channel) in the same places, ``norm="none"`` leaves them out;
+stage channels are rounded up to a multiple of ``scale`` (exact for every width divisible by
+8); a block's frequency stride, which the report's network never uses, subsamples in the
+transition's 1x1 conv (a strided conv inside the split would break the hierarchical adds).
+Inputs with fewer than 40 Mel bins (or 20 frames) leave the head less than its 5x5 kernel; such
+maps are zero-padded to the kernel size (a no-op for the report's input).
 
 Known gap: Table 3's 76,906 parameters count three things of the authors' quantized submission
 that are not part of the described network: a BatchNorm over the 256 input Mel bins (512
@@ -53,9 +55,12 @@ import torch
 from torch import nn
 
 from nas_asc.models._registry import register_model
-from nas_asc.models.layers import ResNorm, SubSpectralNorm
+from nas_asc.models.layers import SubSpectralNorm, make_norm
 
-__all__ = ["BCRes2NetConfig", "BCRes2Net", "BCRes2Block"]
+__all__ = ["BCRes2NetConfig", "BCRes2Net", "BCRes2Block", "NORMS"]
+
+# residual frequency normalizations a BC-Res2Net can use
+NORMS = ("resnorm", "adaresnorm", "none")
 
 
 @dataclass
@@ -74,7 +79,7 @@ class BCRes2NetConfig:
     head_groups: int = 20  # groups of that conv (the authors' code; must divide its channels)
     sub_bands: int = 4  # SubSpectralNorm frequency sub-bands (1: plain BatchNorm)
     dropout: float = 0.1  # channel dropout at the end of each transition block
-    resnorm: bool = True  # ResNorm on the input and after every stage
+    norm: str = "resnorm"  # on the input and after every stage: resnorm|adaresnorm|none
 
     def __post_init__(self) -> None:
         w = self.width
@@ -123,6 +128,8 @@ class BCRes2NetConfig:
             raise ValueError(f"BC-Res2Net sub_bands must be an integer >= 1, got {self.sub_bands}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"BC-Res2Net dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ValueError(f"BC-Res2Net norm must be one of {list(NORMS)}, got {self.norm!r}")
         last = _stage_channels(self.multipliers[-1], w, s)
         g = self.head_groups
         if isinstance(g, bool) or not isinstance(g, int) or g < 1 or last % g:
@@ -240,8 +247,8 @@ class BCRes2Net(nn.Module):
         self.cfg = cfg
         cin = _stage_channels(cfg.stem_multiplier, cfg.width, 1)
         layers: list[nn.Module] = []
-        if cfg.resnorm:
-            layers.append(ResNorm(cfg.in_channels))
+        if cfg.norm != "none":
+            layers.append(make_norm(cfg.norm, cfg.in_channels))
         layers.append(nn.Conv2d(cfg.in_channels, cin, 5, stride=cfg.stem_stride, padding=2))
         for stage, (depth, mult) in enumerate(zip(cfg.depths, cfg.multipliers, strict=True)):
             cout = _stage_channels(mult, cfg.width, cfg.scale)
@@ -252,8 +259,8 @@ class BCRes2Net(nn.Module):
                     )
                 )
                 cin = cout
-            if cfg.resnorm:
-                layers.append(ResNorm(cout))
+            if cfg.norm != "none":
+                layers.append(make_norm(cfg.norm, cout))
             if stage in cfg.pool_after:
                 layers.append(nn.MaxPool2d(2, 2))
         self.features = nn.Sequential(*layers)

@@ -34,8 +34,10 @@ Choices the report leaves open, taken from the reference BC-ResNet implementatio
   frames, where the reference's dilations (1, 2, 4, 8) would see only padding;
 * ResNorm ("on input features and input of transition blocks") is the parameter-free
   ``lambda * x + FreqIN(x)`` with lambda 0.1 of Kim et al., applied to the input before the stem
-  and before the first block of every stage; BC-ResNet1 of Table 8 (no ResNorm) is
-  ``resnorm=False``;
+  and before the first block of every stage (``norm="resnorm"``, the default); BC-ResNet1 of
+  Table 8 (no ResNorm) is ``norm="none"``. ``norm="adaresnorm"`` puts the adaptive variant of
+  the TF-SepNet report (shared/seeds/003, Eq. 4) in the same places instead: it learns the
+  residual weight per channel plus an affine, 3 float32 parameters per channel;
 * stage channels are ``round(m * c)`` (half up), exact for every even c.
 
 Known gaps: the report's MACs are not reproducible from its tables. This network counts
@@ -53,9 +55,12 @@ import torch
 from torch import nn
 
 from nas_asc.models._registry import register_model
-from nas_asc.models.layers import ResNorm, SubSpectralNorm
+from nas_asc.models.layers import SubSpectralNorm, make_norm
 
-__all__ = ["BCResNetConfig", "BCResNet", "BCResBlock"]
+__all__ = ["BCResNetConfig", "BCResNet", "BCResBlock", "NORMS"]
+
+# residual frequency normalizations a BC-ResNet can use (none: BC-ResNet1 of Table 8)
+NORMS = ("resnorm", "adaresnorm", "none")
 
 
 @dataclass
@@ -71,7 +76,7 @@ class BCResNetConfig:
     dilations: tuple[int, ...] = (1, 1, 1, 1)  # temporal dilation of each stage's blocks
     sub_bands: int = 4  # SubSpectralNorm frequency sub-bands (1: plain BatchNorm)
     dropout: float = 0.1  # channel dropout (Dropout2d) on the broadcast branch
-    resnorm: bool = True  # ResNorm on the input and before each stage (False: BC-ResNet1)
+    norm: str = "resnorm"  # on the input and before each stage: resnorm|adaresnorm|none
 
     def __post_init__(self) -> None:
         w = self.width
@@ -110,6 +115,8 @@ class BCResNetConfig:
             raise ValueError(f"BC-ResNet sub_bands must be an integer >= 1, got {self.sub_bands}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"BC-ResNet dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in NORMS:
+            raise ValueError(f"BC-ResNet norm must be one of {list(NORMS)}, got {self.norm!r}")
 
 
 def _stage_channels(multiplier: float, width: int) -> int:
@@ -190,14 +197,14 @@ class BCResNet(nn.Module):
         self.cfg = cfg
         cin = _stage_channels(cfg.stem_multiplier, cfg.width)
         layers: list[nn.Module] = []
-        if cfg.resnorm:
-            layers.append(ResNorm(cfg.in_channels))
+        if cfg.norm != "none":
+            layers.append(make_norm(cfg.norm, cfg.in_channels))
         layers.append(nn.Conv2d(cfg.in_channels, cin, 5, stride=cfg.stem_stride, padding=2))
         stages = zip(cfg.depths, cfg.multipliers, cfg.dilations, strict=True)
         for stage, (depth, mult, dilation) in enumerate(stages):
             cout = _stage_channels(mult, cfg.width)
-            if cfg.resnorm:
-                layers.append(ResNorm(cin))
+            if cfg.norm != "none":
+                layers.append(make_norm(cfg.norm, cin))
             for _ in range(depth):
                 layers.append(
                     BCResBlock(

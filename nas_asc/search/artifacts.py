@@ -3,9 +3,13 @@
 Every trained trial keeps what export needs, so export never retrains:
 
 * a **checkpoint** (``checkpoint.pt``, a plain dictionary readable with ``torch.load(...,
-  weights_only=True)``): model family and config, front end, training recipe, the float weights,
-  the calibration subset of its int8 conversion (seed and size, so the int8 model is rebuilt
-  bit for bit), the structure left by filter pruning if any, and the measured complexity;
+  weights_only=True)``): model family and config, front end, training recipe, the trained
+  weights, how they became int8 (``quantization``), the structure left by filter pruning if
+  any, and the measured complexity. With post-training quantization (``"ptq"``) the weights are
+  the float model's and the calibration subset (seed and size) is kept, so the int8 model is
+  rebuilt bit for bit; with quantization-aware training (``"qat"``) they are the fake-quantized
+  model's (weights, folded BatchNorm statistics and the learned activation ranges), from which
+  the int8 model is converted again, also bit for bit;
 * a **confusion-matrix image** (PNG) of the int8 model on the held-out split, which the Optuna
   dashboard shows on the trial page.
 
@@ -34,6 +38,7 @@ from nas_asc.errors import NasAscError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "QUANTIZATION_MODES",
     "Checkpoint",
     "calibration_indices",
     "default_artifact_dir",
@@ -90,32 +95,100 @@ def calibration_indices(n_train: int, seed: int, n_calibration: int) -> torch.Te
     return order[: min(n_train, n_calibration)]
 
 
+QUANTIZATION_MODES = ("ptq", "qat")
+
+
 @dataclass
 class Checkpoint:
-    """Everything needed to rebuild a trained trial's float and int8 models."""
+    """Everything needed to rebuild a trained trial's float and int8 models.
+
+    Checkpoints written before ``quantization`` existed load as ``"ptq"``.
+    """
 
     family: str  # registered model family
     model_config: dict[str, Any]  # fields of the family's config dataclass
     frontend: dict[str, Any]  # nas_asc.data.features.FrontEnd fields
     train: dict[str, Any]  # nas_asc.train.loop.TrainConfig fields
-    state_dict: dict[str, torch.Tensor]  # trained float weights
+    state_dict: dict[str, torch.Tensor]  # ptq: float weights; qat: the prepared model's state
     seed: int  # the trial's seed
-    calibration: dict[str, int]  # {"seed": ..., "n": ...}: see calibration_indices
+    calibration: dict[str, int]  # {"seed": ..., "n": ...}: see calibration_indices (ptq only)
     complexity: dict[str, Any]  # params, param_bytes, macs, input_shape as counted
     pruned: dict[str, int] | None = None  # filters kept per pruned layer, if pruned
     metrics: dict[str, Any] = field(default_factory=dict)  # accuracies measured in the trial
     format: str = CHECKPOINT_FORMAT
+    quantization: str = "ptq"  # "ptq" (post-training static) or "qat" (quantization-aware)
 
-    def build_model(self) -> torch.nn.Module:
-        """The trained float model (pruned structure restored, weights loaded strictly)."""
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATION_MODES:
+            raise NasAscError(
+                f"checkpoint quantization must be one of {list(QUANTIZATION_MODES)}, got "
+                f"{self.quantization!r}; write the checkpoint with one of them"
+            )
+
+    def build_architecture(self) -> torch.nn.Module:
+        """The untrained float network with the trial's structure (pruned layers cut)."""
         from nas_asc.models import create_model
 
         model = create_model(self.family, **self.model_config)
         if self.pruned:
             for layer, kept in self.pruned.items():
                 model.prune_filters(layer, torch.arange(kept))
+        return model
+
+    def build_model(self, example_inputs: torch.Tensor | None = None) -> torch.nn.Module:
+        """The trained network as it was trained, weights loaded strictly, in eval mode.
+
+        ``"ptq"``: the float model. ``"qat"``: the fake-quantized model of
+        :func:`nas_asc.train.quantize.prepare_qat`, prepared on ``example_inputs`` (model
+        inputs, e.g. ``train_set.x[:1]``), which a QAT checkpoint requires.
+        """
+        model = self.build_architecture()
+        if self.quantization == "qat":
+            from nas_asc.train.quantize import prepare_qat
+
+            if example_inputs is None:
+                raise NasAscError(
+                    "a QAT checkpoint is rebuilt by preparing its network on example inputs; "
+                    "pass model inputs, e.g. build_model(train_set.x[:1])"
+                )
+            model = prepare_qat(model, example_inputs[:1])
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
+
+    def build_fp32(self, train_x: torch.Tensor) -> torch.nn.Module:
+        """The trained network computing in float (eval mode), to measure fp32 accuracy.
+
+        For ``"qat"`` this is the prepared model with its fake quantizers and observers off
+        (BatchNorm stays folded into the weights, unrounded).
+
+        Args:
+            train_x: the training split's inputs (only ``train_x[:1]`` is used, for QAT).
+        """
+        model = self.build_model(train_x[:1])
+        if self.quantization == "qat":
+            from torch.ao.quantization import disable_fake_quant, disable_observer
+
+            model.apply(disable_fake_quant)
+            model.apply(disable_observer)
+        return model
+
+    def build_int8(self, train_x: torch.Tensor) -> torch.nn.Module:
+        """The trial's int8 model, rebuilt exactly as the search built it.
+
+        ``"ptq"``: the float model calibrated on the checkpoint's calibration clips of
+        ``train_x`` (:func:`calibration_indices`); ``"qat"``: the prepared model converted.
+
+        Args:
+            train_x: the training split's inputs of the trial's front end
+                (``FeatureSet.x``), in the order :func:`~nas_asc.data.features.load_features`
+                gives them.
+        """
+        from nas_asc.train.quantize import convert_qat, quantize_ptq
+
+        if self.quantization == "qat":
+            return convert_qat(self.build_model(train_x[:1]))
+        idx = calibration_indices(len(train_x), self.calibration["seed"], self.calibration["n"])
+        return quantize_ptq(self.build_model(), train_x[idx])
 
 
 def _to_plain(value: Any) -> Any:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +38,20 @@ from nas_asc.search.artifacts import (
     save_checkpoint,
     save_confusion_image,
 )
+from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.space import SearchSpace
 from nas_asc.train.loop import TrainConfig, evaluate, train
 from nas_asc.train.prune import min_complexity, prune_to_fit
-from nas_asc.train.quantize import quantize_ptq
+from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
 
-__all__ = ["SearchContext", "Objective", "OBJECTIVE_NAMES", "DIRECTIONS", "trial_seed"]
+__all__ = [
+    "SearchContext",
+    "Objective",
+    "OBJECTIVE_NAMES",
+    "DIRECTIONS",
+    "retry_history",
+    "trial_seed",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,7 +76,29 @@ class SearchContext:
     seed: int = 0
     progress: bool = True
     artifact_store: Any = None  # optuna FileSystemArtifactStore for checkpoints, or None
+    ir_dir: str | None = None  # impulse-response WAVs for device simulation (None: generated)
     _features: dict[FrontEnd, tuple[FeatureSet, FeatureSet]] = field(default_factory=dict)
+    _simulated: dict[FrontEnd, Any] = field(default_factory=dict)
+
+    def __getstate__(self) -> dict:
+        # sent to worker processes: they load features from the on-disk cache themselves
+        state = self.__dict__.copy()
+        state["_features"] = {}
+        state["_simulated"] = {}
+        return state
+
+    def simulated(self, frontend: FrontEnd):
+        """Device-simulated copies of the device-A training clips for ``frontend`` (cached)."""
+        from nas_asc.data.devicesim import load_simulated_devices
+
+        if frontend not in self._simulated:
+            if len(self._simulated) >= 2:
+                self._simulated.pop(next(iter(self._simulated)))
+            train_set, _ = self.features(frontend)
+            self._simulated[frontend] = load_simulated_devices(
+                self.dataset, frontend, train_set, self.ir_dir, progress=self.progress
+            )
+        return self._simulated[frontend]
 
     def features(self, frontend: FrontEnd) -> tuple[FeatureSet, FeatureSet]:
         """Train/evaluate features for ``frontend``, computed or loaded once per search."""
@@ -86,14 +119,22 @@ def _describe(cfg: dict) -> str:
 
 
 class Objective:
-    """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``."""
+    """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``.
 
-    def __init__(self, context: SearchContext) -> None:
+    Args:
+        context: what every trial shares.
+        pruner: early stopping between epochs (``nas_asc.search.pruning``); None never stops.
+    """
+
+    def __init__(self, context: SearchContext, pruner: EpochPruner | None = None) -> None:
         self.ctx = context
+        self.pruner = pruner
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         try:
             return self._run(trial)
+        except optuna.TrialPruned:
+            raise
         except Exception as exc:
             # Optuna keeps no exception text; record it so reports and the dashboard show it
             trial.set_user_attr("status", "failed")
@@ -106,8 +147,15 @@ class Objective:
         trial.set_user_attr("config", cfg)
         frontend = FrontEnd(**cfg["frontend"])
         recipe = TrainConfig(**cfg["train"])
-        seed = trial_seed(ctx.seed, trial.number)
+        if recipe.prune and recipe.quantization == "qat" and not recipe.prune_finetune_epochs:
+            raise ValueError(
+                "train.quantization: qat with train.prune needs prune_finetune_epochs >= 1 "
+                "(QAT runs while the pruned model is fine-tuned)"
+            )
+        # a re-queued trial (its first worker died) keeps the seed of the trial it repeats
+        seed = trial_seed(ctx.seed, _original_number(trial))
         trial.set_user_attr("seed", seed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
 
         torch.manual_seed(seed)
         model = _build(ctx.space.model, cfg["model"])
@@ -144,8 +192,20 @@ class Objective:
             return 0.0, float(c.macs), float(c.param_bytes)
 
         train_set, eval_set = ctx.features(frontend)
+        simulated = ctx.simulated(frontend) if recipe.devicesim_p > 0 else None
         start = time.perf_counter()
-        result = train(model, train_set, recipe, ctx.teacher_logits, seed=seed)
+        on_epoch = self._epoch_callback(trial, eval_set, c)
+        # a candidate to be pruned trains in float first; QAT, if asked, runs in its fine-tuning
+        first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
+        result = train(
+            model,
+            train_set,
+            first,
+            ctx.teacher_logits,
+            seed=seed,
+            on_epoch=on_epoch,
+            simulated=simulated,
+        )
         pruned = None
         if prune:
             pruning = prune_to_fit(
@@ -160,21 +220,37 @@ class Objective:
             trial.set_user_attr("feasible", ctx.budget.fits(c))
             if recipe.prune_finetune_epochs:
                 finetune = dataclasses.replace(
-                    recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0
+                    recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0, qat_epochs=None
                 )
-                tuned = train(model, train_set, finetune, ctx.teacher_logits, seed=seed + 1)
+                tuned = train(
+                    model,
+                    train_set,
+                    finetune,
+                    ctx.teacher_logits,
+                    seed=seed + 1,
+                    simulated=simulated,
+                )
                 result.history += [{**h, "phase": "finetune"} for h in tuned.history]
                 result.seconds += tuned.seconds
-        fp32 = evaluate(model, eval_set)
+                result.qat_model = tuned.qat_model
         n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
-        calib_idx = calibration_indices(len(train_set), seed, n_calib)
-        int8_model = quantize_ptq(model, train_set.x[calib_idx])
+        if result.qat_model is not None:
+            # quantization-aware training: the int8 model is converted from the fake-quant one,
+            # whose float view (fake quantization off) gives the fp32 accuracy
+            with fake_quant_disabled(result.qat_model):
+                fp32 = evaluate(result.qat_model, eval_set)
+            int8_model = convert_qat(result.qat_model)
+        else:
+            fp32 = evaluate(model, eval_set)
+            calib_idx = calibration_indices(len(train_set), seed, n_calib)
+            int8_model = quantize_ptq(model, train_set.x[calib_idx])
         int8 = evaluate(int8_model, eval_set)
         attrs = {
             "status": "trained",
             "fp32_accuracy": fp32.accuracy,
             "int8_accuracy": int8.accuracy,
             "int8_drop": fp32.accuracy - int8.accuracy,
+            "quantization": recipe.quantization,
             "fp32_log_loss": fp32.log_loss,
             "int8_log_loss": int8.log_loss,
             "accuracy_by_device": int8.accuracy_by_device,
@@ -198,6 +274,31 @@ class Objective:
                 flush=True,
             )
         return int8.accuracy, float(c.macs), float(c.param_bytes)
+
+    def _epoch_callback(self, trial: optuna.Trial, eval_set: FeatureSet, c):
+        """After each epoch: record the held-out accuracy and ask the pruner whether to stop."""
+        if self.pruner is None or isinstance(self.pruner, NopPruner):
+            return None
+        curve: list[float] = []
+
+        def on_epoch(epoch: int, record: dict, model: torch.nn.Module) -> None:
+            curve.append(evaluate(model, eval_set).accuracy)
+            model.train()
+            trial.set_user_attr(EPOCH_ACCURACY, curve)
+            study = trial.study
+            if self.pruner.should_prune(study, trial.number, c.macs, c.param_bytes, curve):
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("last_accuracy", curve[-1])
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                if self.ctx.progress:
+                    print(
+                        f"trial {trial.number}: stopped after epoch {epoch + 1} (accuracy "
+                        f"{curve[-1]:.1%} dominated by trials of equal or lower complexity)",
+                        flush=True,
+                    )
+                raise optuna.TrialPruned(f"dominated after epoch {epoch + 1}")
+
+        return on_epoch
 
     @staticmethod
     def _record_complexity(trial: optuna.Trial, c) -> None:
@@ -236,6 +337,25 @@ _CHECKPOINT_METRICS = (
     "seen_accuracy",
     "unseen_accuracy",
 )
+
+
+def _original_number(trial: optuna.Trial) -> int:
+    """The number of the first trial in a chain of retries (the trial's own if not a retry)."""
+    frozen = next(
+        (t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number), None
+    )
+    if frozen is None:
+        return trial.number
+    history = retry_history(frozen)
+    return history[0] if history else trial.number
+
+
+def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """Numbers of the trials this one repeats after their workers died (oldest first)."""
+    with warnings.catch_warnings():
+        # experimental since Optuna 3.0 and unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def _build(family: str, model_cfg: dict) -> torch.nn.Module:

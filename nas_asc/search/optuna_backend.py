@@ -2,39 +2,109 @@
 
 Objectives are named (``int8_accuracy`` maximized; ``macs`` and ``param_bytes`` minimized) so the
 dashboard and reports show them by name. The study's user attributes record the space, budget,
-dataset and seed; re-running the same study continues it up to its trial count.
+dataset, seed, sampler and pruner.
+
+Resuming and crashes: re-running the same search continues the study up to its trial count.
+Running trials write a heartbeat to the storage; a trial whose worker was killed (its heartbeat
+stale) is failed and re-queued with the same parameters and seed by the next worker that looks, at
+most ``max_retry`` times, and the re-queued copy is what counts. Completed trials are never redone.
+
+Parallel workers: several processes (``--workers N`` here, or the same command on other machines)
+share one study through a database server such as PostgreSQL. SQLite, the embedded default, is for
+one process; asking it for parallel workers is refused with a pointer to PostgreSQL or Ray.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
+from nas_asc.search.objective import (
+    DIRECTIONS,
+    OBJECTIVE_NAMES,
+    Objective,
+    SearchContext,
+    retry_history,
+    trial_seed,
+)
+from nas_asc.search.pruning import PRUNERS, create_pruner
 
-__all__ = ["SearchSettings", "default_storage", "open_study", "run_search"]
+__all__ = [
+    "SearchSettings",
+    "TrialCounts",
+    "check_parallel_storage",
+    "default_storage",
+    "make_sampler",
+    "open_study",
+    "optimize",
+    "recorded_artifact_dir",
+    "prepare_study",
+    "run_search",
+    "trial_counts",
+]
 
 _LOG = logging.getLogger(__name__)
 
 # Failures inside one trial (a model that does not build, a diverging loss, a quantization error)
 # mark that trial FAIL, with its reason as a user attribute, and the study goes on.
-_TRIAL_ERRORS = (ValueError, TypeError, FloatingPointError, RuntimeError)
+_TRIAL_ERRORS = (ValueError, TypeError, FloatingPointError, RuntimeError, MemoryError)
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     study_name: str
     storage: str
-    n_trials: int
-    timeout: float | None = None
-    seed: int = 0
+    n_trials: int  # finished trials the study should reach (retried crashes do not count)
+    timeout: float | None = None  # stop starting trials after this many seconds
+    seed: int = 0  # study seed; every trial's sampler and training seeds derive from it
     artifact_dir: str | None = None  # checkpoint/image artifact store; None: keep no artifacts
+    sampler: str = "tpe"  # tpe (multivariate, constraint-aware) | random
+    pruner: str = "dominance"  # early stopping of dominated trials (nas_asc.search.pruning)
+    workers: int = 1  # worker processes on this machine (more than 1 needs a server database)
+    heartbeat: int = 30  # seconds between a running trial's heartbeats; a trial silent for
+    # HEARTBEAT_GRACE x heartbeat seconds belongs to a dead worker and is re-queued
+    max_retry: int = 2  # times a trial of a dead worker is re-queued before it stays failed
+    artifact_dir_explicit: bool = True  # False: artifact_dir is only the default folder, and a
+    # study that records another one keeps it (workers started from other working folders)
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise NasAscError(
+                f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
+            )
+        if self.pruner not in PRUNERS:
+            raise NasAscError(
+                f"unknown pruner {self.pruner!r}; choose one of {', '.join(sorted(PRUNERS))}"
+            )
+        if self.workers < 1:
+            raise NasAscError(f"workers must be >= 1, got {self.workers}")
+        if self.heartbeat < 1:
+            raise NasAscError(f"heartbeat must be >= 1 second, got {self.heartbeat}")
+
+
+HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
+
+SAMPLERS = ("tpe", "random")
+
+
+def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler for one trial: ``tpe`` (multivariate, learns the feasible region from the
+    constraints) or ``random``, seeded by the trial's own seed."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
 
 
 def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
@@ -50,22 +120,89 @@ def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str
     return f"sqlite:///{path}"
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+# Arbitrary keys of the PostgreSQL advisory locks that serialise workers starting together.
+_SCHEMA_LOCK_KEY = 0x6E61_735F_6173_63  # Optuna creating its tables
+_STUDY_LOCK_KEY = _SCHEMA_LOCK_KEY + 1  # a worker checking and recording the study's settings
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, key: int) -> Iterator[None]:
+    """Hold PostgreSQL advisory lock ``key`` of the storage's database inside the block.
+
+    Workers that start together on a fresh database would otherwise all run ``CREATE TABLE``
+    at once (all but one fail with a unique violation in PostgreSQL's catalog), and could each
+    record their own settings in a study that another is creating. The lock is per database and
+    released with its connection, so a killed worker cannot leave it held. Other back ends need
+    nothing: SQLite serialises writes itself, and several processes on one SQLite file are not a
+    supported setup.
+    """
+    if not url.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
-        if url.startswith("sqlite:"):
-            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}})
-        return optuna.storages.RDBStorage(url)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def _storage(
+    url: str, heartbeat: int | None = None, max_retry: int = 2
+) -> optuna.storages.BaseStorage:
+    kwargs: dict = {}
+    if heartbeat is not None:
+        # a running trial writes a heartbeat every `heartbeat` seconds; one silent for longer
+        # than the grace period belongs to a dead worker: it is failed and re-queued (same
+        # parameters) by whichever worker notices first
+        with warnings.catch_warnings():
+            # experimental since Optuna 2.8 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
+        kwargs = dict(
+            heartbeat_interval=heartbeat,
+            grace_period=HEARTBEAT_GRACE * heartbeat,
+            heartbeat_stale_trial_callback=retry,
+        )
+    try:
+        with warnings.catch_warnings(), _advisory_lock(url, _SCHEMA_LOCK_KEY):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if url.startswith("sqlite:"):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": 30}}, **kwargs
+                )
+            # pool_pre_ping: a worker that idles past the server's timeout reconnects cleanly
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    except ImportError as exc:
+        raise NasAscError(
+            f"cannot open study storage {url!r}: {exc}; install the database driver "
+            "(PostgreSQL: pip install 'psycopg[binary]')"
+        ) from None
     except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
         raise NasAscError(
             f"cannot open study storage {url!r}: {str(exc).splitlines()[0]}; check the URL "
-            "(e.g. sqlite:///studies/my.db or postgresql://user@host/db)"
+            "(e.g. sqlite:///studies/my.db or postgresql://user@host/db) and that the database "
+            "server is running"
         ) from None
 
 
-def open_study(study_name: str, storage: str, create: bool = False, seed: int = 0) -> optuna.Study:
+def open_study(
+    study_name: str,
+    storage: str,
+    create: bool = False,
+    seed: int = 0,
+    heartbeat: int | None = None,
+    max_retry: int = 2,
+) -> optuna.Study:
     """Open (or with ``create``, create or continue) a nas-asc study."""
-    store = _storage(storage)
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
+    store = _storage(storage, heartbeat, max_retry)
+    sampler = make_sampler("tpe", seed)
     if create:
         study = optuna.create_study(
             study_name=study_name,
@@ -106,13 +243,138 @@ def _check_same_settings(study: optuna.Study, space_name: str, budget: Budget) -
         )
 
 
-def _check_artifact_dir(study: optuna.Study, artifact_dir: str | None) -> None:
+def recorded_artifact_dir(storage: str, study_name: str) -> str | None:
+    """The artifact folder an existing study recorded, or None (new study, or none recorded).
+
+    A worker joining a study (another machine, another working folder) keeps its checkpoints
+    where the study's first worker put them unless told otherwise.
+    """
+    store = _storage(storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=store)
+    except KeyError:
+        return None
+    return study.user_attrs.get("artifact_dir")
+
+
+def _resolve_artifact_dir(
+    study: optuna.Study, context: SearchContext, settings: SearchSettings
+) -> str:
+    """The study's artifact folder: the one it records, else ``settings.artifact_dir``.
+
+    A worker given a folder explicitly (``--artifacts``) that differs from the recorded one is
+    refused; one that was only given the default adopts the recorded folder, so that workers
+    started together from different working folders keep one store per study.
+    """
+    artifact_dir = str(Path(settings.artifact_dir).resolve())
     recorded = study.user_attrs.get("artifact_dir")
-    if recorded and artifact_dir and Path(recorded) != Path(artifact_dir):
+    if not recorded or Path(recorded) == Path(artifact_dir):
+        return artifact_dir
+    if settings.artifact_dir_explicit:
         raise NasAscError(
             f"study {study.study_name!r} keeps its checkpoints in {recorded}; continue it with "
             f"--artifacts {recorded}, or choose a new --study name"
         )
+    from nas_asc.search.artifacts import open_artifact_store
+
+    context.artifact_store = open_artifact_store(recorded)
+    if context.progress:
+        print(f"checkpoints go to the study's artifact folder {recorded}", flush=True)
+    return recorded
+
+
+def prepare_study(
+    context: SearchContext,
+    settings: SearchSettings,
+    data_label: str,
+    data_info: dict | None = None,
+) -> optuna.Study:
+    """Create or continue the study and record what it searches (space, budget, data, seed).
+
+    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``) is recorded so that export
+    can re-measure the study's models on the same held-out split. Continuing a study with another
+    space, budget or artifact folder is refused.
+    """
+    study = open_study(
+        settings.study_name,
+        settings.storage,
+        create=True,
+        seed=settings.seed,
+        heartbeat=settings.heartbeat,
+        max_retry=settings.max_retry,
+    )
+    # one worker at a time checks the recorded settings and records its own
+    with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
+        _check_same_settings(study, context.space.name, context.budget)
+        if settings.artifact_dir:
+            study.set_user_attr("artifact_dir", _resolve_artifact_dir(study, context, settings))
+        if data_info:
+            study.set_user_attr("data_info", data_info)
+        # "space" last: it marks the settings complete (_check_same_settings reads the budget
+        # of a study that has a space)
+        study.set_user_attr("budget", context.budget.to_dict())
+        study.set_user_attr("space_definition", context.space.to_dict())
+        study.set_user_attr("space", context.space.name)
+        study.set_user_attr("data", data_label)
+        study.set_user_attr("seed", settings.seed)
+        study.set_user_attr("sampler", settings.sampler)
+        study.set_user_attr("pruner", create_pruner(settings.pruner).describe())
+    return study
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Where a study stands; ``done`` is what counts towards ``--trials``."""
+
+    trained: int
+    infeasible: int
+    pruned: int
+    failed: int  # failed for good (an error in the trial, or a dead worker's trial out of retries)
+    retried: int  # abandoned by a dead worker and re-queued: not counted, their retry is
+    running: int
+    waiting: int  # re-queued, not started yet
+
+    @property
+    def done(self) -> int:
+        return self.trained + self.infeasible + self.pruned + self.failed
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    """Count the study's trials by outcome (a re-queued crash counts once, as its retry)."""
+    trials = study.get_trials(deepcopy=False)
+    retried_numbers = {n for t in trials for n in retry_history(t)}
+    counts = dict.fromkeys(
+        ("trained", "infeasible", "pruned", "failed", "retried", "running", "waiting"), 0
+    )
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            counts["running"] += 1
+        elif t.state == TrialState.WAITING:
+            counts["waiting"] += 1
+        elif t.state == TrialState.PRUNED:
+            counts["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            counts["retried" if t.number in retried_numbers else "failed"] += 1
+        elif t.user_attrs.get("status") == "infeasible":
+            counts["infeasible"] += 1
+        else:
+            counts["trained"] += 1
+    return TrialCounts(**counts)
+
+
+def check_parallel_storage(storage: str, workers: int) -> None:
+    """Refuse parallel Optuna workers on SQLite, pointing to PostgreSQL or Ray."""
+    if workers > 1 and storage.startswith("sqlite:"):
+        raise NasAscError(
+            f"{workers} parallel workers need a database server: SQLite serialises "
+            "every write and locks up under concurrent trials. Pass --storage "
+            "postgresql://USER@HOST/DB (pip install 'psycopg[binary]'), or use --backend ray "
+            "--workers N, or run with --workers 1"
+        )
+
+
+def _check_parallel_storage(settings: SearchSettings) -> None:
+    check_parallel_storage(settings.storage, settings.workers)
 
 
 def run_search(
@@ -121,43 +383,94 @@ def run_search(
     data_label: str,
     data_info: dict | None = None,
 ) -> optuna.Study:
-    """Run (or continue) the study until it has ``settings.n_trials`` finished trials.
+    """Run (or continue) the study until ``settings.n_trials`` trials are done.
 
-    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``) is recorded so that export
-    can re-measure the study's models on the same held-out split.
+    Re-running the same study continues it: completed trials are kept, trials left ``RUNNING`` by
+    a killed worker are detected by their stale heartbeat and re-queued with the same parameters
+    and seed. With ``settings.workers > 1`` that many worker processes share the study through a
+    server database (PostgreSQL); more can join from other machines with the same command.
     """
-    study = open_study(settings.study_name, settings.storage, create=True, seed=settings.seed)
-    _check_same_settings(study, context.space.name, context.budget)
-    if settings.artifact_dir:
-        artifact_dir = str(Path(settings.artifact_dir).resolve())
-        _check_artifact_dir(study, artifact_dir)
-        study.set_user_attr("artifact_dir", artifact_dir)
-    if data_info:
-        study.set_user_attr("data_info", data_info)
-    study.set_user_attr("space", context.space.name)
-    study.set_user_attr("space_definition", context.space.to_dict())
-    study.set_user_attr("budget", context.budget.to_dict())
-    study.set_user_attr("data", data_label)
-    study.set_user_attr("seed", settings.seed)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    remaining = settings.n_trials - len(finished)
-    if remaining <= 0:
+    _check_parallel_storage(settings)
+    study = prepare_study(context, settings, data_label, data_info)
+    counts = trial_counts(study)
+    if counts.done >= settings.n_trials and not counts.waiting:
         print(
-            f"study {settings.study_name!r} already has {len(finished)} finished trials "
+            f"study {settings.study_name!r} already has {counts.done} finished trials "
             f"(asked for {settings.n_trials}); raise --trials to run more",
             flush=True,
         )
         return study
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(
-        Objective(context),
-        n_trials=remaining,
-        timeout=settings.timeout,
-        catch=_TRIAL_ERRORS,
-        callbacks=[_record_failure],
-        gc_after_trial=True,
+    if settings.workers == 1:
+        optimize(study, context, settings)
+        return study
+    procs = []
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    for worker in range(settings.workers):
+        p = spawn.Process(
+            target=_worker_main, args=(context, settings, worker), name=f"nas-asc-worker-{worker}"
+        )
+        p.start()
+        procs.append(p)
+    for p in procs:
+        p.join()
+    failed = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
+    if failed:
+        raise NasAscError(
+            f"worker processes failed: {', '.join(failed)}; the study keeps every finished "
+            "trial, re-run the same command to continue"
+        )
+    return open_study(settings.study_name, settings.storage, seed=settings.seed)
+
+
+def _worker_main(context: SearchContext, settings: SearchSettings, worker: int) -> None:
+    import torch
+
+    # one process per core: more threads per process only oversubscribe the CPU
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    study = open_study(
+        settings.study_name,
+        settings.storage,
+        seed=settings.seed,
+        heartbeat=settings.heartbeat,
+        max_retry=settings.max_retry,
     )
-    return study
+    optimize(study, context, settings)
+
+
+def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettings) -> None:
+    """Run trials in this process until the study has ``settings.n_trials`` done.
+
+    Re-queued trials (a dead worker's) run first. Each trial gets a fresh sampler seeded from the
+    study seed and the trial's number, so a study that was interrupted and continued samples what
+    an uninterrupted one would have, given the same finished trials.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = Objective(context, create_pruner(settings.pruner))
+    started = time.monotonic()
+    while True:
+        if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
+            break
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trials are re-queued
+        counts = trial_counts(study)
+        if not counts.waiting:
+            if counts.done >= settings.n_trials:
+                break
+            if counts.done + counts.running >= settings.n_trials:
+                # the last trials run elsewhere: wait until they finish, or until their worker
+                # is found dead and they are re-queued here
+                time.sleep(min(settings.heartbeat, 5))
+                continue
+        next_number = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(settings.sampler, trial_seed(settings.seed, next_number))
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=_TRIAL_ERRORS,
+            callbacks=[_record_failure],
+            gc_after_trial=True,
+        )
 
 
 def _record_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

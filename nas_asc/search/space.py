@@ -832,6 +832,14 @@ def resolve_space(name_or_path: str) -> Path:
     separators = {os.sep, "/"} | ({os.altsep} if os.altsep else set())
     if text.endswith(_YAML_SUFFIXES) or any(sep in text for sep in separators):
         path = Path(text).expanduser()
+        if path.is_dir():
+            raise _fail(
+                text,
+                "space file",
+                "is a folder, not a YAML file",
+                f"pass a .yaml file (e.g. {path / 'my_space.yaml'}) or one of the space names "
+                f"{list_spaces()}",
+            )
         if not path.is_file():
             raise _fail(
                 text,

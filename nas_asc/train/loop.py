@@ -1,15 +1,24 @@
 """Training and evaluation of one candidate on in-memory features.
 
-The recipe follows the seed reports (shared/seeds/003 Sec. 4, 000, 004): Adam(W) with a linear
-warm-up and cosine decay, Freq-MixStyle on the input features, and knowledge distillation from
-cached teacher-ensemble logits. Features are one tensor in memory and batches are taken by
-indexing it, with no per-sample Python work.
+The recipe follows the seed reports (shared/seeds/003 Sec. 4, 000, 001, 004): AdamW with a
+linear warm-up and cosine decay; augmentation on the input features (device-simulation swaps,
+mixup, Freq-MixStyle, SpecAugment; :mod:`nas_asc.train.augment`); knowledge distillation from
+cached teacher-ensemble logits by one of the strategies of :mod:`nas_asc.train.distill` (Hinton,
+relational-then-response "RRS", deep mutual learning then KD fine-tuning), whose stages run one
+after the other under one learning-rate schedule; and int8 quantization, either post-training
+(done by the caller) or quantization-aware training for the last epochs (done here).
+
+Features are one tensor in memory and batches are taken by indexing it, with no per-sample
+Python work. Every random draw (batch order, augmentation) comes from one ``torch.Generator``
+seeded by ``seed``, so a run is reproducible bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,55 +26,132 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_asc.train.augment import freq_mixstyle
-from nas_asc.train.distill import distillation_objective
+from nas_asc.train.augment import device_swap, freq_mixstyle, mixup, spec_augment
+from nas_asc.train.distill import KD_WEIGHTINGS, Stage, kd_stages, list_kd_strategies
 
-__all__ = ["TrainConfig", "TrainResult", "EvalResult", "TrainingDiverged", "train", "evaluate"]
+__all__ = [
+    "QUANTIZATION_MODES",
+    "TrainConfig",
+    "TrainResult",
+    "EvalResult",
+    "TrainingDiverged",
+    "train",
+    "evaluate",
+    "predict",
+]
+
+# "ptq": post-training static int8 after float training (the caller calibrates and converts);
+# "qat": quantization-aware training with fake quantization for the last qat_epochs epochs
+QUANTIZATION_MODES = ("ptq", "qat")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8  # passes over the training split
+    epochs: int = 8  # passes over the training split, all stages together
     batch_size: int = 64  # clips per optimizer step
     lr: float = 1e-2  # peak learning rate (AdamW), after linear warm-up
     weight_decay: float = 1e-4  # AdamW weight decay
     warmup_epochs: int = 1  # linear warm-up from 0 to lr, then cosine decay to 0
     mixstyle_alpha: float = 0.3  # Freq-MixStyle Beta(alpha, alpha) mixing coefficient
     mixstyle_p: float = 0.4  # probability that a batch is Freq-MixStyled
-    kd_temperature: float = 2.0  # distillation temperature T
-    kd_lambda: float = 0.5  # loss = (1 - lambda) * CE + lambda * T^2 * KL(teacher || student)
+    kd_temperature: float = 2.0  # distillation temperature T (also DML's softening temperature)
+    kd_lambda: float = 0.5  # weight of T^2 * KL(teacher || student), see kd_weighting
+    kd_weighting: str = "convex"  # convex: (1-lambda)*CE + lambda*KD; additive: CE + lambda*KD
+    kd_strategy: str = "hinton"  # hinton | rrs (relational, then response) | dml (mutual, then KD)
+    kd_stage1_fraction: float = 0.5  # rrs/dml: share of epochs in stage 1 (floor of the product)
+    rkd_distance: float = 1.0  # rrs stage 1: weight of the distance-wise relational loss
+    rkd_angle: float = 2.0  # rrs stage 1: weight of the angle-wise relational loss
+    dml_peers: int = 1  # dml: peer networks (re-initialised copies of the student) in stage 1
+    dml_lambda: float = 1.0  # dml: weight of the mean KL to the other participants
+    specaugment_p: float = 0.0  # probability that a clip gets a frequency and a time mask
+    freq_mask: int = 8  # SpecAugment: largest frequency-mask width (Mel bins)
+    time_mask: int = 8  # SpecAugment: largest time-mask width (frames)
+    mixup_alpha: float = 0.3  # mixup Beta(alpha, alpha) mixing coefficient
+    mixup_p: float = 0.0  # probability that a batch is mixed up
+    devicesim_p: float = 0.0  # probability that a device-A clip is swapped for a simulated copy
+    quantization: str = "ptq"  # ptq (post-training static int8) | qat (quantization-aware)
+    qat_epochs: int | None = None  # qat: fake-quantize the last N epochs (None or > epochs: all)
     calibration_batches: int = 8  # batches of training data used to calibrate int8 PTQ
     prune: bool = False  # over budget: train, prune lowest-L1 filters until it fits, fine-tune
     prune_finetune_epochs: int = 1  # fine-tuning epochs after pruning
     prune_min_filters: int = 4  # no pruned layer keeps fewer filters than this
 
     def __post_init__(self) -> None:
+        if self.kd_weighting == "additive":
+            kd_lambda_ok, kd_lambda_rule = self.kd_lambda >= 0, ">= 0 with additive weighting"
+        else:
+            kd_lambda_ok = 0.0 <= self.kd_lambda <= 1.0
+            kd_lambda_rule = "in [0, 1] with convex weighting (use kd_weighting=additive for > 1)"
+        strategies = list_kd_strategies()
+        # (holds, field, rule the value breaks)
         checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size must be >= 2"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
-            (self.mixstyle_alpha > 0, "mixstyle_alpha must be > 0"),
-            (0.0 <= self.mixstyle_p <= 1.0, "mixstyle_p must be in [0, 1]"),
-            (self.kd_temperature > 0, "kd_temperature must be > 0"),
-            (0.0 <= self.kd_lambda <= 1.0, "kd_lambda must be in [0, 1]"),
-            (self.calibration_batches >= 1, "calibration_batches must be >= 1"),
+            (_is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer >= 1"),
+            (_is_int(self.batch_size) and self.batch_size >= 2, "batch_size", "an integer >= 2"),
+            (self.lr > 0, "lr", "> 0"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs", ">= 0"),
+            (self.mixstyle_alpha > 0, "mixstyle_alpha", "> 0"),
+            (0.0 <= self.mixstyle_p <= 1.0, "mixstyle_p", "in [0, 1]"),
+            (self.kd_temperature > 0, "kd_temperature", "> 0"),
             (
-                isinstance(self.prune_finetune_epochs, int) and self.prune_finetune_epochs >= 0,
-                "prune_finetune_epochs must be an integer >= 0",
+                self.kd_weighting in KD_WEIGHTINGS,
+                "kd_weighting",
+                f"one of {', '.join(KD_WEIGHTINGS)}",
+            ),
+            (kd_lambda_ok, "kd_lambda", kd_lambda_rule),
+            (self.kd_strategy in strategies, "kd_strategy", f"one of {', '.join(strategies)}"),
+            (0.0 <= self.kd_stage1_fraction <= 1.0, "kd_stage1_fraction", "in [0, 1]"),
+            (self.rkd_distance >= 0, "rkd_distance", ">= 0"),
+            (self.rkd_angle >= 0, "rkd_angle", ">= 0"),
+            (_is_int(self.dml_peers) and self.dml_peers >= 1, "dml_peers", "an integer >= 1"),
+            (self.dml_lambda >= 0, "dml_lambda", ">= 0"),
+            (0.0 <= self.specaugment_p <= 1.0, "specaugment_p", "in [0, 1]"),
+            (_is_int(self.freq_mask) and self.freq_mask >= 0, "freq_mask", "an integer >= 0"),
+            (_is_int(self.time_mask) and self.time_mask >= 0, "time_mask", "an integer >= 0"),
+            (self.mixup_alpha > 0, "mixup_alpha", "> 0"),
+            (0.0 <= self.mixup_p <= 1.0, "mixup_p", "in [0, 1]"),
+            (0.0 <= self.devicesim_p <= 1.0, "devicesim_p", "in [0, 1]"),
+            (
+                self.quantization in QUANTIZATION_MODES,
+                "quantization",
+                f"one of {', '.join(QUANTIZATION_MODES)}",
             ),
             (
-                isinstance(self.prune_min_filters, int) and self.prune_min_filters >= 1,
-                "prune_min_filters must be an integer >= 1",
+                self.qat_epochs is None or (_is_int(self.qat_epochs) and self.qat_epochs >= 1),
+                "qat_epochs",
+                "null (the whole run) or an integer >= 1",
+            ),
+            (self.calibration_batches >= 1, "calibration_batches", ">= 1"),
+            (
+                _is_int(self.prune_finetune_epochs) and self.prune_finetune_epochs >= 0,
+                "prune_finetune_epochs",
+                "an integer >= 0",
+            ),
+            (
+                _is_int(self.prune_min_filters) and self.prune_min_filters >= 1,
+                "prune_min_filters",
+                "an integer >= 1",
             ),
         ]
-        for ok, message in checks:
+        for ok, name, rule in checks:
             if not ok:
-                raise ValueError(f"train config: {message}, got {self}")
+                raise ValueError(
+                    f"train config: {name} must be {rule}, got {name}={getattr(self, name)!r}"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def qat_start(self) -> int | None:
+        """Epoch at which quantization-aware training begins, or None for PTQ."""
+        if self.quantization != "qat":
+            return None
+        return max(0, self.epochs - self.qat_epochs) if self.qat_epochs else 0
 
 
 class TrainingDiverged(FloatingPointError):
@@ -75,7 +161,8 @@ class TrainingDiverged(FloatingPointError):
 @dataclass
 class TrainResult:
     seconds: float  # wall time of the training loop
-    history: list[dict] = field(default_factory=list)  # per epoch: loss, train accuracy
+    history: list[dict] = field(default_factory=list)  # per epoch: stage, loss, train accuracy
+    qat_model: nn.Module | None = None  # quantization="qat": the trained fake-quant model
 
 
 @dataclass
@@ -99,7 +186,7 @@ class EvalResult:
         }
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -109,75 +196,221 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
+def _adamw(modules: list[nn.Module], config: TrainConfig) -> torch.optim.AdamW:
+    params = [p for m in modules for p in m.parameters()]
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _gather_teacher(
+    train_set, teacher_logits: torch.Tensor | None, stages: list[Stage]
+) -> torch.Tensor | None:
+    if teacher_logits is None or not any(stage.uses_teacher for stage in stages):
+        return None
+    teacher = teacher_logits[train_set.rows]
+    if not torch.isfinite(teacher).all():
+        raise ValueError("teacher logits are missing (NaN) for some training clips")
+    return teacher
+
+
+def _check_simulated(simulated, train_set, config: TrainConfig):
+    """The simulated-device copies when ``devicesim_p > 0``, checked against the split."""
+    if config.devicesim_p == 0:
+        return None
+    if simulated is None:
+        raise ValueError(
+            f"train config: devicesim_p={config.devicesim_p} needs simulated device copies; pass "
+            "simulated=load_simulated_devices(dataset, frontend, train_set) or set devicesim_p=0"
+        )
+    shape, expected = tuple(simulated.x.shape), (len(train_set), *train_set.x.shape[1:])
+    if len(shape) != 5 or (shape[0], *shape[2:]) != expected or shape[1] < 1:
+        raise ValueError(
+            f"simulated devices have shape {shape}, expected ({expected[0]}, copies, "
+            f"{', '.join(map(str, expected[1:]))}) for this training split; load them for the "
+            "same dataset, front end and training split"
+        )
+    if tuple(simulated.available.shape) != (len(train_set),):
+        raise ValueError(
+            f"simulated devices mark {tuple(simulated.available.shape)} clips as available, "
+            f"expected ({len(train_set)},); load them for the same training split"
+        )
+    if not simulated.available.any():
+        raise ValueError(
+            f"train config: devicesim_p={config.devicesim_p} but no training clip has a simulated "
+            "copy (no device-A clips); set devicesim_p=0 for this dataset"
+        )
+    return simulated
+
+
+def _make_peers(model: nn.Module, count: int, seed: int) -> list[nn.Module]:
+    """DML peers: copies of ``model`` with every layer re-initialised from its own seed.
+
+    The global random state is left untouched, so the caller's stream does not depend on whether
+    peers were made.
+    """
+    peers = []
+    for k in range(count):
+        peer = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((seed * 7919 + 104729 * (k + 1)) % (2**63))
+            for module in peer.modules():
+                if module is not peer and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        peer.train()
+        peers.append(peer)
+    return peers
+
+
+def _start_qat(model: nn.Module, train_set) -> nn.Module:
+    from nas_asc.train.quantize import prepare_qat
+
+    return prepare_qat(model, train_set.x[:1])
+
+
+def _set_observers(model: nn.Module, enabled: bool) -> None:
+    from torch.ao.quantization import disable_observer, enable_observer
+
+    model.apply(enable_observer if enabled else disable_observer)
+
+
+def _stage_losses(
+    stage: Stage,
+    logits: list[torch.Tensor],
+    y: torch.Tensor,
+    teacher: torch.Tensor | None,
+    mix: tuple[torch.Tensor | None, float],
+    config: TrainConfig,
+) -> list[torch.Tensor]:
+    """One loss per network; under mixup ``lam * L(y, t) + (1 - lam) * L(y[perm], t[perm])``."""
+    losses = stage.loss(logits, y, teacher, config)
+    perm, lam = mix
+    if perm is None:
+        return losses
+    other = stage.loss(logits, y[perm], None if teacher is None else teacher[perm], config)
+    return [lam * a + (1.0 - lam) * b for a, b in zip(losses, other, strict=True)]
+
+
 def train(
     model: nn.Module,
     train_set,
     config: TrainConfig,
     teacher_logits: torch.Tensor | None = None,
     seed: int = 0,
-    on_epoch=None,
+    on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
+    simulated=None,
 ) -> TrainResult:
-    """Train ``model`` in place on a :class:`~nas_asc.data.features.FeatureSet`.
+    """Train ``model`` on a :class:`~nas_asc.data.features.FeatureSet` with ``config``'s recipe.
+
+    The stages of ``config.kd_strategy`` run one after the other, counting epochs together, under
+    one warm-up + cosine learning-rate schedule. With ``quantization="qat"``, at epoch
+    ``epochs - qat_epochs`` (or 0) training switches to a fake-quantized copy of the model
+    (:func:`nas_asc.train.quantize.prepare_qat`) with a fresh AdamW that follows the same
+    schedule; ``model`` then keeps the float weights it had at the switch, and the trained network
+    is ``result.qat_model`` (observers frozen, eval mode: convert it with
+    :func:`~nas_asc.train.quantize.convert_qat`). Otherwise ``model`` is trained in place. Both
+    end in eval mode.
 
     Args:
         model: the student.
         train_set: training features (``x``, ``y``, ``rows``).
         config: the recipe.
         teacher_logits: ensemble logits indexed by meta.csv row, or None for no distillation.
-        seed: seeds shuffling and augmentation.
-        on_epoch: optional callback ``(epoch, record)`` after each epoch.
+        seed: seeds shuffling, augmentation and the DML peers' initialisation.
+        on_epoch: optional callback ``(epoch, record, network)`` after each epoch, given the
+            network being trained (the fake-quant one during QAT, its observers frozen during the
+            call so that evaluating it does not move its ranges); it may raise (e.g.
+            ``optuna.TrialPruned``) to stop training.
+        simulated: :class:`~nas_asc.data.devicesim.SimulatedDevices` of ``train_set``, required
+            when ``config.devicesim_p > 0``.
 
     Raises:
         TrainingDiverged: if the loss becomes NaN or infinite.
+        ValueError: teacher logits missing for training clips, or simulated devices missing or
+            not matching ``train_set``.
     """
+    stages = kd_stages(config)
+    teacher = _gather_teacher(train_set, teacher_logits, stages)
+    sim = _check_simulated(simulated, train_set, config)
     gen = torch.Generator().manual_seed(seed)
     n = len(train_set)
     steps_per_epoch = math.ceil(n / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, _lr_lambda(total, steps_per_epoch * config.warmup_epochs)
-    )
-    teacher = None
-    if teacher_logits is not None and config.kd_lambda > 0:
-        teacher = teacher_logits[train_set.rows]
-        if not torch.isfinite(teacher).all():
-            raise ValueError("teacher logits are missing (NaN) for some training clips")
+    lr_factor = _lr_lambda(steps_per_epoch * config.epochs, steps_per_epoch * config.warmup_epochs)
+    peers = _make_peers(model, config.dml_peers, seed) if any(s.peers for s in stages) else []
+    float_model = model
+    optimizers = [_adamw([model], config)] + ([_adamw(peers, config)] if peers else [])
     result = TrainResult(seconds=0.0)
     start = time.perf_counter()
-    model.train()
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=gen)
-        loss_sum, correct = 0.0, 0
-        for b in range(steps_per_epoch):
-            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x = freq_mixstyle(train_set.x[idx], config.mixstyle_alpha, config.mixstyle_p, gen)
-            y = train_set.y[idx]
-            logits = model(x)
-            loss = distillation_objective(
-                logits,
-                y,
-                None if teacher is None else teacher[idx],
-                config.kd_temperature,
-                config.kd_lambda,
-            )
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch}, step {b}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(idx)
-            correct += (logits.argmax(1) == y).sum().item()
-        record = {"epoch": epoch, "loss": loss_sum / n, "train_accuracy": correct / n}
-        result.history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
+    epoch = step = 0
+    for stage in stages:
+        for _ in range(stage.epochs):
+            if epoch == config.qat_start:
+                model = _start_qat(model, train_set)
+                optimizers[0] = _adamw([model], config)  # moments of the float weights do not carry
+                result.qat_model = model
+            networks = [model, *peers] if stage.peers else [model]
+            active = optimizers if stage.peers else optimizers[:1]
+            for net in networks:
+                net.train()  # a callback may have evaluated it
+            perm = torch.randperm(n, generator=gen)
+            loss_sum, correct = 0.0, 0
+            for b in range(steps_per_epoch):
+                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                x, y = train_set.x[idx], train_set.y[idx]
+                if sim is not None:
+                    x = device_swap(x, idx, sim.x, sim.available, config.devicesim_p, gen)
+                x, mix_perm, lam = mixup(x, config.mixup_alpha, config.mixup_p, gen)
+                x = freq_mixstyle(x, config.mixstyle_alpha, config.mixstyle_p, gen)
+                x = spec_augment(x, config.freq_mask, config.time_mask, config.specaugment_p, gen)
+                logits = [net(x) for net in networks]
+                t = None if teacher is None else teacher[idx]
+                losses = _stage_losses(stage, logits, y, t, (mix_perm, lam), config)
+                # each loss only reaches its own network (others' outputs are detached targets)
+                total = torch.stack(losses).sum() if len(losses) > 1 else losses[0]
+                if not torch.isfinite(total):
+                    raise TrainingDiverged(
+                        f"loss became {total.item()} at epoch {epoch} ({stage.name} stage), "
+                        f"step {b}"
+                    )
+                lr = config.lr * lr_factor(step)
+                for opt in active:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    opt.zero_grad(set_to_none=True)
+                total.backward()
+                for opt in active:
+                    opt.step()
+                step += 1
+                loss_sum += losses[0].item() * len(idx)
+                correct += (logits[0].argmax(1) == y).sum().item()
+            record = {
+                "epoch": epoch,
+                "stage": stage.name,
+                "qat": result.qat_model is not None,
+                "loss": loss_sum / n,
+                "train_accuracy": correct / n,
+            }
+            result.history.append(record)
+            if on_epoch is not None:
+                _call_on_epoch(on_epoch, epoch, record, model, result.qat_model is not None)
+            epoch += 1
     result.seconds = time.perf_counter() - start
-    model.eval()
+    float_model.eval()
+    if result.qat_model is not None:
+        _set_observers(result.qat_model, False)  # evaluating it must not move its int8 ranges
+        result.qat_model.eval()
     return result
+
+
+def _call_on_epoch(on_epoch, epoch: int, record: dict, model: nn.Module, qat: bool) -> None:
+    if not qat:
+        on_epoch(epoch, record, model)
+        return
+    _set_observers(model, False)
+    try:
+        on_epoch(epoch, record, model)
+    finally:
+        _set_observers(model, True)
 
 
 @torch.no_grad()

@@ -1,52 +1,138 @@
 """Teacher ensemble for knowledge distillation, trained once per dataset and cached.
 
 As in the seed reports (shared/seeds/000, 003, 004), students learn from the averaged logits of
-an ensemble of wider models. nas-asc trains the members on the training split (each with its own
-seed and Freq-MixStyle probability), averages their logits over every clip of the dataset and
-caches them, keyed by the dataset fingerprint and the teacher configuration, as a
-``(rows of meta.csv, classes)`` tensor: the layout in which the DCASE community distributes
-ensemble logits. Rows that belong to neither split are NaN.
+an ensemble of wider models: report 000 averages BSRN teachers, report 002 distils BC-ResNet
+(c = 80) into c = 40, report 003 a TF-SepNet ensemble, report 004 ResNet38. nas-asc trains the
+members on the training split, each its own model family and configuration, seed and
+Freq-MixStyle probability (:class:`TeacherMember`), averages their logits over every clip of the
+dataset and caches them, keyed by the dataset fingerprint and the whole teacher configuration,
+as a ``(rows of meta.csv, classes)`` tensor: the layout in which the DCASE community
+distributes ensemble logits. Rows that belong to neither split are NaN.
+
+Such a distributed file can be used instead (:func:`load_teacher_logits`): a torch ``.pt``
+(a tensor, or a dictionary with a ``"logits"`` tensor) or a NumPy ``.npy`` array of shape
+``(rows of meta.csv, 10)``, row ``i`` holding the logits of the clip on row ``i`` of meta.csv.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from nas_asc._cache import atomic_file, cache_root, content_key
+from nas_asc._cache import cache_root, content_key, load_torch, save_torch
 from nas_asc.data.features import FrontEnd, load_features
+from nas_asc.errors import NasAscError
 from nas_asc.train.loop import TrainConfig, evaluate, predict, train
 
-__all__ = ["TeacherConfig", "TeacherEnsemble", "get_teacher"]
+__all__ = [
+    "TeacherMember",
+    "TeacherConfig",
+    "TeacherEnsemble",
+    "get_teacher",
+    "load_teacher_logits",
+    "parse_member",
+    "N_CLASSES",
+]
 
 _LOG = logging.getLogger(__name__)
-_VERSION = 1
+_VERSION = 2  # 2: members of any family (TeacherMember)
+N_CLASSES = 10  # acoustic scenes of TAU22
+
+
+@dataclass(frozen=True)
+class TeacherMember:
+    """One network of the teacher ensemble.
+
+    Example:
+        >>> TeacherMember("bcresnet", {"width": 80, "stem_stride": 1, "pool_after": ()}, 0.3, 1)
+    """
+
+    family: str = "tfsepnet"  # registered model family
+    model: Mapping[str, Any] = field(default_factory=dict)  # its config fields, e.g. width
+    mixstyle_p: float = 0.0  # Freq-MixStyle probability while it trains
+    seed: int = 0  # seeds its initialization, shuffling and augmentation
+
+    def __post_init__(self) -> None:
+        from nas_asc.models import get_model_config
+
+        # the family's dataclass validates the fields and their values (one-line errors)
+        config_cls = get_model_config(self.family)
+        known = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise ValueError(
+                f"teacher member {self.family}: unknown config field(s) {unknown}; known "
+                f"fields: {sorted(known)}"
+            )
+        config_cls(**self.model)
+        if not 0.0 <= self.mixstyle_p <= 1.0:
+            raise ValueError(f"teacher member MixStyle p must be in [0, 1], got {self.mixstyle_p}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"teacher member seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "model", dict(self.model))
+
+    def resolved(self) -> dict[str, Any]:
+        """The member's full model configuration, the family's defaults filled in."""
+        from nas_asc.models import get_model_config
+
+        return dataclasses.asdict(get_model_config(self.family)(**self.model))
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{k}={v}" for k, v in self.model.items())
+        return f"{self.family}({fields}), MixStyle p={self.mixstyle_p}, seed {self.seed}"
+
+
+def _default_members() -> tuple[TeacherMember, ...]:
+    # cheap enough for the default search on a CPU: two TF-SepNets of width 24
+    return tuple(
+        TeacherMember("tfsepnet", {"width": 24, "dropout": 0.0}, p, i)
+        for i, p in enumerate((0.0, 0.3))
+    )
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    model: str = "tfsepnet"  # registered family of every member
-    width: int = 24  # member width
-    members: int = 2  # ensemble size
-    mixstyle_p: tuple[float, ...] = (0.0, 0.3)  # Freq-MixStyle p per member, cycled
-    dropout: float = 0.0  # TF-SepConv dropout of every member
+    members: tuple[TeacherMember, ...] = field(default_factory=_default_members)  # the networks
     frontend: FrontEnd = field(default_factory=lambda: FrontEnd(n_mels=64))  # teacher input
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=4, batch_size=64, lr=2e-2, kd_lambda=0.0)
-    )  # member recipe (no distillation)
-    seed: int = 0  # member i uses seed + i
+    )  # recipe of every member (no distillation; its mixstyle_p is the member's)
 
     def __post_init__(self) -> None:
-        if self.members < 1:
-            raise ValueError(f"teacher ensemble needs at least 1 member, got {self.members}")
-        if not self.mixstyle_p:
-            raise ValueError("teacher mixstyle_p needs at least one value")
+        members = tuple(self.members)
+        if not members or not all(isinstance(m, TeacherMember) for m in members):
+            raise ValueError(
+                "teacher ensemble needs at least 1 member, each a TeacherMember, got "
+                f"{self.members!r}"
+            )
+        if getattr(self.train, "quantization", "ptq") != "ptq":
+            raise ValueError(
+                "teacher members train in float; set the teacher recipe's quantization to "
+                f"'ptq', got {self.train.quantization!r}"
+            )
+        object.__setattr__(self, "members", members)
+
+    @classmethod
+    def uniform(cls, n: int, family: str = "tfsepnet", **model: Any) -> TeacherConfig:
+        """``n`` members of one configuration, MixStyle p cycling 0 / 0.3, seeds 0..n-1."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"teacher ensemble needs at least 1 member, got {n!r}")
+        ps = (0.0, 0.3)
+        return cls(members=tuple(TeacherMember(family, model, ps[i % 2], i) for i in range(n)))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        # the key holds every member's full configuration, so a family's changed default
+        # trains a new ensemble instead of reusing logits of another network
+        out["members"] = [{**dataclasses.asdict(m), "model": m.resolved()} for m in self.members]
+        return out
 
 
 @dataclass
@@ -63,41 +149,125 @@ def _cache_path(dataset, config: TeacherConfig):
     )
 
 
+def parse_member(text: str, index: int = 0) -> TeacherMember:
+    """Parse a command-line member spec ``FAMILY[:KEY=VALUE,...]``.
+
+    Keys are the family's config fields, plus ``mixstyle_p`` and ``seed`` for the member's
+    training (defaults: MixStyle p 0.3 for odd ``index``, else 0; seed ``index``). Values are
+    YAML scalars or lists: ``bcresnet:width=80,stem_stride=1,pool_after=[]``.
+
+    Args:
+        text: the spec.
+        index: the member's position in the ensemble (sets the default seed and MixStyle p).
+    """
+    import yaml
+
+    family, _, rest = text.partition(":")
+    family = family.strip()
+    if not family:
+        raise ValueError(
+            f"teacher member spec must start with a model family, got {text!r}; e.g. "
+            "tfsepnet:width=64 or bcresnet:width=80"
+        )
+    fields: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in _split_spec(rest))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(
+                f"teacher member spec {text!r}: expected KEY=VALUE, got {item!r}; e.g. "
+                "tfsepnet:width=64,mixstyle_p=0.3"
+            )
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            raise ValueError(f"teacher member spec {text!r}: cannot read value {value!r}") from None
+        fields[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    mixstyle_p = fields.pop("mixstyle_p", 0.3 if index % 2 else 0.0)
+    seed = fields.pop("seed", index)
+    if isinstance(mixstyle_p, bool) or not isinstance(mixstyle_p, (int, float)):
+        raise ValueError(f"teacher member mixstyle_p must be a number, got {mixstyle_p!r}")
+    return TeacherMember(family, fields, float(mixstyle_p), seed)
+
+
+def _split_spec(rest: str) -> list[str]:
+    """Split ``a=1,b=[1,2]`` at the commas outside brackets."""
+    parts, depth, current = [], 0, ""
+    for ch in rest:
+        depth += 1 if ch in "[(" else -1 if ch in "])" else 0
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
+def _accuracy_report(logits: torch.Tensor, labels: torch.Tensor, devices: list[str]) -> dict:
+    """Accuracy overall, per device and on seen/unseen devices (as ``EvalResult.summary``)."""
+    from nas_asc.data.tau22 import SEEN_DEVICES, UNSEEN_DEVICES
+
+    hit = (logits.argmax(1) == labels).numpy()
+    device = np.asarray(devices)
+    by_device = {d: float(hit[device == d].mean()) for d in sorted(set(devices))}
+    seen = [by_device[d] for d in SEEN_DEVICES if d in by_device]
+    unseen = [by_device[d] for d in UNSEEN_DEVICES if d in by_device]
+    return {
+        "accuracy": float(hit.mean()) if len(hit) else float("nan"),
+        "accuracy_by_device": by_device,
+        "seen_accuracy": float(np.mean(seen)) if seen else float("nan"),
+        "unseen_accuracy": float(np.mean(unseen)) if unseen else None,
+        "n_clips": int(len(hit)),
+    }
+
+
 def get_teacher(
     dataset, config: TeacherConfig | None = None, progress: bool = True, retrain: bool = False
 ) -> TeacherEnsemble:
-    """Load the cached teacher ensemble for ``dataset``, training it first if needed."""
+    """Load the cached teacher ensemble for ``dataset``, training it first if needed.
+
+    Args:
+        dataset: a :class:`~nas_asc.data.tau22.TAU22` dataset.
+        config: the members and their recipe (default: :class:`TeacherConfig`).
+        progress: print a line per member.
+        retrain: train again even if the ensemble is cached.
+
+    Returns:
+        The averaged logits, indexed by meta.csv row, and a report with every member's and the
+        ensemble's accuracy on the evaluate split.
+    """
     from nas_asc.models import create_model
 
     config = config or TeacherConfig()
     path = _cache_path(dataset, config)
-    if path.exists() and not retrain:
-        blob = torch.load(path, weights_only=False)
+    blob = None if retrain else load_torch(path)  # verified; None if absent or corrupt
+    if blob is not None:
         return TeacherEnsemble(blob["logits"], blob["report"])
 
     train_set, eval_set = load_features(dataset, config.frontend, progress=progress)
     n_rows = dataset.n_meta_rows
     all_rows = torch.cat([train_set.rows, eval_set.rows])
     all_x = torch.cat([train_set.x, eval_set.x])
-    summed = torch.zeros(n_rows, 10)
+    summed = torch.zeros(n_rows, N_CLASSES)
     members = []
-    for i in range(config.members):
-        seed = config.seed + i
-        p = config.mixstyle_p[i % len(config.mixstyle_p)]
-        recipe = dataclasses.replace(config.train, mixstyle_p=p)
-        torch.manual_seed(seed)
-        model = create_model(config.model, width=config.width, dropout=config.dropout)
+    n = len(config.members)
+    for i, member in enumerate(config.members):
+        recipe = dataclasses.replace(config.train, mixstyle_p=member.mixstyle_p)
+        torch.manual_seed(member.seed)
+        model = create_model(member.family, **member.model)
         if progress:
-            print(
-                f"teacher {i + 1}/{config.members}: {config.model} width {config.width}, "
-                f"MixStyle p={p}, {recipe.epochs} epochs",
-                flush=True,
-            )
-        result = train(model, train_set, recipe, seed=seed)
+            print(f"teacher {i + 1}/{n}: {member.describe()}, {recipe.epochs} epochs", flush=True)
+        result = train(model, train_set, recipe, seed=member.seed)
         ev = evaluate(model, eval_set)
         summed[all_rows] += predict(model, all_x)
         members.append(
-            {"seed": seed, "mixstyle_p": p, "train_seconds": result.seconds, **ev.summary()}
+            {
+                "family": member.family,
+                "model": dict(member.model),
+                "seed": member.seed,
+                "mixstyle_p": member.mixstyle_p,
+                "train_seconds": result.seconds,
+                **ev.summary(),
+            }
         )
         if progress:
             print(
@@ -105,12 +275,113 @@ def get_teacher(
                 f"unseen {ev.unseen_accuracy or float('nan'):.1%}) in {result.seconds:.0f} s",
                 flush=True,
             )
-    logits = torch.full((n_rows, 10), float("nan"))
-    logits[all_rows] = summed[all_rows] / config.members
-    ens_acc = (logits[eval_set.rows].argmax(1) == eval_set.y).float().mean().item()
-    report = {"config": config.to_dict(), "members": members, "ensemble_accuracy": ens_acc}
+    logits = torch.full((n_rows, N_CLASSES), float("nan"))
+    logits[all_rows] = summed[all_rows] / n
+    ensemble = _accuracy_report(logits[eval_set.rows], eval_set.y, eval_set.devices)
+    ens_acc = ensemble["accuracy"]
+    report = {
+        "config": config.to_dict(),
+        "members": members,
+        "ensemble_accuracy": ens_acc,
+        "ensemble": ensemble,
+    }
     if progress:
         print(f"teacher ensemble accuracy {ens_acc:.1%} (cached at {path})", flush=True)
-    with atomic_file(path) as fh:
-        torch.save({"logits": logits, "report": report}, fh)
+    save_torch({"logits": logits, "report": report}, path)
+    return TeacherEnsemble(logits, report)
+
+
+def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
+    """Read ensemble logits distributed as a file, indexed by meta.csv row, for ``dataset``.
+
+    Accepts a torch file (``.pt``/``.pth``: a tensor, or a dictionary with a ``"logits"``
+    tensor) or a NumPy ``.npy`` array, of shape ``(dataset.n_meta_rows, 10)`` and a floating
+    dtype; row ``i`` holds the logits of the clip on row ``i`` of meta.csv. Every training clip's
+    row must be finite (rows of clips in neither split may be NaN). The report gives the
+    ensemble's accuracy on the evaluate split (on its finite rows).
+
+    Args:
+        path: the file.
+        dataset: the :class:`~nas_asc.data.tau22.TAU22` dataset the logits belong to.
+
+    Returns:
+        A :class:`TeacherEnsemble` with float32 logits.
+
+    Raises:
+        NasAscError: a missing or unreadable file, or logits of the wrong kind, shape, dtype or
+            with non-finite training rows (the message names the expected shape and the fix).
+    """
+    path = Path(path)
+    expected = f"({dataset.n_meta_rows}, {N_CLASSES})"
+    if not path.is_file():
+        raise NasAscError(f"teacher logits file {path} does not exist; pass an existing file")
+    suffix = path.suffix.lower()
+    if suffix not in (".pt", ".pth", ".npy"):
+        raise NasAscError(
+            f"teacher logits file {path} must be a torch .pt/.pth or a NumPy .npy file, got "
+            f"{suffix or 'no suffix'!r}; save the {expected} logits with torch.save or np.save"
+        )
+    try:
+        if suffix == ".npy":
+            raw: Any = np.load(path, allow_pickle=False)
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and format errors differ by file and version
+        raise NasAscError(
+            f"cannot read teacher logits file {path}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}; write it with torch.save(tensor) "
+            "or np.save"
+        ) from None
+    if isinstance(raw, dict):
+        if "logits" not in raw:
+            raise NasAscError(
+                f"teacher logits file {path} holds a dictionary without a 'logits' entry (keys: "
+                f"{sorted(map(str, raw))[:8]}); save {{'logits': tensor}} or the tensor itself"
+            )
+        raw = raw["logits"]
+    if isinstance(raw, np.ndarray):
+        if not (np.issubdtype(raw.dtype, np.floating)):
+            raise NasAscError(
+                f"teacher logits in {path} must be floating point, got dtype {raw.dtype}; "
+                "save the logits (not class indices or probabilities as integers)"
+            )
+        raw = torch.from_numpy(np.ascontiguousarray(raw))
+    if not isinstance(raw, torch.Tensor):
+        raise NasAscError(
+            f"teacher logits file {path} must hold a tensor or {{'logits': tensor}}, got "
+            f"{type(raw).__name__}"
+        )
+    if tuple(raw.shape) != (dataset.n_meta_rows, N_CLASSES):
+        raise NasAscError(
+            f"teacher logits in {path} must have shape (rows of meta.csv, classes) = "
+            f"{expected}, got {tuple(raw.shape)}; index them by meta.csv row, one column "
+            "per scene"
+        )
+    if not raw.is_floating_point():
+        raise NasAscError(
+            f"teacher logits in {path} must be floating point, got dtype {raw.dtype}; save the "
+            "logits (not class indices)"
+        )
+    logits = raw.float()
+    train_rows = torch.as_tensor(dataset.train.row.to_numpy(), dtype=torch.long)
+    bad = ~torch.isfinite(logits[train_rows]).all(dim=1)
+    if bad.any():
+        first = int(train_rows[bad][0])
+        raise NasAscError(
+            f"teacher logits in {path} are not finite on {int(bad.sum())} of "
+            f"{len(train_rows)} training clips (first: meta.csv row {first}); they must cover "
+            "every clip of the training split"
+        )
+    ev = dataset.evaluate
+    eval_rows = torch.as_tensor(ev.row.to_numpy(), dtype=torch.long)
+    finite = torch.isfinite(logits[eval_rows]).all(dim=1)
+    labels = torch.as_tensor(ev.label.to_numpy(), dtype=torch.long)
+    devices = [d for d, ok in zip(ev.device, finite.tolist(), strict=True) if ok]
+    ensemble = _accuracy_report(logits[eval_rows][finite], labels[finite], devices)
+    report = {
+        "source": str(path),
+        "members": [],
+        "ensemble_accuracy": ensemble["accuracy"],
+        "ensemble": ensemble,
+    }
     return TeacherEnsemble(logits, report)

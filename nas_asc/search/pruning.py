@@ -1,0 +1,137 @@
+"""Early stopping for multi-objective searches: prune a trial dominated at the same epoch.
+
+Optuna 5 refuses ``trial.report``/``trial.should_prune`` in multi-objective studies, and its pruners
+compare one value. In nas-asc the complexity objectives (MACs, parameter bytes) are known before
+training, so only accuracy is open while a candidate trains. After each epoch ``k`` the trial's
+intermediate accuracy is compared with the trials that already got past epoch ``k`` and cost no more
+(MACs and parameter bytes both lower or equal): if enough of them were at least as accurate at epoch
+``k`` -- the trial is dominated on all three objectives at that point -- it is stopped. With the
+default ``reduction_factor`` of 3 a trial survives epoch ``k`` only if it is in the top third of its
+comparable peers, as in successive halving; unlike successive halving a cheap trial is never
+compared with dearer ones, so the small end of the Pareto front is not starved.
+
+Intermediate accuracies are kept as the user attribute ``epoch_accuracy`` (one value per finished
+epoch), on every trial, pruned or not, so that the rule can be replayed from the study alone.
+A pruned trial ends in state ``PRUNED`` with ``status = "pruned"`` and ``last_accuracy``; it never
+enters the Pareto front.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["EpochPruner", "DominancePruner", "NopPruner", "create_pruner", "PRUNERS"]
+
+EPOCH_ACCURACY = "epoch_accuracy"  # user attribute: intermediate accuracy after each epoch
+
+
+class EpochPruner(abc.ABC):
+    """Decides, after an epoch, whether a multi-objective trial should stop."""
+
+    @abc.abstractmethod
+    def should_prune(
+        self, study: optuna.Study, trial_number: int, macs: float, param_bytes: float, curve
+    ) -> bool:
+        """Return True to stop the trial.
+
+        Args:
+            study: the study (finished trials are read from it).
+            trial_number: the running trial (excluded from its own peers).
+            macs: the running candidate's MACs.
+            param_bytes: the running candidate's parameter bytes.
+            curve: its intermediate accuracies so far, one per finished epoch.
+        """
+
+    def describe(self) -> dict:
+        """Settings recorded in the study."""
+        return {"name": type(self).__name__}
+
+
+class NopPruner(EpochPruner):
+    """Never prunes (``--pruner none``)."""
+
+    def should_prune(self, study, trial_number, macs, param_bytes, curve) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class DominancePruner(EpochPruner):
+    """Prune a trial dominated at epoch ``k`` by enough peers of equal or lower complexity.
+
+    Args:
+        reduction_factor: a trial survives epoch ``k`` only if fewer than ``(1 - 1/eta)`` of its
+            comparable peers were at least as accurate at epoch ``k`` (eta = 3 keeps the top third).
+        min_peers: no decision until this many comparable peers reached epoch ``k``.
+        min_epochs: never prune before this many epochs have finished.
+    """
+
+    reduction_factor: float = 3.0
+    min_peers: int = 3
+    min_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.reduction_factor > 1:
+            raise ValueError(f"pruner reduction_factor must be > 1, got {self.reduction_factor}")
+        if not (isinstance(self.min_peers, int) and self.min_peers >= 1):
+            raise ValueError(f"pruner min_peers must be an integer >= 1, got {self.min_peers}")
+        if not (isinstance(self.min_epochs, int) and self.min_epochs >= 1):
+            raise ValueError(f"pruner min_epochs must be an integer >= 1, got {self.min_epochs}")
+
+    def should_prune(
+        self,
+        study: optuna.Study,
+        trial_number: int,
+        macs: float,
+        param_bytes: float,
+        curve: Sequence[float],
+    ) -> bool:
+        epoch = len(curve) - 1
+        if len(curve) < self.min_epochs:
+            return False
+        accuracy = curve[epoch]
+        if not math.isfinite(accuracy):
+            return False
+        peers = [
+            t.user_attrs[EPOCH_ACCURACY][epoch]
+            for t in _finished(study)
+            if t.number != trial_number
+            and len(t.user_attrs.get(EPOCH_ACCURACY, ())) > epoch
+            and t.user_attrs.get("macs", math.inf) <= macs
+            and t.user_attrs.get("param_bytes", math.inf) <= param_bytes
+        ]
+        if len(peers) < self.min_peers:
+            return False
+        at_least_as_good = sum(1 for acc in peers if acc >= accuracy)
+        return at_least_as_good / len(peers) >= 1.0 - 1.0 / self.reduction_factor
+
+    def describe(self) -> dict:
+        return {
+            "name": "dominance",
+            "reduction_factor": self.reduction_factor,
+            "min_peers": self.min_peers,
+            "min_epochs": self.min_epochs,
+        }
+
+
+def _finished(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+PRUNERS = {"dominance": DominancePruner, "none": NopPruner}
+
+
+def create_pruner(name: str, **kwargs) -> EpochPruner:
+    """``dominance`` (default) or ``none``, with the pruner's keyword settings."""
+    try:
+        cls = PRUNERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown pruner {name!r}; choose one of {', '.join(sorted(PRUNERS))}"
+        ) from None
+    return cls(**kwargs)

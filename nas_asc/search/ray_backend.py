@@ -1,0 +1,470 @@
+"""Ray Tune search backend: the nas-asc study run as Ray Tune trials, locally or on a cluster.
+
+Implements the Ray Tune part of issue 5 on top of Ray Tune (Liaw et al., "Tune: A Research
+Platform for Distributed Model Selection and Training", 2018) and its Optuna searcher
+(``ray.tune.search.optuna.OptunaSearch``; Akiba et al., "Optuna", KDD 2019).
+
+One search, one source of truth: the Optuna study in ``--storage``. ``OptunaSearch`` is given that
+storage and study name, the study's objectives (``int8_accuracy`` max, ``macs`` min,
+``param_bytes`` min) and the sampler of the optuna backend, and a define-by-run space that calls
+``SearchSpace.sample`` (the space YAML stays the only definition). It only *asks*: each Ray trial
+carries its Optuna trial number, and the Ray trainable re-attaches to that Optuna trial and runs the
+same :class:`~nas_asc.search.objective.Objective` as the optuna backend, so the budget gate, user
+attributes, constraints and checkpoints are identical. The trainable also *tells* the outcome
+(``COMPLETE`` with the three values, infeasible candidates included; ``PRUNED`` when the dominance
+pruner stopped it; ``FAIL`` with ``fail_reason``), so the searcher's own ``tell`` is skipped for
+finished trials. Reports, the dashboard and export read the study the same whichever backend ran.
+
+Schedulers. Ray's ASHA (``AsyncHyperBandScheduler``) ranks the trials at a rung on one metric and
+mode; this study has three objectives, and ``OptunaSearch`` itself drops intermediate results of
+multi-objective studies. Ranking on accuracy alone would stop cheap candidates because dearer ones
+are more accurate, starving the small end of the Pareto front; a weighted sum would impose weights
+the study does not have; and ASHA stops a trial by ending its worker, so the Optuna trial would not
+get its pruned state and last accuracy. ASHA is therefore not valid here and the Ray scheduler is
+FIFO. Early stopping is still asynchronous successive halving: the objective's
+:class:`~nas_asc.search.pruning.DominancePruner` decides after every epoch against the finished
+trials of equal or lower complexity in the shared study, on whichever Ray worker the trial runs.
+
+Workers and resume. ``settings.workers`` is Ray's ``max_concurrent_trials``; every trial takes one
+CPU and runs torch with that many threads. The searcher stops asking once the study has
+``settings.n_trials`` done trials (``trial_counts``), so re-running continues a study, whichever
+backend started it. A trial whose Ray worker died (or was stopped) before it told its outcome is
+failed and re-queued with the same parameters and seed, at most ``settings.max_retry`` times, as
+the optuna backend does with heartbeats; running trials write heartbeats too, so a search whose
+driver was killed is picked up by the next run.
+
+Locally (no ``address``) Ray is started with one CPU per worker and shut down at the end. With
+``address`` (``auto`` or ``HOST:6379`` of a ``ray start --head`` cluster) the same code runs on the
+cluster; then the storage must be a database server every node reaches (PostgreSQL), and the
+dataset, artifact folder and ``$NAS_ASC_CACHE`` must exist at the same paths on every node (a
+shared file system). Ray's own result files go to a temporary folder: everything that matters is in
+the Optuna study and the artifact store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nas_asc.errors import NasAscError
+from nas_asc.search.objective import OBJECTIVE_NAMES, Objective, SearchContext, trial_seed
+from nas_asc.search.optuna_backend import (
+    _TRIAL_ERRORS,
+    SearchSettings,
+    TrialCounts,
+    _storage,
+    make_sampler,
+    open_study,
+    prepare_study,
+    trial_counts,
+)
+from nas_asc.search.pruning import create_pruner
+from nas_asc.search.space import SearchSpace
+
+__all__ = ["run_ray_search", "require_ray", "CPUS_PER_TRIAL", "INSTALL_HINT"]
+
+CPUS_PER_TRIAL = 1  # one core per trial: a small model trains fastest on one thread per process
+INSTALL_HINT = "pip install 'ray[tune]'"
+MODES = ("max", "min", "min")  # Ray's spelling of objective.DIRECTIONS, same order
+
+# The Ray trial's config carries the number of the Optuna trial it runs under this key.
+TRIAL_KEY = "optuna_trial"
+_PROBE_SECONDS = 10.0  # a cluster's head node that does not answer in this time is unreachable
+_POLL_SECONDS = 1.0  # least time between two looks at the study while waiting for running trials
+
+
+def run_ray_search(
+    context: SearchContext,
+    settings: SearchSettings,
+    data_label: str,
+    data_info: dict | None = None,
+    address: str | None = None,
+) -> optuna.Study:
+    """Run (or continue) the study through Ray Tune until ``settings.n_trials`` trials are done.
+
+    Args:
+        context: what every trial shares (pickled to the Ray workers; features are reloaded there
+            from the on-disk cache).
+        settings: the search settings; ``workers`` trials run at once, one CPU each.
+        data_label: the dataset's description recorded in the study.
+        data_info: dataset ``root``, ``train_split`` and ``fingerprint`` recorded for export.
+        address: a running Ray cluster (``auto``, ``HOST:6379``); None starts Ray on this machine
+            for the duration of the search.
+
+    Returns:
+        The study, reloaded from its storage.
+
+    Raises:
+        NasAscError: Ray is not installed, the cluster cannot be reached, or a trial hit an error
+            that stops the search (the study keeps every finished trial; re-run to continue).
+
+    Example:
+        >>> study = run_ray_search(context, SearchSettings("tfsepnet", url, 24, workers=2), "synth")
+    """
+    ray, tune, optuna_search_cls = _import_ray()
+    from ray.tune.schedulers import FIFOScheduler
+
+    settings = dataclasses.replace(settings, storage=_absolute_sqlite(settings.storage))
+    context = _with_absolute_paths(context, settings)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = prepare_study(context, settings, data_label, data_info)
+    counts = _settle(study)
+    if counts.done >= settings.n_trials and not counts.waiting:
+        print(
+            f"study {settings.study_name!r} already has {counts.done} finished trials "
+            f"(asked for {settings.n_trials}); raise --trials to run more",
+            flush=True,
+        )
+        return study
+
+    started_ray = _init_ray(ray, address, settings.workers, context.progress)
+    try:
+        searcher = _searcher_class(optuna_search_cls)(study, context.space, settings)
+        with (
+            tempfile.TemporaryDirectory(prefix="nas-asc-ray-", ignore_cleanup_errors=True) as tmp,
+            _environ(RAY_AIR_NEW_OUTPUT="0"),  # the classic reporter: silent at verbose=0
+        ):
+            tuner = tune.Tuner(
+                tune.with_resources(
+                    tune.with_parameters(_ray_trial, context=context, settings=settings),
+                    {"cpu": CPUS_PER_TRIAL},
+                ),
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    # FIFO: ASHA ranks on one metric, which is not valid for this study (see the
+                    # module docstring); the dominance pruner in the objective stops trials early
+                    scheduler=FIFOScheduler(),
+                    num_samples=-1,  # the searcher says when the study has its trials
+                    max_concurrent_trials=settings.workers,
+                    # one worker process per slot, kept between trials: no torch import per trial
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"nas-asc-{settings.study_name}",
+                    storage_path=tmp,
+                    verbose=0,  # progress comes from the trials' own lines
+                ),
+            )
+            tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    if searcher.stop_reason:
+        raise NasAscError(
+            f"the search stopped at an error in {searcher.stop_reason}; the study keeps every "
+            "finished trial, fix the cause and re-run the same command to continue"
+        )
+    return open_study(settings.study_name, settings.storage, seed=settings.seed)
+
+
+def require_ray() -> None:
+    """Raise ``NasAscError`` with the install command if Ray Tune cannot be imported.
+
+    The CLI calls it before loading data, so a missing Ray is reported before any work.
+    """
+    _import_ray()
+
+
+def _import_ray():
+    """Ray, ``ray.tune`` and ``OptunaSearch``, imported only when a Ray search runs."""
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as exc:
+        raise NasAscError(
+            f"--backend ray needs Ray Tune, which cannot be imported ({exc}); install it with "
+            f"{INSTALL_HINT}, or use --backend optuna"
+        ) from None
+    return ray, tune, OptunaSearch
+
+
+def _init_ray(ray, address: str | None, workers: int, progress: bool) -> bool:
+    """Start (or connect to) Ray unless this process already did; True if this call did."""
+    if ray.is_initialized():
+        return False
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials resolve relative paths like the command did
+    if os.environ.get("NAS_ASC_CACHE"):
+        env["NAS_ASC_CACHE"] = str(Path(os.environ["NAS_ASC_CACHE"]).expanduser().resolve())
+    kwargs: dict[str, Any] = dict(
+        runtime_env={"env_vars": env},
+        logging_level=logging.ERROR,
+        log_to_driver=progress,  # the trials' progress lines, printed by the workers
+    )
+    # no usage report from a search tool unless the user opted in
+    quiet = {} if "RAY_USAGE_STATS_ENABLED" in os.environ else {"RAY_USAGE_STATS_ENABLED": "0"}
+    if address:
+        _probe(address)
+    try:
+        with _environ(**quiet):
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=workers * CPUS_PER_TRIAL, include_dashboard=False, **kwargs)
+    except (ConnectionError, RuntimeError, TimeoutError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f"connect to the Ray cluster at {address!r}" if address else "start Ray locally"
+        raise NasAscError(
+            f"cannot {where} ({detail}); start a cluster with `ray start --head` and pass the "
+            "address it prints (or auto on one of its nodes), or leave out --ray-address"
+        ) from None
+    return True
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # auto, ray://... (Ray Client): Ray resolves and reports these itself
+    try:
+        socket.create_connection((host, int(port)), timeout=_PROBE_SECONDS).close()
+    except OSError as exc:
+        raise NasAscError(
+            f"cannot connect to the Ray cluster at {address!r} ({exc.strerror or exc}); start "
+            "one with `ray start --head` and pass the address it prints (HOST:6379), or auto "
+            "on one of its nodes"
+        ) from None
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the ``with`` block (the Tune driver reads them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _absolute_sqlite(url: str) -> str:
+    """``sqlite:///relative.db`` made absolute: Ray workers need not share our working folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        path = url[len(prefix) :]
+        if path and path != ":memory:":
+            return prefix + str(Path(path).resolve())
+    return url
+
+
+def _with_absolute_paths(context: SearchContext, settings: SearchSettings) -> SearchContext:
+    """The context with its artifact store and dataset root at absolute paths, for the workers."""
+    changes: dict[str, Any] = {}
+    if context.artifact_store is not None and settings.artifact_dir:
+        from nas_asc.search.artifacts import open_artifact_store
+
+        changes["artifact_store"] = open_artifact_store(Path(settings.artifact_dir).resolve())
+    root = getattr(context.dataset, "root", None)
+    if isinstance(root, Path) and dataclasses.is_dataclass(context.dataset):
+        changes["dataset"] = dataclasses.replace(context.dataset, root=root.resolve())
+    return dataclasses.replace(context, **changes) if changes else context
+
+
+def _settle(study: optuna.Study) -> TrialCounts:
+    """Fail and re-queue trials whose heartbeat stopped (their process died), then count."""
+    with warnings.catch_warnings():
+        # Optuna flags its heartbeat and retry helpers experimental; they are stable since 3.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        return trial_counts(study)
+
+
+class _DefineByRun:
+    """Ray's define-by-run space: the YAML space samples the trial; the config names the trial."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, int]:
+        self.space.sample(trial)
+        return {TRIAL_KEY: trial.number}
+
+
+def _searcher_class(optuna_search_cls: type) -> type:
+    """``OptunaSearch`` for a nas-asc study (built here because Ray is imported lazily).
+
+    It asks like ``OptunaSearch`` (with a sampler seeded per trial, as the optuna backend does),
+    decides when the study has its trials, and leaves ``tell`` to the trainable; it only fails
+    (and re-queues) an Optuna trial whose Ray trial ended without telling.
+    """
+
+    class NasAscOptunaSearch(optuna_search_cls):
+        def __init__(self, study: optuna.Study, space: SearchSpace, settings: SearchSettings):
+            # a storage without heartbeat settings: the driver asks, workers write heartbeats
+            self._store = _storage(settings.storage)
+            super().__init__(
+                space=_DefineByRun(space),
+                metric=list(OBJECTIVE_NAMES),
+                mode=list(MODES),
+                sampler=make_sampler(settings.sampler, settings.seed),
+                study_name=settings.study_name,
+                storage=self._store,
+            )
+            self._study = study  # the heartbeat-aware study: finds trials of dead processes
+            self._settings = settings
+            self._study_id = self._store.get_study_id_from_name(settings.study_name)
+            self._deadline = (
+                None if settings.timeout is None else time.monotonic() + settings.timeout
+            )
+            self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+            self.stop_reason = ""  # set when a trial hits an error that stops the search
+            self._next_poll = 0.0
+
+        def suggest(self, trial_id: str):
+            if self.stop_reason or (
+                self._deadline is not None and time.monotonic() >= self._deadline
+            ):
+                return self.FINISHED
+            if time.monotonic() < self._next_poll:
+                return None
+            counts = _settle(self._study)
+            if not counts.waiting and counts.done + counts.running >= self._settings.n_trials:
+                if counts.running == 0:
+                    return self.FINISHED
+                # a running trial may yet die and be re-queued: look again in a moment
+                self._next_poll = time.monotonic() + _POLL_SECONDS
+                return None
+            # a fresh sampler per trial, seeded by study seed and trial number: a continued
+            # study samples its first trials as an uninterrupted one would
+            next_number = len(self._study.get_trials(deepcopy=False))
+            self._ot_study.sampler = make_sampler(
+                self._settings.sampler, trial_seed(self._settings.seed, next_number)
+            )
+            with warnings.catch_warnings():
+                # TPE's own work can exceed Ray's 1 s hint for define-by-run spaces; it is not
+                # training, which runs in the trainable
+                warnings.filterwarnings("ignore", message="Define-by-run function")
+                config = super().suggest(trial_id)
+            number = config[TRIAL_KEY]
+            self._numbers[trial_id] = number
+            # a first heartbeat: a trial whose worker never starts goes stale and is re-queued
+            self._store.record_heartbeat(self._trial_id(number))
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            pass  # intermediate results: the objective's pruner handles them
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            if result and result.get("state") == "ERROR" and not self.stop_reason:
+                self.stop_reason = f"trial {result[TRIAL_KEY]}: {result['error']}"
+            number = self._numbers.pop(trial_id, None)
+            if number is None:
+                return
+            trial_id_ = self._trial_id(number)
+            frozen = self._store.get_trial(trial_id_)
+            if frozen.state.is_finished():
+                return  # the trainable told the outcome
+            _orphaned(self._study, self._store, trial_id_, frozen, self._settings.max_retry)
+
+        def _trial_id(self, number: int) -> int:
+            return self._store.get_trial_id_from_study_id_trial_number(self._study_id, number)
+
+    return NasAscOptunaSearch
+
+
+def _orphaned(study, store, trial_id: int, frozen: optuna.trial.FrozenTrial, max_retry: int):
+    """Fail a trial whose Ray worker ended before it told its outcome, and re-queue it."""
+    reason = "its Ray worker stopped before the trial finished (node lost, killed or interrupted)"
+    try:
+        store.set_trial_user_attr(trial_id, "status", "failed")
+        store.set_trial_user_attr(trial_id, "fail_reason", reason)
+        if not store.set_trial_state_values(trial_id, TrialState.FAIL):
+            return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return  # another process failed it first (a stale heartbeat) and re-queued it
+    # the snapshot from before the failure: the retry must not inherit the failure's attributes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)(study, frozen)
+    print(f"trial {frozen.number}: {reason}; re-queued", flush=True)
+
+
+class _Heartbeat:
+    """Writes a running trial's heartbeat every ``interval`` seconds while in the block."""
+
+    def __init__(self, store, trial_id: int, interval: float) -> None:
+        self._store = store
+        self._trial_id = trial_id
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            self._store.record_heartbeat(self._trial_id)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -> None:
+    """The Ray trainable: run the Optuna trial ``config[TRIAL_KEY]`` and tell its outcome."""
+    import torch
+    from ray import tune
+
+    torch.set_num_threads(max(1, CPUS_PER_TRIAL))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    number = int(config[TRIAL_KEY])
+    store = _storage(settings.storage)
+    study = optuna.load_study(
+        study_name=settings.study_name,
+        storage=store,
+        sampler=make_sampler(settings.sampler, trial_seed(settings.seed, number)),
+    )
+    trial_id = store.get_trial_id_from_study_id_trial_number(
+        store.get_study_id_from_name(settings.study_name), number
+    )
+    # suggest_* on this trial returns the parameters the driver's sampler already stored
+    trial = optuna.trial.Trial(study, trial_id)
+    objective = Objective(context, create_pruner(settings.pruner))
+    with _Heartbeat(store, trial_id, settings.heartbeat):
+        outcome = _run_and_tell(objective, study, trial)
+    tune.report({TRIAL_KEY: number, **outcome})
+
+
+def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial) -> dict:
+    """Run the objective on ``trial`` and tell the study its outcome, as ``Study.optimize`` does.
+
+    Returns the Ray result: the three objectives (NaN where the trial has none), ``state`` and, for
+    an error that stops the search, ``error``.
+    """
+    nan = {name: math.nan for name in OBJECTIVE_NAMES}
+    try:
+        values = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+        return {**nan, "state": "PRUNED", "error": ""}
+    except Exception as exc:
+        study.tell(trial, state=TrialState.FAIL)
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, _TRIAL_ERRORS):
+            # as the optuna backend: the trial is failed, the study goes on
+            print(f"trial {trial.number}: failed ({reason}); the study goes on", flush=True)
+            return {**nan, "state": "FAIL", "error": ""}
+        return {**nan, "state": "ERROR", "error": reason}
+    study.tell(trial, list(values))
+    return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}

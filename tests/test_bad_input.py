@@ -1,0 +1,599 @@
+"""Bad-input corpus (issue 7): every malformed input is refused by the real CLI in one line.
+
+Each case runs ``nas_asc.cli.main`` in-process (the function the ``nas-asc`` script calls) in a
+fresh working folder and checks the contract of the CLI: exactly one line on stderr, ``nas-asc:
+error: ...``, naming the problem and the fix, a non-zero exit code, no traceback, and nothing left
+behind: no study database, no report or artifact folder, the dataset and the cache untouched.
+A few cases also run as real subprocesses (``python -m nas_asc.cli``, the ``nas-asc`` script) to
+show that no traceback reaches a terminal. Data-level cases break a copy of the tiny dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from nas_asc._cache import cache_root
+from nas_asc.cli import main
+
+UNREACHABLE_DB = "postgresql://nas@127.0.0.1:9/x"  # port 9 (discard): nothing listens there
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file below ``root``."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def _to_stderr(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI in-process; argparse errors exit through SystemExit, the rest return.
+
+    Warnings are shown on stderr under Python's default filters, as a terminal would show them
+    (pytest would otherwise collect them out of sight).
+    """
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = _to_stderr
+        try:
+            code = main(["-q", *argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _assert_one_line_error(code, err: str, fragments: tuple[str, ...]) -> str:
+    assert code not in (0, None), err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("nas-asc: error: "), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    return line
+
+
+def _assert_nothing_left(work: Path, files_before: set[str]) -> None:
+    files = set(_snapshot(work))
+    assert not [f for f in files - files_before if f.endswith(".db")], "a study was created"
+    assert files == files_before, f"files were written: {sorted(files - files_before)}"
+    assert not (work / "reports").exists(), "a reports folder was created"
+    assert not list(work.rglob("artifacts")), "an artifact folder was created"
+    assert not (work / "studies" / "s").exists(), "a study folder was created"
+
+
+# --- space files ---------------------------------------------------------------------------
+
+
+def _write(name: str, text: str) -> Callable[[Path, Path], None]:
+    def setup(work: Path, data: Path) -> None:
+        (work / name).write_text(text)
+
+    return setup
+
+
+def _space(dims: str, model: str = "tfsepnet") -> str:
+    return f"name: bad\nmodel: {model}\ndimensions:\n  {dims}\n"
+
+
+# --- dataset breakers (work on the copy in `data`) -----------------------------------------
+
+
+def _first_clip(data: Path) -> Path:
+    # features are computed in sorted order, so the first clip fails before any other work
+    return sorted((data / "audio").iterdir())[0]
+
+
+def _drop_meta(work: Path, data: Path) -> None:
+    (data / "meta.csv").unlink()
+
+
+def _drop_meta_columns(work: Path, data: Path) -> None:
+    meta = data / "meta.csv"
+    rows = [line.split("\t")[:2] for line in meta.read_text().splitlines()]
+    meta.write_text("".join("\t".join(r) + "\n" for r in rows))
+
+
+def _comma_meta(work: Path, data: Path) -> None:
+    meta = data / "meta.csv"
+    meta.write_text(meta.read_text().replace("\t", ","))
+
+
+def _delete_audio(work: Path, data: Path) -> None:
+    _first_clip(data).unlink()
+
+
+def _fold_names_unknown_clip(work: Path, data: Path) -> None:
+    fold = data / "evaluation_setup" / "fold1_train.csv"
+    with fold.open("a") as fh:
+        fh.write("audio/airport-lisbon-99-99-0-a.wav\tairport\n")
+
+
+def _corrupt_wav(work: Path, data: Path) -> None:
+    path = _first_clip(data)
+    path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
+
+
+def _truncate_wav(work: Path, data: Path) -> None:
+    path = _first_clip(data)
+    path.write_bytes(b"")
+
+
+def _wav_without_samples(work: Path, data: Path) -> None:
+    soundfile.write(str(_first_clip(data)), np.zeros(0, np.float32), 44100, subtype="PCM_24")
+
+
+def _file_named(name: str) -> Callable[[Path, Path], None]:
+    def setup(work: Path, data: Path) -> None:
+        (work / name).write_text("a regular file, not a folder\n")
+
+    return setup
+
+
+def _space_folder(work: Path, data: Path) -> None:
+    (work / "space.yaml").mkdir()
+
+
+def _nonempty_folder(work: Path, data: Path) -> None:
+    (work / "out").mkdir()
+    (work / "out" / "keep.txt").write_text("mine")
+
+
+def _create_study(path: Path, name: str) -> None:
+    import optuna
+
+    from nas_asc.search.optuna_backend import open_study
+
+    path.parent.mkdir()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line on stderr
+    try:
+        open_study(name, f"sqlite:///{path}", create=True)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _other_study(work: Path, data: Path) -> None:
+    _create_study(work / "db" / "other.db", "other")
+
+
+def _nas_asc_study(work: Path, data: Path) -> None:
+    _create_study(work / "db" / "s.db", "s")
+
+
+def _logits(shape_of, suffix: str = ".pt", fill: float = 0.0) -> Callable[[Path, Path], None]:
+    """Write ``work/logits<suffix>`` of shape ``shape_of(rows of meta.csv)``."""
+
+    def setup(work: Path, data: Path) -> None:
+        rows = len((data / "meta.csv").read_text().splitlines()) - 1
+        logits = torch.full(shape_of(rows), fill)
+        if suffix == ".npy":
+            np.save(work / "logits.npy", logits.numpy())
+        else:
+            torch.save(logits, work / f"logits{suffix}")
+
+    return setup
+
+
+DATA = "{data}"  # replaced by the path of the broken dataset copy
+SEARCH = ["search", "--space", "cnn", "--study", "s", "--data", DATA]
+
+# (id, setup or None, argv, fragments the one line must contain)
+CASES = [
+    # search spaces
+    (
+        "malformed-yaml",
+        _write("bad.yaml", "name: bad\nmodel: tfsepnet\ndimensions: {model.width: [1, 2\n"),
+        ["search", "--space", "bad.yaml", "--data", DATA],
+        ("bad.yaml", "not valid YAML", "fix the YAML syntax"),
+    ),
+    (
+        "unknown-space",
+        None,
+        ["search", "--space", "no_such_space", "--data", DATA],
+        ("no search space named 'no_such_space'", "tfsepnet"),
+    ),
+    (
+        "space-file-missing",
+        None,
+        ["search", "--space", "missing.yaml", "--data", DATA],
+        ("missing.yaml", "not found", "check the path"),
+    ),
+    (
+        "space-file-is-a-folder",
+        _space_folder,
+        ["search", "--space", "space.yaml", "--data", DATA],
+        ("is a folder, not a YAML file",),
+    ),
+    (
+        "unknown-family",
+        _write("fam.yaml", _space("model.width: {type: int, low: 8, high: 16}", model="nope")),
+        ["search", "--space", "fam.yaml", "--data", DATA],
+        ("unknown model family 'nope'", "use one of", "tfsepnet"),
+    ),
+    (
+        "low-above-high",
+        _write("lh.yaml", _space("model.width: {type: int, low: 40, high: 8}")),
+        ["search", "--space", "lh.yaml", "--data", DATA],
+        ("low 40 > high 8", "swap them"),
+    ),
+    (
+        "categorical-without-choices",
+        _write("cat.yaml", _space("model.width: {type: categorical, choices: []}")),
+        ["search", "--space", "cat.yaml", "--data", DATA],
+        ("choices is empty", "list at least one value"),
+    ),
+    (
+        "unknown-field",
+        _write("field.yaml", _space("model.depth: {type: int, low: 1, high: 3}")),
+        ["search", "--space", "field.yaml", "--data", DATA],
+        ("depth",),
+    ),
+    # budgets and flags
+    ("zero-budget", None, [*SEARCH, "--budget", "bytes=0"], ("bytes='0'", "above zero")),
+    ("negative-budget", None, [*SEARCH, "--budget", "macs=-5"], ("macs='-5'", "above zero")),
+    (
+        "budget-not-a-number",
+        None,
+        [*SEARCH, "--budget", "macs=lots"],
+        ("macs='lots' is not a number", "macs=30M"),
+    ),
+    (
+        "unknown-budget-preset",
+        None,
+        [*SEARCH, "--budget", "huge"],
+        ("unknown budget preset 'huge'", "dcase2024"),
+    ),
+    ("zero-trials", None, [*SEARCH, "--trials", "0"], ("--trials", "positive integer")),
+    ("trials-not-a-number", None, [*SEARCH, "--trials", "ten"], ("--trials", "'ten'")),
+    ("zero-epochs", None, [*SEARCH, "--epochs", "0"], ("--epochs", "positive integer")),
+    ("negative-timeout", None, [*SEARCH, "--timeout", "-1"], ("--timeout", "positive number")),
+    (
+        "unknown-train-split",  # refused before the synthetic dataset would be generated
+        None,
+        ["search", "--space", "cnn", "--train-split", "split7"],
+        ("unknown --train-split 'split7'", "split100"),
+    ),
+    (
+        "parallel-workers-on-sqlite",
+        None,
+        [*SEARCH, "--workers", "2"],
+        ("need a database server", "postgresql://"),
+    ),
+    # datasets
+    (
+        "dataset-root-missing",
+        None,
+        ["search", "--space", "cnn", "--data", "nowhere"],
+        ("nowhere does not exist", "meta.csv"),
+    ),
+    (
+        "dataset-root-is-a-file",
+        _file_named("afile"),
+        ["search", "--space", "cnn", "--data", "afile"],
+        ("afile is not a directory",),
+    ),
+    ("no-meta-csv", _drop_meta, SEARCH, ("meta.csv not found", "TAU22 root folder")),
+    (
+        "meta-csv-missing-columns",
+        _drop_meta_columns,
+        SEARCH,
+        ("lacks column(s) identifier, source_label", "required columns"),
+    ),
+    ("meta-csv-not-tab-separated", _comma_meta, SEARCH, ("not TAB-separated",)),
+    (
+        "fold-names-absent-audio",
+        _delete_audio,
+        SEARCH,
+        ("missing on disk", "airport-lisbon", "download/extract the audio"),
+    ),
+    (
+        "fold-names-clip-absent-from-meta",
+        _fold_names_unknown_clip,
+        SEARCH,
+        ("absent from meta.csv", "airport-lisbon-99-99-0-a.wav"),
+    ),
+    ("corrupt-wav", _corrupt_wav, SEARCH, ("cannot be decoded", "re-download or regenerate")),
+    ("empty-wav-0-bytes", _truncate_wav, SEARCH, ("is empty (0 bytes)", "re-download")),
+    ("wav-without-samples", _wav_without_samples, SEARCH, ("holds no samples", "re-download")),
+    # outputs
+    (
+        "reports-folder-below-a-file",
+        _file_named("afile"),
+        [*SEARCH, "--reports", "afile/reports"],
+        ("cannot create reports folder afile/reports", "afile is a file", "--reports"),
+    ),
+    (
+        "artifacts-folder-below-a-file",
+        _file_named("afile"),
+        [*SEARCH, "--artifacts", "afile/artifacts"],
+        ("cannot create artifacts folder", "afile is a file", "--artifacts"),
+    ),
+    (
+        "sqlite-storage-below-a-file",
+        _file_named("afile"),
+        [*SEARCH, "--storage", "sqlite:///afile/s.db"],
+        ("afile is a file", "--storage"),
+    ),
+    (
+        "unreachable-storage",
+        None,
+        [*SEARCH, "--storage", UNREACHABLE_DB],
+        ("cannot open study storage postgresql://nas@127.0.0.1:9/x", "server is running"),
+    ),
+    (
+        "storage-password-not-printed",
+        None,
+        [*SEARCH, "--storage", "postgresql://nas:s3cret@127.0.0.1:9/x"],
+        ("postgresql://nas:***@127.0.0.1:9/x",),
+    ),
+    (
+        "storage-driver-missing-or-server-down",  # no MySQL driver is installed here
+        None,
+        [*SEARCH, "--storage", "mysql://nas@127.0.0.1:9/x"],
+        ("cannot open study storage mysql://nas@127.0.0.1:9/x",),
+    ),
+    (
+        "unknown-storage-scheme",
+        None,
+        [*SEARCH, "--storage", "nosuchdb://x"],
+        ("cannot open study storage nosuchdb://x", "check the URL"),
+    ),
+    (
+        "synth-out-below-a-file",
+        _file_named("afile"),
+        ["data", "synth", "--out", "afile/synth"],
+        ("cannot create output folder afile/synth", "afile is a file", "--out"),
+    ),
+    (
+        "synth-out-not-empty",
+        _nonempty_folder,
+        ["data", "synth", "--out", "out"],
+        ("is not empty", "new or empty folder"),
+    ),
+    # studies
+    (
+        "report-unknown-study",
+        None,
+        ["report", "--study", "nope"],
+        ("no study database studies/nope.db", "nas-asc search --study nope"),
+    ),
+    (
+        "report-unknown-study-in-storage",
+        _other_study,
+        ["report", "--study", "nope", "--storage", "sqlite:///db/other.db"],
+        ("no study named 'nope'", "existing studies: other"),
+    ),
+    (
+        "report-storage-file-missing",
+        None,
+        ["report", "--study", "nope", "--storage", "sqlite:///nope.db"],
+        ("no study database nope.db", "check --storage"),
+    ),
+    (
+        "export-unknown-study",
+        None,
+        ["export", "--study", "nope", "--out", "exports"],
+        ("no study database studies/nope.db", "nas-asc search --study nope"),
+    ),
+    (
+        "export-absent-trial",
+        _nas_asc_study,
+        ["export", "--study", "s", "--storage", "sqlite:///db/s.db", "--out", "x", "--trials", "7"],
+        ("has no trial 7", "pick trial numbers from the report"),
+    ),
+    (
+        "export-trials-not-numbers",
+        None,
+        ["export", "--study", "s", "--out", "x", "--trials", "a,b"],
+        ("trial numbers like 3,5,8",),
+    ),
+    # teacher logits distributed as a file
+    (
+        "teacher-logits-wrong-shape",
+        _logits(lambda n: (n, 9)),
+        [*SEARCH, "--teacher-logits", "logits.pt"],
+        ("must have shape (rows of meta.csv, classes)", ", 10), got (", ", 9)"),
+    ),
+    (
+        "teacher-logits-transposed-npy",
+        _logits(lambda n: (10, n), suffix=".npy"),
+        ["teacher", "--data", DATA, "--logits", "logits.npy"],
+        ("must have shape (rows of meta.csv, classes)", "got (10, "),
+    ),
+    (
+        "teacher-logits-not-finite",
+        _logits(lambda n: (n, 10), fill=float("nan")),
+        [*SEARCH, "--teacher-logits", "logits.pt"],
+        ("not finite on", "training clips", "every clip of the training split"),
+    ),
+    (
+        "teacher-logits-missing-file",
+        None,
+        [*SEARCH, "--teacher-logits", "nope.pt"],
+        ("teacher logits file nope.pt does not exist",),
+    ),
+    (
+        "teacher-logits-not-a-tensor-file",
+        _write("logits.pt", "these are not logits\n"),
+        [*SEARCH, "--teacher-logits", "logits.pt"],
+        ("cannot read teacher logits file logits.pt", "torch.save"),
+    ),
+    ("dashboard-bad-port", None, ["dashboard", "--study", "s", "--port", "70000"], ("1..65535",)),
+    (
+        "complexity-unknown-model",
+        None,
+        ["complexity", "nope"],
+        ("unknown model 'nope'", "known models", "tfsepnet"),
+    ),
+    (
+        "complexity-bad-set",
+        None,
+        ["complexity", "tfsepnet", "--set", "width"],
+        ("--set takes KEY=VALUE", "--set width=40"),
+    ),
+]
+
+
+# Cases whose fix lies outside the files this corpus may change (reported to be fixed there).
+KNOWN_FAILURES = {
+    # torch warns once per process, so this fails only if nothing before it in the session
+    # triggered the warning: not strict
+    "teacher-logits-not-finite": "load_teacher_logits calls torch.as_tensor on pandas' read-only "
+    "arrays: torch prints a two-line UserWarning on stderr before the error line",
+}
+
+
+@pytest.mark.parametrize(
+    ("setup", "argv", "fragments"),
+    [
+        pytest.param(
+            *case[1:],
+            id=case[0],
+            marks=[pytest.mark.xfail(strict=False, reason=KNOWN_FAILURES[case[0]])]
+            if case[0] in KNOWN_FAILURES
+            else [],
+        )
+        for case in CASES
+    ],
+)
+def test_bad_input_is_one_clear_line_and_leaves_nothing(
+    setup, argv, fragments, tiny_root, tmp_path, monkeypatch, capsys
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("NAS_ASC_DEBUG", raising=False)
+    data = tmp_path / "data"
+    uses_data = DATA in argv
+    if uses_data:
+        shutil.copytree(tiny_root, data)
+    if setup is not None:
+        setup(work, data)
+    before_cache = _snapshot(cache_root())
+    before_data = _snapshot(data)
+    before_work = set(_snapshot(work))
+    argv = [str(data) if a == DATA else a for a in argv]
+
+    code, err = _run(argv, capsys)
+
+    _assert_one_line_error(code, err, fragments)
+    _assert_nothing_left(work, before_work)
+    assert _snapshot(cache_root()) == before_cache, "the cache changed"
+    assert _snapshot(data) == before_data, "the dataset changed"
+
+
+def test_corpus_has_at_least_twenty_cases():
+    assert len(CASES) >= 20
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+# --- converted, not refused ------------------------------------------------------------------
+
+
+def _rewrite_first_clip(data: Path, convert) -> Path:
+    path = _first_clip(data)
+    wave, rate = soundfile.read(str(path), dtype="float32")
+    soundfile.write(str(path), *convert(wave, rate), subtype="PCM_24")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("convert", "note"),
+    [
+        (lambda w, r: (np.stack([w, w], axis=1), r), "1 with 2 channels averaged to mono"),
+        (
+            lambda w, r: (np.interp(np.arange(48000) * r / 48000, np.arange(len(w)), w), 48000),
+            "1 at 48000 Hz resampled to 32000 Hz",
+        ),
+    ],
+    ids=["stereo", "48kHz"],
+)
+def test_stereo_or_48khz_clips_are_converted_with_a_note(
+    convert, note, tiny_root, tmp_path, caplog
+):
+    # Tested on the loader (load_tau22 + load_features), where the conversion happens: through
+    # the CLI the same note is printed on stderr by the teacher's feature pass, but that run
+    # trains a teacher (tens of seconds on two shared cores).
+    from nas_asc.data.features import FrontEnd, load_features
+    from nas_asc.data.tau22 import load_tau22
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)
+    path = _rewrite_first_clip(data, convert)
+    dataset = load_tau22(data)
+    with caplog.at_level(logging.WARNING, logger="nas_asc.data.features"):
+        train, evaluate = load_features(dataset, FrontEnd(n_mels=32), progress=False)
+    notes = [r.getMessage() for r in caplog.records if "note:" in r.getMessage()]
+    assert len(notes) == 1 and note in notes[0], caplog.text
+    assert "\n" not in notes[0]
+    rel = f"audio/{path.name}"
+    split = train if rel in train.filenames else evaluate
+    x = split.x[split.filenames.index(rel)]
+    assert x.shape == (1, 32, 44) and bool(x.isfinite().all())
+    assert float(x.std()) > 0  # real audio, not a zero-filled placeholder
+
+
+# --- real processes: no traceback reaches the terminal ---------------------------------------
+
+
+def _script(name: str) -> str:
+    found = Path(sys.executable).parent / name
+    return str(found) if found.exists() else shutil.which(name) or name
+
+
+def test_real_processes_print_one_line_and_no_traceback(tmp_path):
+    # Three entry points, started together: each process spends seconds importing torch, so
+    # running them side by side keeps this test about as long as one of them.
+    _write("lh.yaml", _space("model.width: {type: int, low: 40, high: 8}"))(tmp_path, tmp_path)
+    runs = {
+        "python -m nas_asc.cli": (
+            [sys.executable, "-m", "nas_asc.cli", "search", "--space", "lh.yaml"],
+            "low 40 > high 8",
+        ),
+        "nas-asc script": (
+            [_script("nas-asc"), "search", "--space", "cnn", "--storage", UNREACHABLE_DB],
+            "cannot open study storage",
+        ),
+        "python -m nas_asc": (
+            [sys.executable, "-m", "nas_asc", "export", "--study", "nope", "--out", "x"],
+            "no study database",
+        ),
+    }
+    env = {k: v for k, v in os.environ.items() if k != "NAS_ASC_DEBUG"}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = {
+        name: subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (argv, _) in runs.items()
+    }
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=180)
+        line = _assert_one_line_error(proc.returncode, err, (runs[name][1],))
+        assert proc.returncode == 2, (name, line)
+    assert not list(tmp_path.rglob("*.db"))
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "x").exists()
