@@ -42,7 +42,7 @@ from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.space import SearchSpace
 from nas_asc.train.loop import TrainConfig, evaluate, train
 from nas_asc.train.prune import min_complexity, prune_to_fit
-from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
+from nas_asc.train.quantize import calibrate_qat, convert_qat, fake_quant_disabled, quantize_ptq
 
 __all__ = [
     "SearchContext",
@@ -234,16 +234,18 @@ class Objective:
                 result.seconds += tuned.seconds
                 result.qat_model = tuned.qat_model
         n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
+        calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
         if result.qat_model is not None:
-            # quantization-aware training: the int8 model is converted from the fake-quant one,
-            # whose float view (fake quantization off) gives the fp32 accuracy
+            # quantization-aware training: the int8 model is converted from the fake-quant one
+            # once its ranges are observed in eval mode; its float view (fake quantization off)
+            # gives the fp32 accuracy
+            calibrate_qat(result.qat_model, calibration)
             with fake_quant_disabled(result.qat_model):
                 fp32 = evaluate(result.qat_model, eval_set)
             int8_model = convert_qat(result.qat_model)
         else:
             fp32 = evaluate(model, eval_set)
-            calib_idx = calibration_indices(len(train_set), seed, n_calib)
-            int8_model = quantize_ptq(model, train_set.x[calib_idx])
+            int8_model = quantize_ptq(model, calibration)
         int8 = evaluate(int8_model, eval_set)
         attrs = {
             "status": "trained",
@@ -265,7 +267,10 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if ctx.artifact_store is not None:
-            self._save_artifacts(trial, cfg, model, c, seed, n_calib, attrs, pruned)
+            # QAT: the fake-quant network (weights, folded BatchNorm, calibrated ranges), from
+            # which export converts the same int8 model; PTQ: the float network
+            trained = result.qat_model if result.qat_model is not None else model
+            self._save_artifacts(trial, cfg, trained, c, seed, n_calib, attrs, pruned)
         if ctx.progress:
             print(
                 f"trial {trial.number}: {_describe(cfg)} -> int8 {int8.accuracy:.1%} "
@@ -318,6 +323,7 @@ class Objective:
             complexity=c.to_dict(),
             pruned=pruned,
             metrics={k: attrs[k] for k in _CHECKPOINT_METRICS},
+            quantization=attrs["quantization"],
         )
         save_checkpoint(trial, self.ctx.artifact_store, checkpoint)
         save_confusion_image(

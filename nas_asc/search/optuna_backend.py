@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -423,10 +422,10 @@ def run_search(
 
 
 def _worker_main(context: SearchContext, settings: SearchSettings, worker: int) -> None:
-    import torch
+    from nas_asc.train import accel
 
-    # one process per core: more threads per process only oversubscribe the CPU
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings.workers))
+    # each worker its share of the cores: more threads per process only oversubscribe the CPU
+    accel.configure_threads(parallel_trials=settings.workers)
     study = open_study(
         settings.study_name,
         settings.storage,

@@ -423,10 +423,12 @@ class _Heartbeat:
 
 def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -> None:
     """The Ray trainable: run the Optuna trial ``config[TRIAL_KEY]`` and tell its outcome."""
-    import torch
     from ray import tune
 
-    torch.set_num_threads(max(1, CPUS_PER_TRIAL))
+    from nas_asc.train import accel
+
+    # the trial's Ray CPUs are its cores (Ray does not pin workers to cores)
+    accel.configure_threads(parallel_trials=1, cores=CPUS_PER_TRIAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     number = int(config[TRIAL_KEY])
     store = _storage(settings.storage)

@@ -27,12 +27,16 @@ mobilenetv2_ca      216   359        340        466              258
   two, 2.2x; among other agents' jobs (load average 6) 5-7x (tfsepnet C=40: 8 vs 54).
   ``OMP_WAIT_POLICY=PASSIVE`` removes most of that penalty but made idle 2-thread training
   2.5-3x slower, so it is not used. Hence :func:`configure_threads` gives each of N parallel
-  trials ``cores // N`` threads, and a training session lowers that to what the other processes
-  leave free, measured from ``/proc/stat`` before training and again after every epoch.
+  trials ``cores // N`` threads (the search backends call it with their worker count). With
+  ``adapt_threads`` a training session also lowers that to what other processes leave free,
+  measured from ``/proc/stat`` before training and after every epoch; that is off by default,
+  because the thread count changes how weight gradients are summed, and a trial must give the
+  same figures whatever else the machine is doing.
 * **Channels-last** pays for some families and costs for others (cpmobile and mobilenetv2_ca
-  1.4-1.6x, tfsepnet 0.8-1.2x, and which way depends on the thread count), so a session times a
-  few steps in both layouts on the candidate itself and keeps the faster, when the training is
-  long enough for that to pay.
+  1.4-1.6x, tfsepnet 0.8-1.2x, and which way depends on the thread count). With
+  ``channels_last=None`` a session times a few steps in both layouts on the candidate itself
+  and keeps the faster, when the training is long enough for that to pay; off by default for
+  the same reason (a timing decides the layout, the layout the rounding).
 * **Fused AdamW** (``fused=True``, one kernel per step instead of a dozen ops per tensor):
   +10-15% samples/s on tfsepnet C=24 and cpmobile.
 * **torch.compile** (inductor, needs a C++ compiler) reached 1.33x on tfsepnet C=40 at 2 threads
@@ -109,8 +113,12 @@ COMPILE_MODES = ("off", "on", "auto")
 
 @dataclass(frozen=True)
 class AccelOptions:
-    threads: int | None = None  # intra-op threads; None: the trial's share, less others' load
-    channels_last: bool | None = None  # None: time both layouts on the model, keep the faster
+    threads: int | None = None  # intra-op threads; None: the trial's share (configure_threads)
+    adapt_threads: bool = False  # threads None: lower the share to the cores other processes
+    # leave free, re-measured every epoch (faster on a busy machine, but the thread count, and
+    # with it the float rounding of the weight gradients, then depends on the load)
+    channels_last: bool | None = False  # None: time both layouts on the model, keep the faster
+    # (the choice, and with it the float rounding, then depends on the timing)
     fused_optimizer: bool = True  # make_adamw: AdamW(fused=True), one kernel per step
     compile: str = "off"  # off | on | auto (on from compile_min_samples planned samples)
     compile_mode: str | None = None  # torch.compile mode; None is inductor's default
@@ -381,7 +389,7 @@ class TrainingAccel:
 
     def epoch_end(self) -> int:
         """Re-choose the thread count from the others' load during the epoch; returns it."""
-        if self._meter is not None and self.options.threads is None:
+        if self._meter is not None and self.options.threads is None and self.options.adapt_threads:
             threads = _threads_for(self.share, self._meter.others_busy())
             if threads != self.threads:
                 torch.set_num_threads(threads)
@@ -470,7 +478,7 @@ def prepare_for_training(
     notes = []
     share = _share or torch.get_num_threads()
     meter = None
-    if opts.threads is None and opts.load_window > 0:
+    if opts.threads is None and opts.adapt_threads and opts.load_window > 0:
         # the load since the previous run finished, else a short sample now
         meter = _since_finish if _since_finish is not None else _LoadMeter()
     if opts.threads is not None:

@@ -20,12 +20,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_asc.train import accel
 from nas_asc.train.augment import device_swap, freq_mixstyle, mixup, spec_augment
 from nas_asc.train.distill import KD_WEIGHTINGS, Stage, kd_stages, list_kd_strategies
 
@@ -163,6 +165,7 @@ class TrainResult:
     seconds: float  # wall time of the training loop
     history: list[dict] = field(default_factory=list)  # per epoch: stage, loss, train accuracy
     qat_model: nn.Module | None = None  # quantization="qat": the trained fake-quant model
+    accel: dict = field(default_factory=dict)  # speed settings used (TrainingAccel.summary)
 
 
 @dataclass
@@ -198,7 +201,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
 
 def _adamw(modules: list[nn.Module], config: TrainConfig) -> torch.optim.AdamW:
     params = [p for m in modules for p in m.parameters()]
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return accel.make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _gather_teacher(
@@ -328,78 +331,136 @@ def train(
             not matching ``train_set``.
     """
     stages = kd_stages(config)
-    teacher = _gather_teacher(train_set, teacher_logits, stages)
-    sim = _check_simulated(simulated, train_set, config)
-    gen = torch.Generator().manual_seed(seed)
     n = len(train_set)
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    lr_factor = _lr_lambda(steps_per_epoch * config.epochs, steps_per_epoch * config.warmup_epochs)
     peers = _make_peers(model, config.dml_peers, seed) if any(s.peers for s in stages) else []
-    float_model = model
-    optimizers = [_adamw([model], config)] + ([_adamw(peers, config)] if peers else [])
+    # threads, memory layout and compilation for this run (nas_asc.train.accel); the layout is
+    # applied to every network before its optimizer is built
+    session = accel.prepare_for_training(
+        model, train_set.x[: config.batch_size], planned_samples=n * config.epochs
+    )
+    for peer in peers:
+        session.adopt(peer)
+    run = _Run(
+        config=config,
+        train_set=train_set,
+        teacher=_gather_teacher(train_set, teacher_logits, stages),
+        sim=_check_simulated(simulated, train_set, config),
+        gen=torch.Generator().manual_seed(seed),
+        session=session,
+        model=model,
+        peers=peers,
+        optimizers=[_adamw([model], config)] + ([_adamw(peers, config)] if peers else []),
+        forward={id(net): session.forward(net) for net in (model, *peers)},
+    )
     result = TrainResult(seconds=0.0)
     start = time.perf_counter()
-    epoch = step = 0
-    for stage in stages:
-        for _ in range(stage.epochs):
-            if epoch == config.qat_start:
-                model = _start_qat(model, train_set)
-                optimizers[0] = _adamw([model], config)  # moments of the float weights do not carry
-                result.qat_model = model
-            networks = [model, *peers] if stage.peers else [model]
-            active = optimizers if stage.peers else optimizers[:1]
-            for net in networks:
-                net.train()  # a callback may have evaluated it
-            perm = torch.randperm(n, generator=gen)
-            loss_sum, correct = 0.0, 0
-            for b in range(steps_per_epoch):
-                idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
-                if len(idx) < 2:  # BatchNorm needs two samples
-                    continue
-                x, y = train_set.x[idx], train_set.y[idx]
-                if sim is not None:
-                    x = device_swap(x, idx, sim.x, sim.available, config.devicesim_p, gen)
-                x, mix_perm, lam = mixup(x, config.mixup_alpha, config.mixup_p, gen)
-                x = freq_mixstyle(x, config.mixstyle_alpha, config.mixstyle_p, gen)
-                x = spec_augment(x, config.freq_mask, config.time_mask, config.specaugment_p, gen)
-                logits = [net(x) for net in networks]
-                t = None if teacher is None else teacher[idx]
-                losses = _stage_losses(stage, logits, y, t, (mix_perm, lam), config)
-                # each loss only reaches its own network (others' outputs are detached targets)
-                total = torch.stack(losses).sum() if len(losses) > 1 else losses[0]
-                if not torch.isfinite(total):
-                    raise TrainingDiverged(
-                        f"loss became {total.item()} at epoch {epoch} ({stage.name} stage), "
-                        f"step {b}"
-                    )
-                lr = config.lr * lr_factor(step)
-                for opt in active:
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    opt.zero_grad(set_to_none=True)
-                total.backward()
-                for opt in active:
-                    opt.step()
-                step += 1
-                loss_sum += losses[0].item() * len(idx)
-                correct += (logits[0].argmax(1) == y).sum().item()
-            record = {
-                "epoch": epoch,
-                "stage": stage.name,
-                "qat": result.qat_model is not None,
-                "loss": loss_sum / n,
-                "train_accuracy": correct / n,
-            }
-            result.history.append(record)
-            if on_epoch is not None:
-                _call_on_epoch(on_epoch, epoch, record, model, result.qat_model is not None)
-            epoch += 1
+    try:
+        for stage in stages:
+            for _ in range(stage.epochs):
+                if run.epoch == config.qat_start:
+                    result.qat_model = run.start_qat()
+                record = run.train_epoch(stage, qat=result.qat_model is not None)
+                result.history.append(record)
+                session.epoch_end()
+                if on_epoch is not None:
+                    _call_on_epoch(on_epoch, record["epoch"], record, run.model, record["qat"])
+    finally:
+        session.finish(model, *peers, result.qat_model)
     result.seconds = time.perf_counter() - start
-    float_model.eval()
+    result.accel = session.summary()
+    model.eval()
     if result.qat_model is not None:
         _set_observers(result.qat_model, False)  # evaluating it must not move its int8 ranges
         result.qat_model.eval()
     return result
+
+
+@dataclass
+class _Run:
+    """The state of one training run: networks, optimizers, random stream, position."""
+
+    config: TrainConfig
+    train_set: Any
+    teacher: torch.Tensor | None  # teacher logits of the training clips, or None
+    sim: Any  # SimulatedDevices, or None
+    gen: torch.Generator  # every random draw: batch order and augmentation
+    session: accel.TrainingAccel
+    model: nn.Module  # the student being trained (the fake-quant copy once QAT starts)
+    peers: list[nn.Module]  # DML peers
+    optimizers: list[torch.optim.Optimizer]  # [student's, peers' (if any)]
+    forward: dict[int, Callable]  # id(network) -> what to call (itself or its compiled view)
+    epoch: int = 0
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        n, batch = len(self.train_set), self.config.batch_size
+        self.steps_per_epoch = math.ceil(n / batch)
+        self.lr_factor = _lr_lambda(
+            self.steps_per_epoch * self.config.epochs,
+            self.steps_per_epoch * self.config.warmup_epochs,
+        )
+
+    def start_qat(self) -> nn.Module:
+        """Switch the student to a fake-quantized copy with a fresh optimizer; return it."""
+        self.model = self.session.adopt(_start_qat(self.model, self.train_set))
+        # moments of the float weights do not carry over to the new parameters
+        self.optimizers[0] = _adamw([self.model], self.config)
+        self.forward[id(self.model)] = self.session.forward(self.model)
+        return self.model
+
+    def train_epoch(self, stage: Stage, qat: bool) -> dict:
+        """One pass over the training split in ``stage``; returns the epoch's record."""
+        config, data = self.config, self.train_set
+        networks = [self.model, *self.peers] if stage.peers else [self.model]
+        active = self.optimizers if stage.peers else self.optimizers[:1]
+        for net in networks:
+            net.train()  # a callback may have evaluated it
+        n = len(data)
+        perm = torch.randperm(n, generator=self.gen)
+        loss_sum, correct = 0.0, 0
+        for b in range(self.steps_per_epoch):
+            idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            x, y = data.x[idx], data.y[idx]
+            if self.sim is not None:
+                x = device_swap(
+                    x, idx, self.sim.x, self.sim.available, config.devicesim_p, self.gen
+                )
+            x, mix_perm, lam = mixup(x, config.mixup_alpha, config.mixup_p, self.gen)
+            x = freq_mixstyle(x, config.mixstyle_alpha, config.mixstyle_p, self.gen)
+            x = spec_augment(x, config.freq_mask, config.time_mask, config.specaugment_p, self.gen)
+            x = self.session.input(x)
+            logits = [self.forward[id(net)](x) for net in networks]
+            t = None if self.teacher is None else self.teacher[idx]
+            losses = _stage_losses(stage, logits, y, t, (mix_perm, lam), config)
+            # each loss only reaches its own network (others' outputs are detached targets)
+            total = torch.stack(losses).sum() if len(losses) > 1 else losses[0]
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"loss became {total.item()} at epoch {self.epoch} ({stage.name} stage), "
+                    f"step {b}"
+                )
+            lr = config.lr * self.lr_factor(self.step)
+            for opt in active:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+            total.backward()
+            for opt in active:
+                opt.step()
+            self.step += 1
+            loss_sum += losses[0].item() * len(idx)
+            correct += (logits[0].argmax(1) == y).sum().item()
+        record = {
+            "epoch": self.epoch,
+            "stage": stage.name,
+            "qat": qat,
+            "loss": loss_sum / n,
+            "train_accuracy": correct / n,
+        }
+        self.epoch += 1
+        return record
 
 
 def _call_on_epoch(on_epoch, epoch: int, record: dict, model: nn.Module, qat: bool) -> None:
