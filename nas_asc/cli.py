@@ -162,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pruner",
-        choices=("dominance", "none"),
         default="dominance",
+        metavar="NAME[:K=V,...]",
         help="dominance: stop a trial whose accuracy after an epoch is beaten by most trials of "
-        "equal or lower complexity at that epoch (default); none: train every trial fully",
+        "equal or lower complexity at that epoch (default; thresholds e.g. "
+        "dominance:reduction_factor=3,min_peers=3,min_epochs=1); none: train every trial fully",
     )
     p.add_argument(
         "--heartbeat",
@@ -406,6 +407,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_search,
         trial_counts,
     )
+    from nas_asc.search.pruning import create_pruner
     from nas_asc.search.space import load_space
     from nas_asc.train.teacher import get_teacher
 
@@ -415,9 +417,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
+    create_pruner(args.pruner)  # a bad pruner spec fails now, not after the data is loaded
     study_name = args.study or space.name
     if args.ray_address and args.backend != "ray":
         raise NasAscError("--ray-address needs --backend ray")
+    if args.backend == "ray":
+        from nas_asc.search.ray_backend import require_ray
+
+        require_ray()  # a missing Ray is reported before any work
     storage = args.storage or default_storage(study_name)
     if args.backend == "optuna":
         check_parallel_storage(storage, args.workers)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nas_asc.budget import DEFAULT_BUDGET
+from nas_asc.errors import NasAscError
 from nas_asc.models import _registry
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.optuna_backend import SearchSettings, prepare_study, run_search, trial_counts
@@ -136,16 +137,59 @@ def test_every_fault_fails_its_trial_with_a_reason_and_the_study_goes_on(
     assert (counts.done, counts.trained, counts.failed) == (len(FAULTS), 1, len(FAULTS) - 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="optuna_backend._TRIAL_ERRORS does not include AssertionError (nor LookupError, "
-    "AttributeError): such a failure ends the whole search instead of its trial",
-)
 def test_a_family_that_asserts_on_its_config_fails_only_its_trial(
     faulty_family, tiny_dataset, tmp_path
 ):
-    study = _run_faults(("assert", "build"), tiny_dataset, tmp_path)
+    study = _run_faults(("assert", "build", "none"), tiny_dataset, tmp_path)
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    assert states == [optuna.trial.TrialState.FAIL] * 2
+    assert states == [optuna.trial.TrialState.FAIL] * 2 + [optuna.trial.TrialState.COMPLETE]
     assert "AssertionError: faulty: width 8" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_failure_after_failure_stops_the_search_with_the_last_reason(
+    faulty_family, tiny_dataset, tmp_path
+):
+    """A setup that fails every trial (here: every candidate overflows) is not searched to the
+    end: ``max_failures`` failed trials in a row stop it with one clear error."""
+    teacher = torch.randn(tiny_dataset.n_meta_rows, 10)
+    space = {**_space(), "dimensions": {"model.width": {"type": "int", "low": 4, "high": 12}}}
+    space["fixed"] = {**space["fixed"], "model": {"fault": "explode"}}
+    context = SearchContext(
+        SearchSpace.from_dict(space), DEFAULT_BUDGET, tiny_dataset, teacher, progress=False
+    )
+    settings = SearchSettings(
+        "streak", f"sqlite:///{tmp_path / 's.db'}", n_trials=20, pruner="none", max_failures=3
+    )
+    with pytest.raises(
+        NasAscError,
+        match=r"3 trials in a row failed, the last with "
+        r"TrainingDiverged: loss became inf.*run the same command again",
+    ):
+        run_search(context, settings, data_label="tiny")
+    study = optuna.load_study(study_name="streak", storage=settings.storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+
+
+def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_dataset, tmp_path):
+    """An OSError (disk full, a folder gone) would meet every trial: it is not a trial failure."""
+    from nas_asc.search.artifacts import open_artifact_store
+
+    store = open_artifact_store(tmp_path / "artifacts")
+    (tmp_path / "artifacts").rmdir()
+    (tmp_path / "artifacts").write_text("the folder replaced by a file mid-search")
+    context = SearchContext(
+        SearchSpace.from_dict(_space()),
+        DEFAULT_BUDGET,
+        tiny_dataset,
+        torch.randn(tiny_dataset.n_meta_rows, 10),
+        progress=False,
+        artifact_store=store,
+    )
+    settings = SearchSettings("os", f"sqlite:///{tmp_path / 'o.db'}", n_trials=3, pruner="none")
+    study = prepare_study(context, settings, data_label="tiny")
+    study.enqueue_trial({"model.fault": "none"})
+    with pytest.raises(OSError):
+        run_search(context, settings, data_label="tiny")
+    (trial,) = optuna.load_study(study_name="os", storage=settings.storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith(("NotADirectoryError", "FileExistsError"))

@@ -64,6 +64,9 @@ def test_successive_halving_keeps_the_top_share_of_peers():
     third = DominancePruner(reduction_factor=3, min_peers=3)
     assert not third.should_prune(study, 99, 10, 10, [0.35])  # 50 % < 2/3
     assert third.should_prune(study, 99, 10, 10, [0.15])  # 5 of 6
+    # exactly at the threshold: 2 of 3 peers at least as good is 1 - 1/3, so it is pruned
+    three = _study_with([(1, 1, [a], TrialState.COMPLETE) for a in (0.1, 0.5, 0.6)])
+    assert third.should_prune(three, 99, 10, 10, [0.4])
 
 
 def test_the_running_trial_is_not_its_own_peer():

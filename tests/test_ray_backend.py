@@ -153,8 +153,20 @@ def test_an_error_that_stops_the_search_stops_asking(context, tmp_path):
     searcher.on_trial_complete(
         "ray-a", {TRIAL_KEY: 0, "state": "ERROR", "error": "OSError: disk full"}
     )
-    assert searcher.stop_reason == "trial 0: OSError: disk full"
+    assert searcher.stop_reason.startswith("the search stopped at an error in trial 0: OSError")
     assert searcher.suggest("ray-b") == searcher.FINISHED
+
+
+def test_failure_after_failure_stops_asking(context, tmp_path):
+    settings = _settings(tmp_path, n_trials=9, max_failures=2)
+    study, searcher = _searcher(context, settings)
+    for k, ray_id in enumerate(("ray-a", "ray-b")):
+        searcher.suggest(ray_id)
+        study.tell(k, state=TrialState.FAIL)
+        result = {TRIAL_KEY: k, "state": "FAIL", "error": "", "reason": "KeyError: 'x'"}
+        searcher.on_trial_complete(ray_id, result)
+    assert searcher.stop_reason.startswith("2 trials in a row failed, the last with KeyError")
+    assert searcher.suggest("ray-c") == searcher.FINISHED
 
 
 def test_a_timeout_stops_starting_trials(context, tmp_path):

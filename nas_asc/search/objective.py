@@ -32,6 +32,7 @@ from nas_asc.budget import Budget
 from nas_asc.complexity import count
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
+from nas_asc.errors import DatasetError
 from nas_asc.search.artifacts import (
     Checkpoint,
     calibration_indices,
@@ -49,6 +50,7 @@ __all__ = [
     "Objective",
     "OBJECTIVE_NAMES",
     "DIRECTIONS",
+    "TrialError",
     "retry_history",
     "trial_seed",
 ]
@@ -57,6 +59,17 @@ _LOG = logging.getLogger(__name__)
 
 OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
+
+
+class TrialError(Exception):
+    """A failure inside one trial: the candidate's config, training, quantization or memory.
+
+    The objective raises it (chained to the original exception) for any error of the candidate,
+    whatever its type (families from elsewhere check configs with ``assert`` as often as with
+    ``ValueError``); the trial is failed with its reason and the search goes on. Errors of the
+    machine or the data (``OSError``, :class:`~nas_asc.errors.DatasetError`) are raised as they
+    are and stop the search, since every later trial would meet them too.
+    """
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -137,9 +150,12 @@ class Objective:
             raise
         except Exception as exc:
             # Optuna keeps no exception text; record it so reports and the dashboard show it
+            reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("status", "failed")
-            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
-            raise
+            trial.set_user_attr("fail_reason", reason)
+            if isinstance(exc, (OSError, DatasetError)):
+                raise  # the machine or the data: every trial would fail alike, stop the search
+            raise TrialError(reason) from exc
 
     def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
         ctx = self.ctx

@@ -35,12 +35,14 @@ from nas_asc.search.objective import (
     OBJECTIVE_NAMES,
     Objective,
     SearchContext,
+    TrialError,
     retry_history,
     trial_seed,
 )
-from nas_asc.search.pruning import PRUNERS, create_pruner
+from nas_asc.search.pruning import create_pruner
 
 __all__ = [
+    "FailureStreak",
     "SearchSettings",
     "TrialCounts",
     "check_parallel_storage",
@@ -58,7 +60,10 @@ _LOG = logging.getLogger(__name__)
 
 # Failures inside one trial (a model that does not build, a diverging loss, a quantization error)
 # mark that trial FAIL, with its reason as a user attribute, and the study goes on.
-_TRIAL_ERRORS = (ValueError, TypeError, FloatingPointError, RuntimeError, MemoryError)
+# Failures that end only their trial (Objective raises TrialError for any error of the
+# candidate). A systematic error that still fails every trial (a bug) is caught by
+# SearchSettings.max_failures: that many failed trials in a row stop the search.
+_TRIAL_ERRORS = (TrialError,)
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,12 @@ class SearchSettings:
     seed: int = 0  # study seed; every trial's sampler and training seeds derive from it
     artifact_dir: str | None = None  # checkpoint/image artifact store; None: keep no artifacts
     sampler: str = "tpe"  # tpe (multivariate, constraint-aware) | random
-    pruner: str = "dominance"  # early stopping of dominated trials (nas_asc.search.pruning)
+    pruner: str = "dominance"  # early stopping (nas_asc.search.pruning.create_pruner spec)
     workers: int = 1  # worker processes on this machine (more than 1 needs a server database)
     heartbeat: int = 30  # seconds between a running trial's heartbeats; a trial silent for
     # HEARTBEAT_GRACE x heartbeat seconds belongs to a dead worker and is re-queued
     max_retry: int = 2  # times a trial of a dead worker is re-queued before it stays failed
+    max_failures: int = 10  # failed trials in a row (in one worker) that stop the search
     artifact_dir_explicit: bool = True  # False: artifact_dir is only the default folder, and a
     # study that records another one keeps it (workers started from other working folders)
 
@@ -83,14 +89,16 @@ class SearchSettings:
             raise NasAscError(
                 f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}"
             )
-        if self.pruner not in PRUNERS:
-            raise NasAscError(
-                f"unknown pruner {self.pruner!r}; choose one of {', '.join(sorted(PRUNERS))}"
-            )
+        try:
+            create_pruner(self.pruner)
+        except ValueError as exc:
+            raise NasAscError(str(exc)) from None
         if self.workers < 1:
             raise NasAscError(f"workers must be >= 1, got {self.workers}")
         if self.heartbeat < 1:
             raise NasAscError(f"heartbeat must be >= 1 second, got {self.heartbeat}")
+        if self.max_failures < 1:
+            raise NasAscError(f"max_failures must be >= 1, got {self.max_failures}")
 
 
 HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
@@ -445,6 +453,7 @@ def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettin
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = Objective(context, create_pruner(settings.pruner))
+    streak = FailureStreak(settings.max_failures)
     started = time.monotonic()
     while True:
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
@@ -467,12 +476,46 @@ def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettin
             objective,
             n_trials=1,
             catch=_TRIAL_ERRORS,
-            callbacks=[_record_failure],
+            callbacks=[_record_failure, streak],
             gc_after_trial=True,
         )
+        streak.check()
 
 
 def _record_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if trial.state == optuna.trial.TrialState.FAIL:
         reason = trial.user_attrs.get("fail_reason", "unknown error")
         print(f"trial {trial.number}: failed ({reason}); the study goes on", flush=True)
+
+
+class FailureStreak:
+    """Counts failed trials in a row; :meth:`check` stops the search at ``limit`` of them.
+
+    One candidate that fails (a diverging loss, a config its family refuses) is that trial's
+    problem, and the search goes on; trial after trial failing is a problem of the setup (a
+    broken dataset, a bug), and running the rest of the study would only fail it more.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last_reason = ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: record the finished trial's outcome."""
+        self.record(trial.state, trial.user_attrs.get("fail_reason", "unknown error"))
+
+    def record(self, state: TrialState, reason: str = "") -> None:
+        if state == TrialState.FAIL:
+            self.count += 1
+            self.last_reason = reason
+        elif state.is_finished():
+            self.count = 0
+
+    def check(self) -> None:
+        """Raise ``NasAscError`` once ``limit`` trials in a row have failed."""
+        if self.count >= self.limit:
+            raise NasAscError(
+                f"{self.count} trials in a row failed, the last with {self.last_reason}; the "
+                "study keeps every finished trial: fix the cause and run the same command again"
+            )

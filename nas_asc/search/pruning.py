@@ -19,6 +19,7 @@ enters the Pareto front.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,7 +109,8 @@ class DominancePruner(EpochPruner):
         if len(peers) < self.min_peers:
             return False
         at_least_as_good = sum(1 for acc in peers if acc >= accuracy)
-        return at_least_as_good / len(peers) >= 1.0 - 1.0 / self.reduction_factor
+        # share >= 1 - 1/eta, multiplied out: 2/3 >= 1 - 1/3 is False in floating point
+        return at_least_as_good * self.reduction_factor >= (self.reduction_factor - 1) * len(peers)
 
     def describe(self) -> dict:
         return {
@@ -126,12 +128,36 @@ def _finished(study: optuna.Study) -> list[FrozenTrial]:
 PRUNERS = {"dominance": DominancePruner, "none": NopPruner}
 
 
-def create_pruner(name: str, **kwargs) -> EpochPruner:
-    """``dominance`` (default) or ``none``, with the pruner's keyword settings."""
+def create_pruner(spec: str, **kwargs) -> EpochPruner:
+    """The pruner named by ``spec``: ``NAME`` or ``NAME:KEY=VALUE,...``, plus ``kwargs``.
+
+    Names: ``dominance`` (default) or ``none``. Keys are the pruner's fields, e.g.
+    ``dominance:reduction_factor=2,min_peers=5,min_epochs=2``.
+    """
+    name, _, options = spec.partition(":")
     try:
-        cls = PRUNERS[name]
+        cls = PRUNERS[name.strip()]
     except KeyError:
         raise ValueError(
-            f"unknown pruner {name!r}; choose one of {', '.join(sorted(PRUNERS))}"
+            f"unknown pruner {name!r}; choose one of {', '.join(sorted(PRUNERS))} (with "
+            "settings: dominance:reduction_factor=3,min_peers=3,min_epochs=1)"
         ) from None
-    return cls(**kwargs)
+    fields = (
+        {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    )
+    settings: dict = {}
+    for item in filter(None, (part.strip() for part in options.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            known = ", ".join(fields) or "none"
+            raise ValueError(
+                f"pruner {spec!r}: expected KEY=VALUE with KEY one of {known}, got {item!r}"
+            )
+        try:
+            settings[key] = int(value) if "int" in str(fields[key]) else float(value)
+        except ValueError:
+            raise ValueError(
+                f"pruner {spec!r}: {key} must be a number, got {value.strip()!r}"
+            ) from None
+    return cls(**{**settings, **kwargs})

@@ -63,6 +63,7 @@ from nas_asc.errors import NasAscError
 from nas_asc.search.objective import OBJECTIVE_NAMES, Objective, SearchContext, trial_seed
 from nas_asc.search.optuna_backend import (
     _TRIAL_ERRORS,
+    FailureStreak,
     SearchSettings,
     TrialCounts,
     _storage,
@@ -163,10 +164,7 @@ def run_ray_search(
         if started_ray:
             ray.shutdown()
     if searcher.stop_reason:
-        raise NasAscError(
-            f"the search stopped at an error in {searcher.stop_reason}; the study keeps every "
-            "finished trial, fix the cause and re-run the same command to continue"
-        )
+        raise NasAscError(searcher.stop_reason)
     return open_study(settings.study_name, settings.storage, seed=settings.seed)
 
 
@@ -325,6 +323,7 @@ def _searcher_class(optuna_search_cls: type) -> type:
             )
             self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
             self.stop_reason = ""  # set when a trial hits an error that stops the search
+            self._streak = FailureStreak(settings.max_failures)
             self._next_poll = 0.0
 
         def suggest(self, trial_id: str):
@@ -363,7 +362,17 @@ def _searcher_class(optuna_search_cls: type) -> type:
 
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
             if result and result.get("state") == "ERROR" and not self.stop_reason:
-                self.stop_reason = f"trial {result[TRIAL_KEY]}: {result['error']}"
+                self.stop_reason = (
+                    f"the search stopped at an error in trial {result[TRIAL_KEY]}: "
+                    f"{result['error']}; the study keeps every finished trial, fix the cause "
+                    "and re-run the same command to continue"
+                )
+            if result and result.get("state") in ("COMPLETE", "PRUNED", "FAIL"):
+                self._streak.record(TrialState[result["state"]], result.get("reason", ""))
+                try:
+                    self._streak.check()
+                except NasAscError as exc:
+                    self.stop_reason = self.stop_reason or str(exc)
             number = self._numbers.pop(trial_id, None)
             if number is None:
                 return
@@ -466,7 +475,7 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
         if isinstance(exc, _TRIAL_ERRORS):
             # as the optuna backend: the trial is failed, the study goes on
             print(f"trial {trial.number}: failed ({reason}); the study goes on", flush=True)
-            return {**nan, "state": "FAIL", "error": ""}
+            return {**nan, "state": "FAIL", "error": "", "reason": reason}
         return {**nan, "state": "ERROR", "error": reason}
     study.tell(trial, list(values))
     return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}

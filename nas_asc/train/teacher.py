@@ -363,7 +363,7 @@ def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
             "logits (not class indices)"
         )
     logits = raw.float()
-    train_rows = torch.as_tensor(dataset.train.row.to_numpy(), dtype=torch.long)
+    train_rows = torch.tensor(dataset.train.row.to_numpy(), dtype=torch.long)
     bad = ~torch.isfinite(logits[train_rows]).all(dim=1)
     if bad.any():
         first = int(train_rows[bad][0])
@@ -373,9 +373,9 @@ def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
             "every clip of the training split"
         )
     ev = dataset.evaluate
-    eval_rows = torch.as_tensor(ev.row.to_numpy(), dtype=torch.long)
+    eval_rows = torch.tensor(ev.row.to_numpy(), dtype=torch.long)
     finite = torch.isfinite(logits[eval_rows]).all(dim=1)
-    labels = torch.as_tensor(ev.label.to_numpy(), dtype=torch.long)
+    labels = torch.tensor(ev.label.to_numpy(), dtype=torch.long)
     devices = [d for d, ok in zip(ev.device, finite.tolist(), strict=True) if ok]
     ensemble = _accuracy_report(logits[eval_rows][finite], labels[finite], devices)
     report = {
