@@ -43,7 +43,7 @@ from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.space import SearchSpace
 from nas_asc.train.loop import TrainConfig, evaluate, train
 from nas_asc.train.prune import min_complexity, prune_to_fit
-from nas_asc.train.quantize import calibrate_qat, convert_qat, fake_quant_disabled, quantize_ptq
+from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
 
 __all__ = [
     "SearchContext",
@@ -250,17 +250,16 @@ class Objective:
                 result.seconds += tuned.seconds
                 result.qat_model = tuned.qat_model
         n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
-        calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
         if result.qat_model is not None:
             # quantization-aware training: the int8 model is converted from the fake-quant one
-            # once its ranges are observed in eval mode; its float view (fake quantization off)
-            # gives the fp32 accuracy
-            calibrate_qat(result.qat_model, calibration)
+            # with the ranges it learned; its float view (fake quantization off) gives the fp32
+            # accuracy
             with fake_quant_disabled(result.qat_model):
                 fp32 = evaluate(result.qat_model, eval_set)
             int8_model = convert_qat(result.qat_model)
         else:
             fp32 = evaluate(model, eval_set)
+            calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
             int8_model = quantize_ptq(model, calibration)
         int8 = evaluate(int8_model, eval_set)
         attrs = {

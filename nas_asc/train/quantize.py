@@ -56,7 +56,6 @@ __all__ = [
     "quantize_ptq",
     "prepare_qat",
     "convert_qat",
-    "calibrate_qat",
     "fake_quant_disabled",
     "StoredParameters",
     "stored_parameters",
@@ -207,44 +206,6 @@ def convert_qat(prepared: torch.fx.GraphModule) -> nn.Module:
     converted = copy.deepcopy(prepared).eval()
     with _quiet(), torch.no_grad():
         return convert_fx(converted)
-
-
-@torch.no_grad()
-def calibrate_qat(prepared: torch.fx.GraphModule, calibration: torch.Tensor, batch_size: int = 128):
-    """Observe the int8 ranges of a quantization-aware trained model again, in eval mode.
-
-    While it trains, every fake quantizer follows its tensor's range by a moving average, and
-    BatchNorm normalizes with each batch's statistics; the deployed network uses the running
-    statistics, so its activations can span other ranges than the ones observed, most of all
-    after a short QAT phase whose averages have not settled. On a 3-class toy problem QAT for
-    the last 1-2 of 5 epochs gave 56-62 % int8 accuracy with the ranges seen in training and
-    94-100 % after this step (post-training quantization of the float network: 100 %). So, as
-    PTQ calibrates, the observers are reset and fed ``calibration`` through the eval-mode
-    network (weights fixed, fake quantization on), then frozen again; the trained weights are
-    not changed. ``prepared`` is left in eval mode with its observers off.
-
-    Args:
-        prepared: a model returned by :func:`prepare_qat`, trained.
-        calibration: model inputs ``(n, channels, freq, time)``, e.g. training clips.
-        batch_size: calibration batch size.
-    """
-    from torch.ao.quantization import FakeQuantizeBase, disable_observer, enable_observer
-
-    _check_inputs(calibration, "QAT calibration inputs")
-    quantizers = [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
-    if not quantizers:
-        raise ValueError(
-            f"calibrate_qat needs a model returned by prepare_qat, got {type(prepared).__name__}"
-        )
-    for m in quantizers:
-        m.activation_post_process.reset_min_max_vals()
-    prepared.eval()
-    prepared.apply(enable_observer)
-    try:
-        for start in range(0, len(calibration), batch_size):
-            prepared(calibration[start : start + batch_size])
-    finally:
-        prepared.apply(disable_observer)
 
 
 @contextlib.contextmanager
