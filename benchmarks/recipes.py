@@ -14,13 +14,16 @@ the unseen devices s4-s6, as the search's accuracy objective is. The table gives
 deviation over seeds, the per-seed values and each recipe's difference from ``base`` (paired by
 seed). Run from the repository root::
 
-    python benchmarks/recipes.py                # 3 seeds, 4 epochs (about 15 min on 2 cores)
+    python benchmarks/recipes.py                # 3 seeds, 4 epochs (about 8 min on one core)
     python benchmarks/recipes.py --seeds 1 --epochs 2 --recipes base kd
+    python benchmarks/recipes.py --recipes base kd --teacher-member tfsepnet:width=48 \\
+        --teacher-member tfsepnet:width=48 --teacher-epochs 8     # a teacher well above the student
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -34,7 +37,7 @@ from nas_asc.models import create_model
 from nas_asc.search.artifacts import calibration_indices
 from nas_asc.train.loop import TrainConfig, evaluate, train
 from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
-from nas_asc.train.teacher import get_teacher
+from nas_asc.train.teacher import TeacherConfig, get_teacher, parse_member
 
 MODEL = dict(width=24, norm="adaresnorm", block="tfsep", dropout=0.1)
 FRONTEND = FrontEnd(n_mels=64)
@@ -119,6 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
+        "--teacher-member",
+        action="append",
+        metavar="FAMILY[:K=V,...]",
+        help="teacher ensemble member for the kd recipe, repeatable, as nas-asc teacher "
+        "--member (default: nas-asc's default teacher)",
+    )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=None, help="training epochs per teacher member"
+    )
+    parser.add_argument(
         "--recipes",
         nargs="+",
         choices=sorted(RECIPES),
@@ -140,7 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     data = {"train": train_set, "eval": eval_set, "teacher": None, "simulated": None}
     teacher_line = ""
     if "kd" in recipes:
-        ensemble = get_teacher(dataset)
+        config = TeacherConfig()
+        if args.teacher_member:
+            members = tuple(parse_member(t, i) for i, t in enumerate(args.teacher_member))
+            config = dataclasses.replace(config, members=members)
+        if args.teacher_epochs:
+            config = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, epochs=args.teacher_epochs)
+            )
+        ensemble = get_teacher(dataset, config)
         data["teacher"] = ensemble.logits
         members = ", ".join(f"{100 * m['accuracy']:.1f}" for m in ensemble.report["members"])
         teacher_line = (
