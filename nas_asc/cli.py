@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:K=V,...]",
         help="dominance: stop a trial whose accuracy after an epoch is beaten by most trials of "
         "equal or lower complexity at that epoch (default; thresholds e.g. "
-        "dominance:reduction_factor=3,min_peers=3,min_epochs=1); none: train every trial fully",
+        "dominance:reduction_factor=3,min_peers=3,min_epochs=2); none: train every trial fully",
     )
     p.add_argument(
         "--heartbeat",

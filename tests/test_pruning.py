@@ -31,7 +31,7 @@ def _study_with(peers):
 def test_a_trial_beaten_by_most_cheaper_peers_is_pruned():
     done = TrialState.COMPLETE
     study = _study_with([(100, 100, [0.5, 0.6], done)] * 3)
-    pruner = DominancePruner(reduction_factor=3, min_peers=3)
+    pruner = DominancePruner(min_epochs=1, reduction_factor=3, min_peers=3)
     assert pruner.should_prune(study, 99, 200, 200, [0.4])  # all 3 cheaper peers were better
     assert not pruner.should_prune(study, 99, 200, 200, [0.55])  # better than all of them
     # the same accuracy counts as dominated (equal accuracy at higher cost)
@@ -40,28 +40,32 @@ def test_a_trial_beaten_by_most_cheaper_peers_is_pruned():
 
 def test_dearer_peers_never_count_so_the_cheap_end_of_the_front_survives():
     study = _study_with([(1000, 1000, [0.9], TrialState.COMPLETE)] * 5)
-    assert not DominancePruner(min_peers=1).should_prune(study, 99, 10, 10, [0.1])
+    assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(study, 99, 10, 10, [0.1])
     # cheaper in MACs but dearer in bytes is not comparable either
     study = _study_with([(5, 1000, [0.9], TrialState.COMPLETE)] * 5)
-    assert not DominancePruner(min_peers=1).should_prune(study, 99, 10, 10, [0.1])
+    assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(study, 99, 10, 10, [0.1])
 
 
 def test_no_decision_before_enough_peers_or_epochs():
     study = _study_with([(1, 1, [0.9, 0.9], TrialState.PRUNED)] * 2)
-    assert not DominancePruner(min_peers=3).should_prune(study, 99, 10, 10, [0.1])
-    assert DominancePruner(min_peers=2).should_prune(study, 99, 10, 10, [0.1])  # pruned peers count
+    assert not DominancePruner(min_epochs=1, min_peers=3).should_prune(study, 99, 10, 10, [0.1])
+    assert DominancePruner(min_epochs=1, min_peers=2).should_prune(
+        study, 99, 10, 10, [0.1]
+    )  # pruned peers count
     assert not DominancePruner(min_peers=2, min_epochs=2).should_prune(study, 99, 10, 10, [0.1])
     # peers that never reached this epoch are not compared at it
-    assert not DominancePruner(min_peers=1).should_prune(study, 99, 10, 10, [0.1, 0.1, 0.1])
+    assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(
+        study, 99, 10, 10, [0.1, 0.1, 0.1]
+    )
 
 
 def test_successive_halving_keeps_the_top_share_of_peers():
     curves = [[a] for a in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
     study = _study_with([(1, 1, c, TrialState.COMPLETE) for c in curves])
-    halving = DominancePruner(reduction_factor=2, min_peers=3)
+    halving = DominancePruner(min_epochs=1, reduction_factor=2, min_peers=3)
     assert halving.should_prune(study, 99, 10, 10, [0.35])  # 3 of 6 at least as good: 50 %
     assert not halving.should_prune(study, 99, 10, 10, [0.45])  # 2 of 6
-    third = DominancePruner(reduction_factor=3, min_peers=3)
+    third = DominancePruner(min_epochs=1, reduction_factor=3, min_peers=3)
     assert not third.should_prune(study, 99, 10, 10, [0.35])  # 50 % < 2/3
     assert third.should_prune(study, 99, 10, 10, [0.15])  # 5 of 6
     # exactly at the threshold: 2 of 3 peers at least as good is 1 - 1/3, so it is pruned
@@ -71,7 +75,7 @@ def test_successive_halving_keeps_the_top_share_of_peers():
 
 def test_the_running_trial_is_not_its_own_peer():
     study = _study_with([(1, 1, [0.9], TrialState.COMPLETE)])
-    assert not DominancePruner(min_peers=1).should_prune(study, 0, 10, 10, [0.1])
+    assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(study, 0, 10, 10, [0.1])
 
 
 @pytest.mark.parametrize(
@@ -126,11 +130,12 @@ def test_a_dominated_trial_is_stopped_and_recorded_as_pruned(tiny_dataset, tmp_p
     for t in trials[:3]:
         assert len(t.user_attrs["epoch_accuracy"]) == 3  # every epoch measured
     last = trials[3]
-    first = [t.user_attrs["epoch_accuracy"][0] for t in trials[:3]]
-    bad = last.user_attrs["epoch_accuracy"][0]
-    # premise: after one epoch at least 2 of the 3 equal-cost peers are as good (the default
+    # the default min_epochs (2) decides after the second epoch, the last one before training ends
+    second = [t.user_attrs["epoch_accuracy"][1] for t in trials[:3]]
+    bad = last.user_attrs["epoch_accuracy"][1]
+    # premise: after two epochs at least 2 of the 3 equal-cost peers are as good (the default
     # reduction factor 3 stops a trial beaten by 2/3 of its peers)
-    assert sum(a >= bad for a in first) >= 2, f"reference trials did not learn: {first} vs {bad}"
+    assert sum(a >= bad for a in second) >= 2, f"reference trials did not learn: {second} vs {bad}"
     assert last.state == TrialState.PRUNED
     assert last.user_attrs["status"] == "pruned"
     assert last.user_attrs["last_accuracy"] == last.user_attrs["epoch_accuracy"][-1]

@@ -200,7 +200,11 @@ def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
             )
         )
     study.enqueue_trial({"model.width": 8, "train.kd_lambda": 0.2})
-    pruned = _run_and_tell(Objective(context, DominancePruner()), study, study.ask())
+    # two epochs: the pruner never stops a trial after its last one
+    two_epochs = {**SPACE["fixed"], "train": {**SPACE["fixed"]["train"], "epochs": 2}}
+    longer = artifact_context(context.dataset, {**SPACE, "fixed": two_epochs}, tmp_path / "a1")
+    objective = Objective(longer, DominancePruner(min_epochs=1))
+    pruned = _run_and_tell(objective, study, study.ask())
     last = study.get_trials()[-1]
     assert pruned["state"] == "PRUNED" and math.isnan(pruned["int8_accuracy"])
     assert last.state == TrialState.PRUNED and last.user_attrs["status"] == "pruned"

@@ -210,7 +210,7 @@ class Objective:
         train_set, eval_set = ctx.features(frontend)
         simulated = ctx.simulated(frontend) if recipe.devicesim_p > 0 else None
         start = time.perf_counter()
-        on_epoch = self._epoch_callback(trial, eval_set, c)
+        on_epoch = self._epoch_callback(trial, eval_set, c, recipe.epochs, _describe(cfg))
         # a candidate to be pruned trains in float first; QAT, if asked, runs in its fine-tuning
         first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
         result = train(
@@ -295,8 +295,14 @@ class Objective:
             )
         return int8.accuracy, float(c.macs), float(c.param_bytes)
 
-    def _epoch_callback(self, trial: optuna.Trial, eval_set: FeatureSet, c):
-        """After each epoch: record the held-out accuracy and ask the pruner whether to stop."""
+    def _epoch_callback(
+        self, trial: optuna.Trial, eval_set: FeatureSet, c, epochs: int, description: str
+    ):
+        """After each epoch: record the held-out accuracy and ask the pruner whether to stop.
+
+        Not after the last epoch: the training is done by then, and stopping would only throw
+        away its result.
+        """
         if self.pruner is None or isinstance(self.pruner, NopPruner):
             return None
         curve: list[float] = []
@@ -305,6 +311,8 @@ class Objective:
             curve.append(evaluate(model, eval_set).accuracy)
             model.train()
             trial.set_user_attr(EPOCH_ACCURACY, curve)
+            if epoch + 1 >= epochs:
+                return
             study = trial.study
             if self.pruner.should_prune(study, trial.number, c.macs, c.param_bytes, curve):
                 trial.set_user_attr("status", "pruned")
@@ -312,8 +320,9 @@ class Objective:
                 trial.set_user_attr("pruned_at_epoch", epoch)
                 if self.ctx.progress:
                     print(
-                        f"trial {trial.number}: stopped after epoch {epoch + 1} (accuracy "
-                        f"{curve[-1]:.1%} dominated by trials of equal or lower complexity)",
+                        f"trial {trial.number}: {description} -> stopped after epoch "
+                        f"{epoch + 1} of {epochs} (held-out accuracy {curve[-1]:.1%}, beaten by "
+                        "trials of equal or lower complexity at that epoch)",
                         flush=True,
                     )
                 raise optuna.TrialPruned(f"dominated after epoch {epoch + 1}")

@@ -69,12 +69,13 @@ class DominancePruner(EpochPruner):
         reduction_factor: a trial survives epoch ``k`` only if fewer than ``(1 - 1/eta)`` of its
             comparable peers were at least as accurate at epoch ``k`` (eta = 3 keeps the top third).
         min_peers: no decision until this many comparable peers reached epoch ``k``.
-        min_epochs: never prune before this many epochs have finished.
+        min_epochs: never prune before this many epochs have finished (2: the first epoch is the
+            learning-rate warm-up, whose accuracy says little).
     """
 
     reduction_factor: float = 3.0
     min_peers: int = 3
-    min_epochs: int = 1
+    min_epochs: int = 2
 
     def __post_init__(self) -> None:
         if not self.reduction_factor > 1:
@@ -140,7 +141,7 @@ def create_pruner(spec: str, **kwargs) -> EpochPruner:
     except KeyError:
         raise ValueError(
             f"unknown pruner {name!r}; choose one of {', '.join(sorted(PRUNERS))} (with "
-            "settings: dominance:reduction_factor=3,min_peers=3,min_epochs=1)"
+            "settings: dominance:reduction_factor=3,min_peers=3,min_epochs=2)"
         ) from None
     fields = (
         {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
