@@ -124,7 +124,9 @@ def save_torch(obj: Any, path: str | Path) -> None:
 
     The data go to a temporary sibling, their SHA-256 to ``<path>.sha256`` (atomically), and only
     then is the data renamed into place: whoever sees the entry also finds its checksum. A crash
-    at any point leaves either no entry or a complete, verifiable one.
+    at any point leaves no entry, a complete verifiable one, or (when replacing an entry, between
+    the two renames) the old data under the new checksum, which :func:`load_torch` detects and
+    deletes; no crash leaves wrong data that passes the check.
 
     Args:
         obj: What to save (tensors, and containers of tensors, numbers and strings).

@@ -401,9 +401,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc.search.objective import SearchContext
     from nas_asc.search.optuna_backend import (
         SearchSettings,
+        check_existing_study,
         check_parallel_storage,
         default_storage,
-        recorded_artifact_dir,
         run_search,
         trial_counts,
     )
@@ -419,30 +419,42 @@ def cmd_search(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     create_pruner(args.pruner)  # a bad pruner spec fails now, not after the data is loaded
     study_name = args.study or space.name
+    storage = args.storage or default_storage(study_name)
     if args.ray_address and args.backend != "ray":
         raise NasAscError("--ray-address needs --backend ray")
     if args.backend == "ray":
-        from nas_asc.search.ray_backend import require_ray
+        from nas_asc.search.ray_backend import check_ray_address, require_ray
 
         require_ray()  # a missing Ray is reported before any work
-    storage = args.storage or default_storage(study_name)
+        if args.ray_address:
+            if storage.startswith("sqlite:"):
+                raise NasAscError(
+                    "--ray-address runs trials on the cluster's nodes, which cannot share a "
+                    "SQLite file; pass --storage postgresql://USER@HOST/DB that every node "
+                    "reaches"
+                )
+            check_ray_address(args.ray_address)
     if args.backend == "optuna":
         check_parallel_storage(storage, args.workers)
     # every output is checked before the dataset is loaded or a teacher trained
     _check_storage(storage)
     _check_creatable(args.reports, "reports", "--reports")
-    artifact_dir = args.artifacts
-    if artifact_dir is None and not storage.startswith("sqlite:"):
-        # a worker joining a shared study keeps checkpoints where the study keeps them
-        recorded = recorded_artifact_dir(storage, study_name)
-        artifact_dir = Path(recorded) if recorded else None
-    artifact_dir = artifact_dir or default_artifact_dir(storage, study_name)
-    _check_creatable(artifact_dir, "artifacts", "--artifacts")
+    if args.artifacts is not None:
+        _check_creatable(args.artifacts, "artifacts", "--artifacts")
     if args.ir_dir is not None:  # check the folder now, not in the middle of the search
         from nas_asc.data.devicesim import load_impulse_responses
 
         load_impulse_responses(args.ir_dir, 32000)
     dataset, data_label = _load_dataset(args.data, args.train_split, progress)
+    # an existing study must be continued as it was started: checked before the teacher trains
+    recorded = check_existing_study(
+        storage, study_name, space.name, budget, args.seed, dataset.fingerprint, args.artifacts
+    )
+    # a worker joining a shared study keeps checkpoints where the study keeps them
+    artifact_dir = args.artifacts or (
+        Path(recorded) if recorded else default_artifact_dir(storage, study_name)
+    )
+    _check_creatable(artifact_dir, "artifacts", "--artifacts")
     if args.teacher_logits is not None:
         from nas_asc.train.teacher import load_teacher_logits
 

@@ -184,6 +184,22 @@ def _nas_asc_study(work: Path, data: Path) -> None:
     _create_study(work / "db" / "s.db", "s")
 
 
+def _started_study(**attrs) -> Callable[[Path, Path], None]:
+    """A study ``s`` in the default storage, started with space cnn, seed 0 and ``attrs``."""
+
+    def setup(work: Path, data: Path) -> None:
+        from nas_asc.budget import DEFAULT_BUDGET
+        from nas_asc.search.optuna_backend import open_study
+
+        _create_study(work / "studies" / "s.db", "s")
+        study = open_study("s", f"sqlite:///{work / 'studies' / 's.db'}")
+        record = {"budget": DEFAULT_BUDGET.to_dict(), "seed": 0, "space": "cnn", **attrs}
+        for key, value in record.items():
+            study.set_user_attr(key, value)
+
+    return setup
+
+
 def _logits(shape_of, suffix: str = ".pt", fill: float = 0.0) -> Callable[[Path, Path], None]:
     """Write ``work/logits<suffix>`` of shape ``shape_of(rows of meta.csv)``."""
 
@@ -441,6 +457,25 @@ CASES = [
         _write("logits.pt", "these are not logits\n"),
         [*SEARCH, "--teacher-logits", "logits.pt"],
         ("cannot read teacher logits file logits.pt", "torch.save"),
+    ),
+    # continuing a study differently: refused before the teacher trains
+    (
+        "continue-study-with-another-seed",
+        _started_study(),
+        [*SEARCH, "--seed", "1"],
+        ("study 's' was started with --seed 0", "continue it with --seed 0"),
+    ),
+    (
+        "continue-study-with-another-space",
+        _started_study(),
+        ["search", "--space", "bsconv", "--study", "s", "--data", DATA],
+        ("was started with space 'cnn'", "same --space"),
+    ),
+    (
+        "continue-study-on-another-dataset",
+        _started_study(data="another", data_info={"fingerprint": "0" * 16}),
+        SEARCH,
+        ("was run on another dataset (another)", "same --data"),
     ),
     # search settings checked before any work
     (

@@ -73,6 +73,19 @@ def test_successive_halving_keeps_the_top_share_of_peers():
     assert third.should_prune(three, 99, 10, 10, [0.4])
 
 
+def test_filter_pruned_trials_are_not_peers():
+    """Their curve is the unpruned network's, their recorded complexity the pruned one's."""
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    for _ in range(3):
+        study.add_trial(
+            optuna.create_trial(
+                values=[0.9, 1, 1],
+                user_attrs={"macs": 1, "param_bytes": 1, "epoch_accuracy": [0.9], "pruning": {}},
+            )
+        )
+    assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(study, 99, 10, 10, [0.1])
+
+
 def test_the_running_trial_is_not_its_own_peer():
     study = _study_with([(1, 1, [0.9], TrialState.COMPLETE)])
     assert not DominancePruner(min_epochs=1, min_peers=1).should_prune(study, 0, 10, 10, [0.1])

@@ -169,6 +169,17 @@ def test_failure_after_failure_stops_asking(context, tmp_path):
     assert searcher.suggest("ray-c") == searcher.FINISHED
 
 
+def test_trainables_that_crash_count_as_failures_too(context, tmp_path):
+    """A trainable that raises (a node without the data) reports no result, only error=True."""
+    settings = _settings(tmp_path, n_trials=9, max_failures=2, max_retry=0)
+    study, searcher = _searcher(context, settings)
+    for ray_id in ("ray-a", "ray-b"):
+        searcher.suggest(ray_id)
+        searcher.on_trial_complete(ray_id, None, error=True)
+    assert searcher.stop_reason.startswith("2 trials in a row failed")
+    assert searcher.suggest("ray-c") == searcher.FINISHED
+
+
 def test_a_timeout_stops_starting_trials(context, tmp_path):
     _, searcher = _searcher(context, _settings(tmp_path, n_trials=5, timeout=1e-9))
     assert searcher.suggest("ray-a") == searcher.FINISHED

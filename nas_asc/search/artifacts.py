@@ -119,6 +119,7 @@ class Checkpoint:
     quantization: str = "ptq"  # "ptq" (post-training static) or "qat" (quantization-aware)
 
     def __post_init__(self) -> None:
+        self.model_config = _upgrade_model_config(self.family, self.model_config)
         if self.quantization not in QUANTIZATION_MODES:
             raise NasAscError(
                 f"checkpoint quantization must be one of {list(QUANTIZATION_MODES)}, got "
@@ -189,6 +190,18 @@ class Checkpoint:
             return convert_qat(self.build_model(train_x[:1]))
         idx = calibration_indices(len(train_x), self.calibration["seed"], self.calibration["n"])
         return quantize_ptq(self.build_model(), train_x[idx])
+
+
+def _upgrade_model_config(family: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A model config written by an earlier nas-asc, in the fields the family has now.
+
+    BC-ResNet and BC-Res2Net once had ``resnorm: bool``; it became ``norm`` (``"resnorm"`` or
+    ``"none"``, now also ``"adaresnorm"``).
+    """
+    if family in ("bcresnet", "bcres2net") and "resnorm" in config and "norm" not in config:
+        config = dict(config)
+        config["norm"] = "resnorm" if config.pop("resnorm") else "none"
+    return config
 
 
 def _to_plain(value: Any) -> Any:

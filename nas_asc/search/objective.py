@@ -276,6 +276,7 @@ class Objective:
             "unseen_accuracy": int8.unseen_accuracy,
             "confusion": int8.confusion.tolist(),
             "train_seconds": result.seconds,
+            "train_accel": result.accel,  # threads, layout, fused AdamW, compiled
             "trial_seconds": time.perf_counter() - start,
             "history": result.history,
         }

@@ -47,10 +47,11 @@ __all__ = [
     "TrialCounts",
     "check_parallel_storage",
     "default_storage",
+    "TrialSeededSampler",
+    "check_existing_study",
     "make_sampler",
     "open_study",
     "optimize",
-    "recorded_artifact_dir",
     "prepare_study",
     "run_search",
     "trial_counts",
@@ -108,23 +109,65 @@ SAMPLERS = ("tpe", "random")
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     """The sampler for one trial: ``tpe`` (multivariate, learns the feasible region from the
-    constraints) or ``random``, seeded by the trial's own seed."""
+    constraints) or ``random``, seeded by the trial's own seed.
+
+    TPE keeps Optuna's ``constant_liar`` default (on): a trial running elsewhere counts as if it
+    had scored the worst value seen, so concurrent workers spread out instead of sampling next
+    to each other.
+    """
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A fresh ``make_sampler(kind, ...)`` for every trial, seeded by the study seed and the
+    trial's own number.
+
+    The seed is taken once the trial exists (Optuna calls :meth:`before_trial` with it), so
+    workers that start trials at the same moment get different numbers and different seeds,
+    and a study that was interrupted and continued samples what an uninterrupted one would
+    have, given the same finished trials. Each open trial keeps its own sampler until it ends.
+    """
+
+    def __init__(self, kind: str, study_seed: int) -> None:
+        self.kind = kind
+        self.study_seed = study_seed
+        self._samplers: dict[int, optuna.samplers.BaseSampler] = {}
+
+    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.BaseSampler:
+        if trial.number not in self._samplers:
+            seed = trial_seed(self.study_seed, trial.number)
+            self._samplers[trial.number] = make_sampler(self.kind, seed)
+        return self._samplers[trial.number]
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._for(trial).after_trial(study, trial, state, values)
+        self._samplers.pop(trial.number, None)
+
+    def reseed_rng(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.reseed_rng()
+
+
 def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
-    """SQLite storage ``studies/<study>.db`` (relative to the working directory)."""
-    path = Path(studies_dir) / f"{study_name}.db"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NasAscError(
-            f"cannot create the studies folder {path.parent}: {exc.strerror}; run from a writable "
-            "folder or pass --storage"
-        ) from None
-    return f"sqlite:///{path}"
+    """SQLite storage ``studies/<study>.db`` (relative to the working directory).
+
+    Creates nothing: the folder is made when the study is (see ``_storage``).
+    """
+    return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
 
 
 # Arbitrary keys of the PostgreSQL advisory locks that serialise workers starting together.
@@ -177,6 +220,15 @@ def _storage(
             grace_period=HEARTBEAT_GRACE * heartbeat,
             heartbeat_stale_trial_callback=retry,
         )
+    if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
+        folder = Path(url[len("sqlite:///") :]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NasAscError(
+                f"cannot create the studies folder {folder}: {exc.strerror}; run from a "
+                "writable folder or pass --storage"
+            ) from None
     try:
         with warnings.catch_warnings(), _advisory_lock(url, _SCHEMA_LOCK_KEY):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -238,7 +290,15 @@ def open_study(
         ) from None
 
 
-def _check_same_settings(study: optuna.Study, space_name: str, budget: Budget) -> None:
+def _check_same_settings(
+    study: optuna.Study, space_name: str, budget: Budget, seed: int, fingerprint: str | None
+) -> None:
+    """Refuse to continue a study with another space, budget, seed or dataset.
+
+    Sampler, pruner, workers and ``--epochs`` may change between runs of a study; these four may
+    not, or its trials would no longer be comparable (another dataset), reproducible (another
+    seed) or judged alike (another budget).
+    """
     attrs = study.user_attrs
     if "space" not in attrs:
         return
@@ -248,20 +308,63 @@ def _check_same_settings(study: optuna.Study, space_name: str, budget: Budget) -
             f"{attrs.get('budget', {}).get('name')!r}; continue it with the same --space and "
             "--budget, or choose a new --study name"
         )
+    if attrs.get("seed", seed) != seed:
+        raise NasAscError(
+            f"study {study.study_name!r} was started with --seed {attrs['seed']}; continue it "
+            f"with --seed {attrs['seed']} (its trials' seeds derive from it), or choose a new "
+            "--study name"
+        )
+    recorded = (attrs.get("data_info") or {}).get("fingerprint")
+    if fingerprint and recorded and recorded != fingerprint:
+        raise NasAscError(
+            f"study {study.study_name!r} was run on another dataset ({attrs.get('data')}); "
+            "continue it with the same --data and --train-split, or choose a new --study name"
+        )
 
 
-def recorded_artifact_dir(storage: str, study_name: str) -> str | None:
-    """The artifact folder an existing study recorded, or None (new study, or none recorded).
+def check_existing_study(
+    storage: str,
+    study_name: str,
+    space_name: str,
+    budget: Budget,
+    seed: int,
+    fingerprint: str | None,
+    artifact_dir: str | Path | None = None,
+) -> str | None:
+    """Check, before any expensive work, that an existing study may be continued as asked.
 
-    A worker joining a study (another machine, another working folder) keeps its checkpoints
-    where the study's first worker put them unless told otherwise.
+    Creates nothing: a missing SQLite file or study is a new study. Raises ``NasAscError`` for a
+    study of another space, budget, seed or dataset, or (``artifact_dir``: given explicitly)
+    with another artifact folder.
+
+    Returns:
+        The artifact folder the study records, or None.
     """
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+        return None
     store = _storage(storage)
     try:
-        study = optuna.load_study(study_name=study_name, storage=store)
-    except KeyError:
-        return None
-    return study.user_attrs.get("artifact_dir")
+        try:
+            study = optuna.load_study(study_name=study_name, storage=store)
+        except KeyError:
+            return None
+        _check_same_settings(study, space_name, budget, seed, fingerprint)
+        recorded = study.user_attrs.get("artifact_dir")
+        if recorded and artifact_dir and Path(recorded) != Path(artifact_dir).resolve():
+            raise NasAscError(
+                f"study {study_name!r} keeps its checkpoints in {recorded}; continue it with "
+                f"--artifacts {recorded}, or choose a new --study name"
+            )
+        return recorded
+    finally:
+        _dispose(store)
+
+
+def _dispose(store: optuna.storages.BaseStorage) -> None:
+    """Close the database connections of an RDB storage (no-op for others)."""
+    engine = getattr(getattr(store, "_backend", store), "engine", None)  # Optuna may wrap it
+    if engine is not None:
+        engine.dispose()
 
 
 def _resolve_artifact_dir(
@@ -312,7 +415,8 @@ def prepare_study(
     )
     # one worker at a time checks the recorded settings and records its own
     with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
-        _check_same_settings(study, context.space.name, context.budget)
+        fingerprint = (data_info or {}).get("fingerprint")
+        _check_same_settings(study, context.space.name, context.budget, settings.seed, fingerprint)
         if settings.artifact_dir:
             study.set_user_attr("artifact_dir", _resolve_artifact_dir(study, context, settings))
         if data_info:
@@ -410,42 +514,60 @@ def run_search(
     if settings.workers == 1:
         optimize(study, context, settings)
         return study
-    procs = []
     spawn = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    for worker in range(settings.workers):
-        p = spawn.Process(
-            target=_worker_main, args=(context, settings, worker), name=f"nas-asc-worker-{worker}"
+    stop = spawn.Event()  # set by a worker whose error ends the search: the others stop too
+    errors = spawn.Queue()  # the one-line reason of each worker that stopped at an error
+    procs = [
+        spawn.Process(
+            target=_worker_main,
+            args=(context, settings, worker, stop, errors),
+            name=f"nas-asc-worker-{worker}",
         )
+        for worker in range(settings.workers)
+    ]
+    for p in procs:
         p.start()
-        procs.append(p)
     for p in procs:
         p.join()
+    reasons = []
+    while not errors.empty():
+        reasons.append(errors.get())
     failed = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
-    if failed:
+    if reasons or failed:
+        why = reasons[0] if reasons else f"worker processes failed: {', '.join(failed)}"
         raise NasAscError(
-            f"worker processes failed: {', '.join(failed)}; the study keeps every finished "
-            "trial, re-run the same command to continue"
+            f"{why}; the study keeps every finished trial, re-run the same command to continue"
         )
     return open_study(settings.study_name, settings.storage, seed=settings.seed)
 
 
-def _worker_main(context: SearchContext, settings: SearchSettings, worker: int) -> None:
+def _worker_main(context: SearchContext, settings: SearchSettings, worker: int, stop, errors):
+    """One worker process: trials until the study is done, another worker stops, or an error."""
     from nas_asc.train import accel
 
     # each worker its share of the cores: more threads per process only oversubscribe the CPU
     accel.configure_threads(parallel_trials=settings.workers)
-    study = open_study(
-        settings.study_name,
-        settings.storage,
-        seed=settings.seed,
-        heartbeat=settings.heartbeat,
-        max_retry=settings.max_retry,
-    )
-    optimize(study, context, settings)
+    try:
+        study = open_study(
+            settings.study_name,
+            settings.storage,
+            seed=settings.seed,
+            heartbeat=settings.heartbeat,
+            max_retry=settings.max_retry,
+        )
+        optimize(study, context, settings, stop=stop)
+    except Exception as exc:  # reported by the parent in one line; the other workers stop
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        errors.put(f"worker {worker}: {type(exc).__name__}: {message}")
+        stop.set()
+        raise SystemExit(1) from None
 
 
-def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettings) -> None:
-    """Run trials in this process until the study has ``settings.n_trials`` done.
+def optimize(
+    study: optuna.Study, context: SearchContext, settings: SearchSettings, stop=None
+) -> None:
+    """Run trials in this process until the study has ``settings.n_trials`` done, or until
+    ``stop`` (a ``multiprocessing.Event``, from another worker that hit an error) is set.
 
     Re-queued trials (a dead worker's) run first. Each trial gets a fresh sampler seeded from the
     study seed and the trial's number, so a study that was interrupted and continued samples what
@@ -453,9 +575,37 @@ def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettin
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = Objective(context, create_pruner(settings.pruner))
+    study.sampler = TrialSeededSampler(settings.sampler, settings.seed)
     streak = FailureStreak(settings.max_failures)
+    with _failed_trial_logs_dropped():
+        _optimize_loop(study, objective, settings, streak, stop)
+
+
+class _DropFailedTrialLogs(logging.Filter):
+    """Drops Optuna's two warnings per failed trial (one with a traceback): nas-asc prints its
+    own line with the reason, and the reason is kept as the trial's ``fail_reason``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and " failed with " in message)
+
+
+@contextlib.contextmanager
+def _failed_trial_logs_dropped() -> Iterator[None]:
+    handlers = logging.getLogger("optuna").handlers
+    drop = _DropFailedTrialLogs()
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+
+
+def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> None:
     started = time.monotonic()
-    while True:
+    while stop is None or not stop.is_set():
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             break
         with warnings.catch_warnings():
@@ -470,8 +620,6 @@ def optimize(study: optuna.Study, context: SearchContext, settings: SearchSettin
                 # is found dead and they are re-queued here
                 time.sleep(min(settings.heartbeat, 5))
                 continue
-        next_number = len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(settings.sampler, trial_seed(settings.seed, next_number))
         study.optimize(
             objective,
             n_trials=1,

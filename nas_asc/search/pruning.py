@@ -11,7 +11,8 @@ comparable peers, as in successive halving; unlike successive halving a cheap tr
 compared with dearer ones, so the small end of the Pareto front is not starved.
 
 Intermediate accuracies are kept as the user attribute ``epoch_accuracy`` (one value per finished
-epoch), on every trial, pruned or not, so that the rule can be replayed from the study alone.
+epoch) on every trial of a search with a pruner, stopped or not, so that the rule can be replayed
+from the study alone.
 A pruned trial ends in state ``PRUNED`` with ``status = "pruned"`` and ``last_accuracy``; it never
 enters the Pareto front.
 """
@@ -103,6 +104,9 @@ class DominancePruner(EpochPruner):
             t.user_attrs[EPOCH_ACCURACY][epoch]
             for t in _finished(study)
             if t.number != trial_number
+            # a filter-pruned trial's curve belongs to the larger network it trained before it
+            # was cut to its recorded complexity: not a fair peer
+            and "pruning" not in t.user_attrs
             and len(t.user_attrs.get(EPOCH_ACCURACY, ())) > epoch
             and t.user_attrs.get("macs", math.inf) <= macs
             and t.user_attrs.get("param_bytes", math.inf) <= param_bytes

@@ -66,6 +66,7 @@ from nas_asc.search.optuna_backend import (
     FailureStreak,
     SearchSettings,
     TrialCounts,
+    _dispose,
     _storage,
     make_sampler,
     open_study,
@@ -75,7 +76,9 @@ from nas_asc.search.optuna_backend import (
 from nas_asc.search.pruning import create_pruner
 from nas_asc.search.space import SearchSpace
 
-__all__ = ["run_ray_search", "require_ray", "CPUS_PER_TRIAL", "INSTALL_HINT"]
+_LOG = logging.getLogger(__name__)
+
+__all__ = ["run_ray_search", "require_ray", "check_ray_address", "CPUS_PER_TRIAL", "INSTALL_HINT"]
 
 CPUS_PER_TRIAL = 1  # one core per trial: a small model trains fastest on one thread per process
 INSTALL_HINT = "pip install 'ray[tune]'"
@@ -132,6 +135,7 @@ def run_ray_search(
         return study
 
     started_ray = _init_ray(ray, address, settings.workers, context.progress)
+    searcher = None
     try:
         searcher = _searcher_class(optuna_search_cls)(study, context.space, settings)
         with (
@@ -163,6 +167,8 @@ def run_ray_search(
     finally:
         if started_ray:
             ray.shutdown()
+        if searcher is not None:
+            _dispose(searcher._store)
     if searcher.stop_reason:
         raise NasAscError(searcher.stop_reason)
     return open_study(settings.study_name, settings.storage, seed=settings.seed)
@@ -205,7 +211,7 @@ def _init_ray(ray, address: str | None, workers: int, progress: bool) -> bool:
     # no usage report from a search tool unless the user opted in
     quiet = {} if "RAY_USAGE_STATS_ENABLED" in os.environ else {"RAY_USAGE_STATS_ENABLED": "0"}
     if address:
-        _probe(address)
+        check_ray_address(address)
     try:
         with _environ(**quiet):
             if address:
@@ -222,8 +228,11 @@ def _init_ray(ray, address: str | None, workers: int, progress: bool) -> bool:
     return True
 
 
-def _probe(address: str) -> None:
-    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes)."""
+def check_ray_address(address: str) -> None:
+    """Fail fast on a ``HOST:PORT`` nobody listens on (Ray itself retries for minutes).
+
+    The CLI calls it before loading data; ``auto`` and ``ray://`` addresses are left to Ray.
+    """
     host, sep, port = address.rpartition(":")
     if not sep or "://" in address or not port.isdigit():
         return  # auto, ray://... (Ray Client): Ray resolves and reports these itself
@@ -373,6 +382,14 @@ def _searcher_class(optuna_search_cls: type) -> type:
                     self._streak.check()
                 except NasAscError as exc:
                     self.stop_reason = self.stop_reason or str(exc)
+            if error and not result:
+                # the trainable itself raised (a node that cannot reach the storage or the
+                # data): a failure like any other for the streak that stops a broken setup
+                self._streak.record(TrialState.FAIL, "an error in the Ray trainable")
+                try:
+                    self._streak.check()
+                except NasAscError as exc:
+                    self.stop_reason = self.stop_reason or str(exc)
             number = self._numbers.pop(trial_id, None)
             if number is None:
                 return
@@ -417,7 +434,10 @@ class _Heartbeat:
 
     def _beat(self) -> None:
         while True:
-            self._store.record_heartbeat(self._trial_id)
+            try:
+                self._store.record_heartbeat(self._trial_id)
+            except Exception as exc:  # a database hiccup: try again next beat, keep beating
+                _LOG.warning("heartbeat of trial id %s not written: %s", self._trial_id, exc)
             if self._stop.wait(self._interval):
                 return
 
@@ -427,7 +447,8 @@ class _Heartbeat:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        # a heartbeat stuck in the database must not hold the trial's result back
+        self._thread.join(timeout=self._interval)
 
 
 def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -> None:
@@ -452,8 +473,11 @@ def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -
     # suggest_* on this trial returns the parameters the driver's sampler already stored
     trial = optuna.trial.Trial(study, trial_id)
     objective = Objective(context, create_pruner(settings.pruner))
-    with _Heartbeat(store, trial_id, settings.heartbeat):
-        outcome = _run_and_tell(objective, study, trial)
+    try:
+        with _Heartbeat(store, trial_id, settings.heartbeat):
+            outcome = _run_and_tell(objective, study, trial)
+    finally:
+        _dispose(store)  # actors are reused: each trial's connections are closed with it
     tune.report({TRIAL_KEY: number, **outcome})
 
 

@@ -95,9 +95,7 @@ __all__ = [
     "configure_threads",
     "cpu_cores",
     "get_options",
-    "last_session",
     "make_adamw",
-    "others_busy_cores",
     "prepare_for_training",
     "set_options",
     "threads_per_trial",
@@ -163,7 +161,6 @@ def _is_int(value) -> bool:
 
 _options = AccelOptions()
 _share: int | None = None  # threads per trial set by configure_threads; None: not configured
-_last: TrainingAccel | None = None
 _since_finish: _LoadMeter | None = None  # others' load since the last session finished
 
 
@@ -278,16 +275,6 @@ class _LoadMeter:
 
 def _has_proc_stat() -> bool:
     return hasattr(os, "sched_getaffinity") and Path("/proc/stat").is_file()
-
-
-def others_busy_cores(window: float = 0.2) -> float | None:
-    """Cores of this process's CPU set that other processes keep busy, sampled over ``window`` s.
-
-    Returns None where ``/proc/stat`` is not available (not Linux).
-    """
-    meter = _LoadMeter()
-    time.sleep(window)
-    return meter.others_busy()
 
 
 def _threads_for(cap: int, others: float | None) -> int:
@@ -456,9 +443,10 @@ def prepare_for_training(
     """Choose threads, layout and compilation for training ``model``, and apply the layout.
 
     Threads: ``options.threads``, else the trial's share (:func:`configure_threads`, or the
-    current torch setting) less the cores other processes keep busy. Layout: ``channels_last``
-    if forced, else the faster of the two in a few timed forward+backward steps on copies of the
-    model (run only when ``planned_samples`` reaches ``probe_min_samples``; shorter runs stay
+    current torch setting), lowered to the cores other processes leave free only with
+    ``adapt_threads``. Layout: contiguous by default, ``channels_last`` if forced, or with
+    ``channels_last=None`` the faster of the two in a few timed forward+backward steps on copies
+    of the model (run only when ``planned_samples`` reaches ``probe_min_samples``; shorter runs stay
     contiguous). Compilation: per ``options.compile``, only if a C++ compiler is found.
 
     ``model`` gets the chosen layout in place, so build its optimizer afterwards; the global
@@ -473,7 +461,6 @@ def prepare_for_training(
     Returns:
         The session the training loop uses (see :class:`TrainingAccel`).
     """
-    global _last
     opts = options or _options
     notes = []
     share = _share or torch.get_num_threads()
@@ -535,10 +522,4 @@ def prepare_for_training(
     session.adopt(model)
     if session._meter is not None:
         session._meter.others_busy()  # start the first epoch's window now
-    _last = session
     return session
-
-
-def last_session() -> TrainingAccel | None:
-    """The session :func:`prepare_for_training` made last in this process (for benchmarks)."""
-    return _last

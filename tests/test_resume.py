@@ -1,0 +1,152 @@
+"""Continuing and sharing studies: per-trial sampler seeds, refusing incompatible continuations,
+checkpoints of earlier versions, and one worker's fatal error stopping the others."""
+
+from __future__ import annotations
+
+import shutil
+
+import optuna
+import pytest
+import torch
+
+from nas_asc.budget import DEFAULT_BUDGET, parse_budget
+from nas_asc.errors import NasAscError
+from nas_asc.search.artifacts import Checkpoint
+from nas_asc.search.objective import DIRECTIONS, SearchContext
+from nas_asc.search.optuna_backend import (
+    SearchSettings,
+    TrialSeededSampler,
+    check_existing_study,
+    open_study,
+    run_search,
+)
+from nas_asc.search.space import SearchSpace
+
+SPACE = {
+    "name": "resume",
+    "model": "tfsepnet",
+    "fixed": {"frontend": {"n_mels": 32}, "train": {"batch_size": 32, "epochs": 1}},
+    "dimensions": {
+        "model.width": {"type": "int", "low": 8, "high": 64, "step": 4},
+        "train.kd_lambda": {"type": "float", "low": 0.0, "high": 0.5},
+    },
+}
+
+
+def _sample(study: optuna.Study, trial: optuna.Trial) -> dict:
+    return SearchSpace.from_dict(SPACE).sample(trial)["model"] | {"n": trial.number}
+
+
+@pytest.mark.parametrize("kind", ["tpe", "random"])
+def test_workers_that_start_together_sample_from_different_seeds(kind):
+    """Two workers ask before either has sampled (as processes starting at the same moment):
+    each trial is seeded by its own number, so they do not draw the same candidate."""
+    study = optuna.create_study(directions=list(DIRECTIONS))
+    study.sampler = TrialSeededSampler(kind, study_seed=0)
+    first, second = study.ask(), study.ask()
+    a, b = _sample(study, first), _sample(study, second)
+    assert a["width"] != b["width"] or a["n"] != b["n"]
+    assert first.params != second.params
+    # and the same trial number under the same study seed samples the same candidate
+    again = optuna.create_study(directions=list(DIRECTIONS))
+    again.sampler = TrialSeededSampler(kind, study_seed=0)
+    assert _sample(again, again.ask()) == a
+
+
+def _recorded_study(tmp_path, **attrs) -> str:
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    study = open_study("r", storage, create=True)
+    record = {
+        "budget": DEFAULT_BUDGET.to_dict(),
+        "seed": 0,
+        "data_info": {"fingerprint": "abc"},
+        "data": "synthetic",
+        "space": "resume",
+        **attrs,
+    }
+    for key, value in record.items():
+        study.set_user_attr(key, value)
+    return storage
+
+
+def test_continuing_a_study_as_it_was_started_is_allowed(tmp_path):
+    storage = _recorded_study(tmp_path, artifact_dir=str(tmp_path / "a"))
+    recorded = check_existing_study(storage, "r", "resume", DEFAULT_BUDGET, 0, "abc")
+    assert recorded == str(tmp_path / "a")
+    # a study that does not exist yet is a new one; nothing is created to find that out
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    assert check_existing_study(missing, "r", "resume", DEFAULT_BUDGET, 0, "abc") is None
+    assert not (tmp_path / "none.db").exists()
+    assert check_existing_study(storage, "other", "resume", DEFAULT_BUDGET, 0, "abc") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(space_name="cnn"), "was started with space 'resume'"),
+        (dict(budget=parse_budget("bytes=64k")), "--budget"),
+        (dict(seed=1), "was started with --seed 0"),
+        (dict(fingerprint="xyz"), r"was run on another dataset \(synthetic\)"),
+        (dict(artifact_dir="elsewhere"), "keeps its checkpoints in"),
+    ],
+)
+def test_continuing_a_study_differently_is_refused(tmp_path, change, message):
+    storage = _recorded_study(tmp_path, artifact_dir=str(tmp_path / "a"))
+    kwargs = dict(space_name="resume", budget=DEFAULT_BUDGET, seed=0, fingerprint="abc")
+    kwargs.update(change)
+    with pytest.raises(NasAscError, match=message):
+        check_existing_study(storage, "r", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("family", "old", "new"),
+    [
+        ("bcresnet", True, "resnorm"),
+        ("bcresnet", False, "none"),
+        ("bcres2net", True, "resnorm"),
+    ],
+)
+def test_checkpoints_of_earlier_versions_map_resnorm_to_norm(family, old, new):
+    ckpt = Checkpoint(family, {"width": 8, "resnorm": old}, {}, {}, {}, 0, {}, {})
+    assert ckpt.model_config == {"width": 8, "norm": new}
+    assert ckpt.build_architecture().__class__.__name__.lower().startswith("bc")
+
+
+def test_a_fatal_error_in_one_worker_stops_the_search_in_one_line(tiny_root, tmp_path, monkeypatch):
+    """Two worker processes on PostgreSQL; the dataset loses its audio after it was loaded, so
+    computing features fails in the workers (a data error: it stops the search, not a trial)."""
+    import os
+
+    url = os.environ.get("NAS_ASC_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("NAS_ASC_REQUIRE_POSTGRES"):
+            pytest.fail("NAS_ASC_REQUIRE_POSTGRES is set but NAS_ASC_TEST_POSTGRES is not")
+        pytest.skip("no PostgreSQL server (set NAS_ASC_TEST_POSTGRES; .ci/postgres.sh starts one)")
+    from nas_asc.data.tau22 import load_tau22
+
+    monkeypatch.setenv("NAS_ASC_CACHE", str(tmp_path / "cache"))  # no cached features to use
+    data = tmp_path / "data"
+    shutil.copytree(tiny_root, data)
+    dataset = load_tau22(data)
+    for wav in (data / "audio").glob("*.wav"):
+        wav.write_bytes(b"")
+    feasible = {**SPACE, "dimensions": {"model.width": {"type": "int", "low": 8, "high": 16}}}
+    context = SearchContext(
+        SearchSpace.from_dict(feasible),
+        DEFAULT_BUDGET,
+        dataset,
+        torch.randn(dataset.n_meta_rows, 10),
+        progress=False,
+    )
+    study_name = f"fatal-{os.getpid()}-{tmp_path.name}"
+    settings = SearchSettings(study_name, url, n_trials=6, workers=2, pruner="none")
+    with pytest.raises(NasAscError) as info:
+        run_search(context, settings, data_label="tiny")
+    message = str(info.value)
+    assert message.startswith("worker ") and "DatasetError" in message, message
+    assert "\n" not in message and "re-run the same command" in message
+    study = optuna.load_study(study_name=study_name, storage=url)
+    # each worker failed the one trial it started, then both stopped: no more trials
+    assert 1 <= len(study.trials) <= 2
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    assert all("DatasetError" in t.user_attrs["fail_reason"] for t in study.trials)
