@@ -128,7 +128,7 @@ def test_mixed_family_ensemble_reports_each_member_and_the_ensemble(ensemble, ti
     rows = np.concatenate([tiny_dataset.train.row, tiny_dataset.evaluate.row])
     assert torch.isfinite(ensemble.logits[rows]).all()
     ev = tiny_dataset.evaluate
-    labels = torch.as_tensor(ev.label.to_numpy())
+    labels = torch.tensor(ev.label.to_numpy())
     expected = (ensemble.logits[ev.row.to_numpy()].argmax(1) == labels).float().mean().item()
     assert report["ensemble_accuracy"] == pytest.approx(expected)
     assert set(report["ensemble"]["accuracy_by_device"]) == set(ev.device)

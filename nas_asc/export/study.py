@@ -16,8 +16,10 @@ For every exported trial, ``<out>/<study>-trial<N>/`` holds:
 checkpoint is read from the study's artifact store, its int8 model rebuilt exactly as the search
 built it (PTQ: the same calibration clips; QAT: the trained fake-quantized model converted
 again), and the exported ONNX model re-verified before anything is written: ONNX Runtime on the
-held-out split within ``tolerance_pp`` percentage points of the PyTorch int8 model, the rebuilt
-int8 model within the same tolerance of the accuracy the study recorded, the graph's weights
+held-out split predicting the same scene as the PyTorch int8 model on at least
+``MIN_AGREEMENT`` of the clips and within ``tolerance_pp`` percentage points of its accuracy,
+the rebuilt int8 model within the same tolerance of the accuracy the study recorded, the
+graph's weights
 identical to the model's, and the complexity recounted from the graph within the study's
 budget. A trial that fails a check (or cannot be exported) leaves no folder behind (each is
 written to a temporary folder and renamed when complete) and the export raises
@@ -215,6 +217,15 @@ def _check_targets(out_dir: Path, names: list[str], overwrite: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+# ONNX Runtime (QDQ, float requantization) and PyTorch's fbgemm int8 kernels (integer
+# requantization) round near-ties differently: on the embedded dataset 3-5 % of held-out clips
+# of weakly trained models get another top-1 scene, and the net accuracy gap from those reached
+# 0.56 points (8 of 1,440 clips) on one Pareto model of the default search. The defaults leave
+# room for that and still catch a broken export, which disagrees on most clips.
+DEFAULT_TOLERANCE_PP = 1.0  # largest accuracy gap, percentage points
+MIN_AGREEMENT = 0.9  # least share of clips with the same top-1 scene in both runtimes
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -237,6 +248,19 @@ def _check(name: str, value: Any, reference: Any, limit: Any, passed: bool, deta
 def _verify(trial, onnx_eval, int8_eval, recount, graph, budget, tolerance_pp: float) -> list[dict]:
     attrs = trial.user_attrs
     checks = []
+    # the same model in two int8 runtimes predicts the same scene on nearly every clip; a broken
+    # export (a wrong scale, a transposed weight) drops far below this
+    agreement = float((onnx_eval.logits.argmax(1) == int8_eval.logits.argmax(1)).float().mean())
+    checks.append(
+        _check(
+            "onnx_vs_pytorch_int8_agreement",
+            round(agreement, 4),
+            None,
+            MIN_AGREEMENT,
+            agreement >= MIN_AGREEMENT,
+            "share of held-out clips on which ONNX Runtime and PyTorch int8 predict the same scene",
+        )
+    )
     gap = 100.0 * abs(onnx_eval.accuracy - int8_eval.accuracy)
     checks.append(
         _check(
@@ -593,7 +617,7 @@ def export_study(
     *,
     overwrite: bool = False,
     progress: bool = True,
-    tolerance_pp: float = 0.5,
+    tolerance_pp: float = DEFAULT_TOLERANCE_PP,
     c_header: bool = True,
 ) -> list[ExportResult]:
     """Export the Pareto-optimal trials of ``study`` (or ``trials``) as verified int8 models.
