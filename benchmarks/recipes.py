@@ -34,9 +34,8 @@ from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
 from nas_asc.models import create_model
-from nas_asc.search.artifacts import calibration_indices
-from nas_asc.train.loop import TrainConfig, evaluate, train
-from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
+from nas_asc.search.objective import measure_int8
+from nas_asc.train.loop import TrainConfig, train
 from nas_asc.train.teacher import TeacherConfig, get_teacher, parse_member
 
 MODEL = dict(width=24, norm="adaresnorm", block="tfsep", dropout=0.1)
@@ -67,17 +66,7 @@ def _run(recipe: TrainConfig, seed: int, data: dict) -> dict:
     teacher = data["teacher"] if recipe.kd_lambda > 0 else None
     simulated = data["simulated"] if recipe.devicesim_p > 0 else None
     result = train(model, train_set, recipe, teacher, seed=seed, simulated=simulated)
-    # as the search objective does
-    if result.qat_model is not None:
-        with fake_quant_disabled(result.qat_model):
-            fp32 = evaluate(result.qat_model, eval_set)
-        int8_model = convert_qat(result.qat_model)
-    else:
-        fp32 = evaluate(model, eval_set)
-        n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
-        calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
-        int8_model = quantize_ptq(model, calibration)
-    int8 = evaluate(int8_model, eval_set)
+    fp32, int8, _ = measure_int8(model, result, train_set, eval_set, recipe, seed)
     return {
         "int8": int8.accuracy,
         "unseen": int8.unseen_accuracy,

@@ -51,6 +51,7 @@ __all__ = [
     "OBJECTIVE_NAMES",
     "DIRECTIONS",
     "TrialError",
+    "measure_int8",
     "retry_history",
     "trial_seed",
 ]
@@ -249,19 +250,7 @@ class Objective:
                 result.history += [{**h, "phase": "finetune"} for h in tuned.history]
                 result.seconds += tuned.seconds
                 result.qat_model = tuned.qat_model
-        n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
-        if result.qat_model is not None:
-            # quantization-aware training: the int8 model is converted from the fake-quant one
-            # with the ranges it learned; its float view (fake quantization off) gives the fp32
-            # accuracy
-            with fake_quant_disabled(result.qat_model):
-                fp32 = evaluate(result.qat_model, eval_set)
-            int8_model = convert_qat(result.qat_model)
-        else:
-            fp32 = evaluate(model, eval_set)
-            calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
-            int8_model = quantize_ptq(model, calibration)
-        int8 = evaluate(int8_model, eval_set)
+        fp32, int8, n_calib = measure_int8(model, result, train_set, eval_set, recipe, seed)
         attrs = {
             "status": "trained",
             "fp32_accuracy": fp32.accuracy,
@@ -368,6 +357,29 @@ _CHECKPOINT_METRICS = (
     "seen_accuracy",
     "unseen_accuracy",
 )
+
+
+def measure_int8(model, result, train_set, eval_set, recipe: TrainConfig, seed: int):
+    """Quantize a trained candidate to int8 and measure it and its float network.
+
+    PTQ: ``model`` calibrated on ``recipe.calibration_batches`` batches of training clips chosen
+    by ``seed`` (:func:`~nas_asc.search.artifacts.calibration_indices`). QAT
+    (``result.qat_model``): the fake-quant network converted with the ranges it learned; its float
+    view (fake quantization off) gives the fp32 figure.
+
+    Returns:
+        ``(fp32 EvalResult, int8 EvalResult, calibration clips used)``.
+    """
+    n_calib = min(len(train_set), recipe.calibration_batches * recipe.batch_size)
+    if result.qat_model is not None:
+        with fake_quant_disabled(result.qat_model):
+            fp32 = evaluate(result.qat_model, eval_set)
+        int8_model = convert_qat(result.qat_model)
+    else:
+        fp32 = evaluate(model, eval_set)
+        calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
+        int8_model = quantize_ptq(model, calibration)
+    return fp32, evaluate(int8_model, eval_set), n_calib
 
 
 def _original_number(trial: optuna.Trial) -> int:

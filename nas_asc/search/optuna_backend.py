@@ -48,6 +48,7 @@ __all__ = [
     "check_parallel_storage",
     "default_storage",
     "TrialSeededSampler",
+    "already_done",
     "check_existing_study",
     "make_sampler",
     "open_study",
@@ -473,6 +474,18 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
     return TrialCounts(**counts)
 
 
+def already_done(counts: TrialCounts, settings: SearchSettings) -> bool:
+    """Whether the study has its trials (none waiting to be retried); says so if it has."""
+    if counts.done < settings.n_trials or counts.waiting:
+        return False
+    print(
+        f"study {settings.study_name!r} already has {counts.done} finished trials "
+        f"(asked for {settings.n_trials}); raise --trials to run more",
+        flush=True,
+    )
+    return True
+
+
 def check_parallel_storage(storage: str, workers: int) -> None:
     """Refuse parallel Optuna workers on SQLite, pointing to PostgreSQL or Ray."""
     if workers > 1 and storage.startswith("sqlite:"):
@@ -503,13 +516,7 @@ def run_search(
     """
     _check_parallel_storage(settings)
     study = prepare_study(context, settings, data_label, data_info)
-    counts = trial_counts(study)
-    if counts.done >= settings.n_trials and not counts.waiting:
-        print(
-            f"study {settings.study_name!r} already has {counts.done} finished trials "
-            f"(asked for {settings.n_trials}); raise --trials to run more",
-            flush=True,
-        )
+    if already_done(trial_counts(study), settings):
         return study
     if settings.workers == 1:
         optimize(study, context, settings)

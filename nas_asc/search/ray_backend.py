@@ -68,6 +68,7 @@ from nas_asc.search.optuna_backend import (
     TrialCounts,
     _dispose,
     _storage,
+    already_done,
     make_sampler,
     open_study,
     prepare_study,
@@ -125,13 +126,7 @@ def run_ray_search(
     context = _with_absolute_paths(context, settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = prepare_study(context, settings, data_label, data_info)
-    counts = _settle(study)
-    if counts.done >= settings.n_trials and not counts.waiting:
-        print(
-            f"study {settings.study_name!r} already has {counts.done} finished trials "
-            f"(asked for {settings.n_trials}); raise --trials to run more",
-            flush=True,
-        )
+    if already_done(_settle(study), settings):
         return study
 
     started_ray = _init_ray(ray, address, settings.workers, context.progress)
