@@ -356,9 +356,11 @@ def _check_storage(url: str) -> None:
     cannot be opened. Creates nothing: an SQLite file's folder is checked (connecting would
     create the file); a database server is connected to once, with a short timeout."""
     if url.startswith("sqlite:"):
-        _, sep, rest = url.partition(":///")
-        if sep and rest and not rest.startswith(":memory:"):
-            _check_creatable(Path(rest).parent, "studies", "--storage")
+        from nas_asc.search.optuna_backend import sqlite_path
+
+        db = sqlite_path(url)
+        if db is not None:
+            _check_creatable(db.parent, "studies", "--storage")
         return
     import sqlalchemy
 
@@ -631,7 +633,7 @@ def _print_ensemble(report: dict) -> None:
 
 def _existing_study(name: str, storage: str | None):
     """Open an existing study (default storage: studies/<name>.db, which must exist)."""
-    from nas_asc.search.optuna_backend import default_storage, open_study
+    from nas_asc.search.optuna_backend import default_storage, open_study, sqlite_path
 
     if storage is None:
         db = Path("studies") / f"{name}.db"
@@ -641,10 +643,10 @@ def _existing_study(name: str, storage: str | None):
                 "pass --storage"
             )
         storage = default_storage(name)
-    elif storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+    elif (db := sqlite_path(storage)) is not None and not db.is_file():
         # opening a missing SQLite file would create an empty database: refuse instead
         raise NasAscError(
-            f"no study database {storage[len('sqlite:///') :]}; check --storage, or run "
+            f"no study database {db}; check --storage, or run "
             f"`nas-asc search --study {name} --storage {storage}` first"
         )
     return open_study(name, storage), storage

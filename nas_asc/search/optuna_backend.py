@@ -52,6 +52,7 @@ __all__ = [
     "check_existing_study",
     "make_sampler",
     "open_study",
+    "sqlite_path",
     "optimize",
     "prepare_study",
     "run_search",
@@ -163,6 +164,14 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
             sampler.reseed_rng()
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` storage URL; None for other URLs and memory."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url[len(prefix) :] in ("", ":memory:"):
+        return None
+    return Path(url[len(prefix) :])
+
+
 def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
     """SQLite storage ``studies/<study>.db`` (relative to the working directory).
 
@@ -221,8 +230,8 @@ def _storage(
             grace_period=HEARTBEAT_GRACE * heartbeat,
             heartbeat_stale_trial_callback=retry,
         )
-    if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
-        folder = Path(url[len("sqlite:///") :]).parent
+    if (db := sqlite_path(url)) is not None:
+        folder = db.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -341,7 +350,8 @@ def check_existing_study(
     Returns:
         The artifact folder the study records, or None.
     """
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
+    db = sqlite_path(storage)
+    if db is not None and not db.is_file():
         return None
     store = _storage(storage)
     try:
@@ -497,10 +507,6 @@ def check_parallel_storage(storage: str, workers: int) -> None:
         )
 
 
-def _check_parallel_storage(settings: SearchSettings) -> None:
-    check_parallel_storage(settings.storage, settings.workers)
-
-
 def run_search(
     context: SearchContext,
     settings: SearchSettings,
@@ -514,7 +520,7 @@ def run_search(
     and seed. With ``settings.workers > 1`` that many worker processes share the study through a
     server database (PostgreSQL); more can join from other machines with the same command.
     """
-    _check_parallel_storage(settings)
+    check_parallel_storage(settings.storage, settings.workers)
     study = prepare_study(context, settings, data_label, data_info)
     if already_done(trial_counts(study), settings):
         return study
