@@ -1,9 +1,9 @@
 """The ``nas-asc`` command line: parses, calls the pipeline stages, reports errors in one line.
 
-Commands: ``search``, ``complexity``, ``data synth``, ``teacher``, ``report``, ``dashboard``,
-``export``. A problem with the user's input (a bad flag value, a malformed space or dataset, an
-unknown study) is printed as one line ``nas-asc: error: ...`` with exit code 2; set
-``NAS_ASC_DEBUG=1`` for the traceback.
+Commands: ``search``, ``complexity``, ``data synth``, ``teacher``, ``report``, ``evaluate``,
+``dashboard``, ``export``. A problem with the user's input (a bad flag value, a malformed space
+or dataset, an unknown study) is printed as one line ``nas-asc: error: ...`` with exit code 2;
+set ``NAS_ASC_DEBUG=1`` for the traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from pathlib import Path
 
 from nas_asc import __version__
 from nas_asc.errors import NasAscError
+
+DEFAULT_VALIDATION = 0.2  # nas_asc.data.protocol.DEFAULT_VALIDATION, without importing pandas
 
 __all__ = ["main", "build_parser"]
 
@@ -74,6 +76,26 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_validation(p: argparse.ArgumentParser) -> None:
+    validation = p.add_mutually_exclusive_group()
+    validation.add_argument(
+        "--validation",
+        type=_fraction,
+        default=DEFAULT_VALIDATION,
+        metavar="FRACTION",
+        help="share of each scene's training locations held out as the validation split that "
+        f"every search decision reads (default: {DEFAULT_VALIDATION}); the test fold is measured "
+        "once, after the search",
+    )
+    validation.add_argument(
+        "--validation-split",
+        type=Path,
+        metavar="FILE",
+        help="use this validation split instead: a TAB-separated file with a filename column "
+        "naming clips of the training split (the DCASE fold-file format)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="nas-asc",
@@ -98,8 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"finished trials the study should reach (default: {DEFAULT_TRIALS})",
     )
     p.add_argument("--timeout", type=_positive_float, help="stop starting trials after SECONDS")
-    p.add_argument("--seed", type=int, default=0, help="study seed; trial seeds derive from it")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="study seed; trial seeds and the validation split derive from it",
+    )
     _add_data(p)
+    _add_validation(p)
     _add_storage(p)
     p.add_argument(
         "--budget",
@@ -199,8 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     s.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
 
-    p = sub.add_parser("teacher", help="train and cache the teacher ensemble for a dataset")
+    p = sub.add_parser(
+        "teacher",
+        help="train and cache the teacher ensemble of a search (on the training part, measured "
+        "on the validation split)",
+    )
     _add_data(p)
+    _add_validation(p)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the search's --seed (it draws the validation split)"
+    )
     p.add_argument(
         "--member",
         action="append",
@@ -222,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="check an external ensemble-logits file (.pt or .npy, rows of meta.csv x 10) and "
-        "report its accuracy on the evaluate split instead of training",
+        "report its accuracy on the validation split instead of training",
     )
 
     p = sub.add_parser("report", help="write the Pareto report of a study")
@@ -233,6 +269,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path("reports"),
         help="folder for reports/<study>/ (default: reports)",
+    )
+
+    p = sub.add_parser(
+        "evaluate",
+        help="retrain chosen trials on the whole training split with K seeds, measure on the "
+        "test fold (mean ± std)",
+    )
+    p.add_argument("--study", required=True, help="study name")
+    _add_storage(p)
+    p.add_argument(
+        "--trials",
+        type=_trial_list,
+        help="comma-separated trial numbers (default: every Pareto-optimal trial)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=3,
+        help="retrainings per configuration, each with its own seed (default: 3); a rerun "
+        "trains only the seeds not yet finished",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="dataset root (default: the one the study recorded; its files must be unchanged)",
+    )
+    p.add_argument(
+        "--reports",
+        type=Path,
+        default=Path("reports"),
+        help="folder for reports/<study>/, rewritten with the results (default: reports)",
     )
 
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study")
@@ -267,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-c-header", action="store_true", help="skip the C header")
     return parser
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
 
 
 def _trial_list(text: str) -> list[int]:
@@ -392,14 +469,28 @@ def _write_report(study, reports: Path, quiet: bool):
 
     out = _writable_dir(reports / study.study_name, "reports")
     paths = write_report(study, out)
-    print("\nPareto front (int8 accuracy on held-out locations vs MACs vs parameter bytes):")
+    print(
+        "\nPareto front (chosen on the validation split: int8 accuracy vs MACs vs parameter "
+        "bytes; the test fold measured once, after the search):"
+    )
     print(format_pareto_table(pareto_frame(study)))
     return paths
 
 
+def _protocol(dataset, args: argparse.Namespace):
+    """The validation split the search decides on, from ``--validation``/``--validation-split``."""
+    from nas_asc.data.protocol import ValidationSpec, make_protocol
+
+    file = None if args.validation_split is None else str(args.validation_split)
+    spec = ValidationSpec(fraction=args.validation, seed=args.seed, file=file)
+    return make_protocol(dataset, spec, args.train_split)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc.budget import parse_budget
+    from nas_asc.data.protocol import ValidationSpec
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
+    from nas_asc.search.holdout import measure_front
     from nas_asc.search.objective import SearchContext
     from nas_asc.search.optuna_backend import (
         SearchSettings,
@@ -420,6 +511,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
     create_pruner(args.pruner)  # a bad pruner spec fails now, not after the data is loaded
+    ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed too
+    if args.validation_split is not None and not args.validation_split.is_file():
+        raise NasAscError(
+            f"--validation-split {args.validation_split} is not a file; pass a TAB-separated "
+            "file with a filename column naming clips of the training split"
+        )
     study_name = args.study or space.name
     storage = args.storage or default_storage(study_name)
     if args.ray_address and args.backend != "ray":
@@ -448,38 +545,51 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         load_impulse_responses(args.ir_dir, 32000)
     dataset, data_label = _load_dataset(args.data, args.train_split, progress)
+    protocol = _protocol(dataset, args)
     # an existing study must be continued as it was started: checked before the teacher trains
     recorded = check_existing_study(
-        storage, study_name, space.name, budget, args.seed, dataset.fingerprint, args.artifacts
+        storage,
+        study_name,
+        space.name,
+        budget,
+        args.seed,
+        dataset.fingerprint,
+        args.artifacts,
+        protocol=protocol.identity(),
     )
     # a worker joining a shared study keeps checkpoints where the study keeps them
     artifact_dir = args.artifacts or (
         Path(recorded) if recorded else default_artifact_dir(storage, study_name)
     )
     _check_creatable(artifact_dir, "artifacts", "--artifacts")
+    if progress:
+        print(protocol.describe(), flush=True)
+    # the search sees the training part and the validation split, never the test fold
+    search_data = protocol.search_view()
     if args.teacher_logits is not None:
         from nas_asc.train.teacher import load_teacher_logits
 
-        teacher = load_teacher_logits(args.teacher_logits, dataset)
+        teacher = load_teacher_logits(args.teacher_logits, search_data)
         if progress:
             print(
                 f"teacher: {args.teacher_logits} (ensemble accuracy "
-                f"{teacher.report['ensemble_accuracy']:.1%} on the evaluate split)",
+                f"{teacher.report['ensemble_accuracy']:.1%} on the validation split)",
                 flush=True,
             )
     else:
-        teacher = get_teacher(dataset, progress=progress)
+        teacher = get_teacher(search_data, progress=progress)
     # created only once the inputs have been checked, so a bad input leaves no folder behind
     store = open_artifact_store(_writable_dir(artifact_dir, "artifacts"))
+    ir_dir = None if args.ir_dir is None else str(args.ir_dir.resolve())
     context = SearchContext(
         space,
         budget,
-        dataset,
+        search_data,
         teacher.logits,
         args.seed,
         progress,
         artifact_store=store,
-        ir_dir=None if args.ir_dir is None else str(args.ir_dir.resolve()),
+        ir_dir=ir_dir,
     )
     settings = SearchSettings(
         study_name,
@@ -494,11 +604,15 @@ def cmd_search(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         artifact_dir_explicit=args.artifacts is not None,
     )
+    teacher_logits = None if args.teacher_logits is None else str(args.teacher_logits.resolve())
     data_info = {
         "root": str(Path(dataset.root).resolve()),
         "train_split": args.train_split,
         "fingerprint": dataset.fingerprint,
         "synthetic": args.data is None,
+        "teacher_logits": teacher_logits,  # None: nas-asc's default teacher ensemble
+        "ir_dir": ir_dir,
+        "protocol": protocol.to_dict(),
     }
     if args.backend == "ray":
         from nas_asc.search.ray_backend import run_ray_search
@@ -506,6 +620,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         study = run_ray_search(context, settings, data_label, data_info, address=args.ray_address)
     else:
         study = run_search(context, settings, data_label, data_info)
+    # the end of the search: its Pareto set measured on the test fold, once
+    study = measure_front(study, protocol, progress)
     paths = _write_report(study, args.reports, args.quiet)
     n = trial_counts(study)
     retried = f", {n.retried} re-queued after a worker died" if n.retried else ""
@@ -513,7 +629,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"\n{n.done} trials ({n.trained} trained, {n.infeasible} over budget, {n.pruned} "
         f"stopped early, {n.failed} failed{retried}) "
         f"in {time.perf_counter() - started:.0f} s\n"
-        f"study:   {storage} (study {study_name!r})\n"
+        f"study:   {_safe_url(storage)} (study {study_name!r})\n"
         f"reports: {paths.index_html}\n"
         f"         {paths.pareto_html}\n"
         f"         {paths.pareto_csv}\n"
@@ -585,7 +701,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
                 "--member, --members, --width, --epochs and --retrain"
             )
         dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
-        teacher = load_teacher_logits(args.logits, dataset)
+        teacher = load_teacher_logits(args.logits, _protocol(dataset, args).search_view())
         _print_ensemble(teacher.report)
         return 0
     if args.member and (args.members or args.width):
@@ -607,7 +723,9 @@ def cmd_teacher(args: argparse.Namespace) -> int:
             config, train=dataclasses.replace(config.train, epochs=args.epochs)
         )
     dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
-    teacher = get_teacher(dataset, config, progress=not args.quiet, retrain=args.retrain)
+    # the teacher a search with the same --validation and --seed distils from
+    search_data = _protocol(dataset, args).search_view()
+    teacher = get_teacher(search_data, config, progress=not args.quiet, retrain=args.retrain)
     for i, m in enumerate(teacher.report["members"]):
         fields = ",".join(f"{k}={v}" for k, v in m.get("model", {}).items())
         print(
@@ -662,6 +780,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas_asc.evaluate import evaluate_study, format_evaluation
+
+    study, _ = _existing_study(args.study, args.storage)
+    _check_creatable(args.reports, "reports", "--reports")
+    study = evaluate_study(
+        study, args.trials, args.seeds, data_root=args.data, progress=not args.quiet
+    )
+    paths = _write_report(study, args.reports, args.quiet)
+    print(
+        "\nretrained on the whole training split, int8, on the test fold (mean ± std over seeds):"
+    )
+    print(format_evaluation(study, args.trials))
+    print(f"\nreports: {paths.index_html}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from nas_asc.report.dashboard import serve
 
@@ -697,6 +832,7 @@ _COMMANDS = {
     "data": cmd_data,
     "teacher": cmd_teacher,
     "report": cmd_report,
+    "evaluate": cmd_evaluate,
     "dashboard": cmd_dashboard,
     "export": cmd_export,
 }

@@ -41,3 +41,17 @@ def tiny_dataset(tiny_root):
     from nas_asc.data.tau22 import load_tau22
 
     return load_tau22(tiny_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_protocol(tiny_dataset):
+    """The tiny dataset's default protocol: a validation split of its training locations."""
+    from nas_asc.data.protocol import ValidationSpec, make_protocol
+
+    return make_protocol(tiny_dataset, ValidationSpec())
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tiny_protocol):
+    """What a search on the tiny dataset sees: training part and validation split, no test."""
+    return tiny_protocol.search_view()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 import torch
-from toydata import artifact_context
+from toydata import artifact_context, record_data
 
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
@@ -32,9 +32,9 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def trained_study(tiny_dataset, tmp_path_factory):
+def trained_study(tiny_search, tmp_path_factory):
     artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = artifact_context(tiny_dataset, SPACE, artifact_dir, seed=3)
+    context = artifact_context(tiny_search, SPACE, artifact_dir, seed=3)
     study = optuna.create_study(directions=list(DIRECTIONS))
     study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr("artifact_dir", str(artifact_dir))
@@ -53,13 +53,13 @@ def test_trained_trial_keeps_a_checkpoint_and_a_confusion_image(trained_study):
     assert image.mimetype == "image/png"
 
 
-def test_checkpoint_rebuilds_the_exact_int8_model(trained_study, tiny_dataset):
+def test_checkpoint_rebuilds_the_exact_int8_model(trained_study, tiny_search):
     trial = trained_study.trials[0]
     ckpt = load_checkpoint(trained_study, trial)
     assert ckpt.family == "tfsepnet" and ckpt.model_config["width"] == 8
     assert ckpt.complexity["macs"] == trial.user_attrs["macs"]
     model = ckpt.build_model()
-    train_set, eval_set = load_features(tiny_dataset, FrontEnd(**ckpt.frontend), progress=False)
+    train_set, eval_set = load_features(tiny_search, FrontEnd(**ckpt.frontend), progress=False)
     fp32 = evaluate(model, eval_set)
     assert fp32.accuracy == pytest.approx(trial.user_attrs["fp32_accuracy"])
     idx = calibration_indices(len(train_set), ckpt.calibration["seed"], ckpt.calibration["n"])
@@ -112,7 +112,7 @@ def test_checkpoint_of_a_pruned_model_rebuilds_its_structure():
 QAT_MODEL = {"width": 8, "depths": [1, 1, 1, 1]}
 
 
-def _qat_trial_study(tiny_dataset, tiny_root, artifact_dir):
+def _qat_trial_study(tiny_search, tiny_protocol, tiny_root, artifact_dir):
     """A study with one QAT-trained trial recorded as the search records it (checkpoint included),
     and the trained fake-quantized model."""
     from nas_asc.budget import DEFAULT_BUDGET
@@ -122,7 +122,7 @@ def _qat_trial_study(tiny_dataset, tiny_root, artifact_dir):
     from nas_asc.train.quantize import convert_qat, prepare_qat
 
     frontend = FrontEnd(n_mels=32)
-    train_set, eval_set = load_features(tiny_dataset, frontend, progress=False)
+    train_set, eval_set = load_features(tiny_search, frontend, progress=False)
     torch.manual_seed(0)
     model = create_model("tfsepnet", **QAT_MODEL)
     prepared = prepare_qat(model, train_set.x[:1])
@@ -140,10 +140,7 @@ def _qat_trial_study(tiny_dataset, tiny_root, artifact_dir):
     study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr("artifact_dir", str(artifact_dir))
     study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
-    study.set_user_attr(
-        "data_info",
-        {"root": str(tiny_root), "train_split": "fold1", "fingerprint": tiny_dataset.fingerprint},
-    )
+    record_data(study, tiny_protocol, tiny_root)
     trial = study.ask()
     for key, value in {
         "status": "trained",
@@ -173,8 +170,9 @@ def _qat_trial_study(tiny_dataset, tiny_root, artifact_dir):
 
 
 @pytest.fixture(scope="module")
-def qat_study(tiny_dataset, tiny_root, tmp_path_factory):
-    return _qat_trial_study(tiny_dataset, tiny_root, tmp_path_factory.mktemp("qat-artifacts"))
+def qat_study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
+    artifact_dir = tmp_path_factory.mktemp("qat-artifacts")
+    return _qat_trial_study(tiny_search, tiny_protocol, tiny_root, artifact_dir)
 
 
 def test_qat_checkpoint_round_trip_reproduces_the_int8_model_exactly(qat_study):

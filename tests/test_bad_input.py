@@ -200,6 +200,29 @@ def _started_study(**attrs) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _validation_file(pick: Callable[[Path], list[str]]) -> Callable[[Path, Path], None]:
+    """Write ``work/val.csv``, a fold file (filename, scene_label) of the rows ``pick`` returns
+    from the dataset copy."""
+
+    def setup(work: Path, data: Path) -> None:
+        rows = pick(data)
+        (work / "val.csv").write_text("filename\tscene_label\n" + "".join(r + "\n" for r in rows))
+
+    return setup
+
+
+def _fold_rows(data: Path, fold: str) -> list[str]:
+    return (data / "evaluation_setup" / f"{fold}.csv").read_text().splitlines()[1:]
+
+
+def _one_location_for_airport(work: Path, data: Path) -> None:
+    """Keep one training location of the scene airport (the tiny set has two)."""
+    fold = data / "evaluation_setup" / "fold1_train.csv"
+    header, *rows = fold.read_text().splitlines()
+    kept = [r for r in rows if not r.startswith("audio/airport-paris-")]
+    fold.write_text("\n".join([header, *kept]) + "\n")
+
+
 def _logits(shape_of, suffix: str = ".pt", fill: float = 0.0) -> Callable[[Path, Path], None]:
     """Write ``work/logits<suffix>`` of shape ``shape_of(rows of meta.csv)``."""
 
@@ -477,6 +500,67 @@ CASES = [
         SEARCH,
         ("was run on another dataset (another)", "same --data"),
     ),
+    (
+        "continue-study-of-the-old-protocol",
+        _started_study(),
+        SEARCH,
+        ("was run before nas-asc searched on a validation split", "new --study name"),
+    ),
+    (
+        "continue-study-with-another-validation-split",
+        _started_study(
+            protocol={
+                "train_split": "fold1",
+                "validation": "locations",
+                "validation_fraction": 0.3,
+                "validation_seed": 0,
+                "validation_split": "0" * 16,
+            }
+        ),
+        SEARCH,
+        ("with --validation 0.3 (seed 0), another validation split", "--validation 0.3"),
+    ),
+    # the validation split
+    ("validation-zero", None, [*SEARCH, "--validation", "0"], ("fraction in (0, 1)", "'0'")),
+    ("validation-one", None, [*SEARCH, "--validation", "1"], ("fraction in (0, 1)", "'1'")),
+    ("validation-nan", None, [*SEARCH, "--validation", "nan"], ("fraction in (0, 1)", "'nan'")),
+    (
+        "validation-and-validation-split",
+        _validation_file(lambda data: _fold_rows(data, "fold1_train")[:3]),
+        [*SEARCH, "--validation", "0.2", "--validation-split", "val.csv"],
+        ("not allowed with argument", "--validation"),
+    ),
+    (
+        "validation-split-missing",
+        None,
+        [*SEARCH, "--validation-split", "nope.csv"],
+        ("--validation-split nope.csv is not a file", "filename column"),
+    ),
+    (
+        "validation-split-names-test-clips",
+        _validation_file(lambda data: _fold_rows(data, "fold1_evaluate")[:2]),
+        [*SEARCH, "--validation-split", "val.csv"],
+        ("names 2 clip(s) of the test fold (fold1_evaluate)", "validate on clips of"),
+    ),
+    (
+        "validation-split-names-clips-outside-training",
+        _validation_file(lambda data: ["audio/airport-lisbon-99-99-0-a.wav\tairport"]),
+        [*SEARCH, "--validation-split", "val.csv"],
+        ("names 1 clip(s) outside training split fold1", "airport-lisbon-99-99-0-a.wav"),
+    ),
+    (
+        "validation-split-takes-a-whole-scene",
+        _validation_file(lambda data: [r for r in _fold_rows(data, "fold1_train") if "\tbus" in r]),
+        [*SEARCH, "--validation-split", "val.csv"],
+        ("leaves scene 'bus' without clips on the training side", "both sides"),
+    ),
+    (
+        "validation-split-too-small-for-a-scene",
+        _one_location_for_airport,
+        SEARCH,
+        ("scene 'airport' has 1 recording location in training split fold1", "at least 2"),
+    ),
+    ("negative-seed", None, [*SEARCH, "--seed", "-1"], ("--seed must be an integer >= 0", "-1")),
     # search settings checked before any work
     (
         "unknown-pruner",

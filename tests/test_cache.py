@@ -130,10 +130,19 @@ def test_a_folder_manifest_catches_missing_truncated_and_altered_files(tmp_path)
 # --- the feature cache ------------------------------------------------------------------------
 
 
+def _feature_entry(dataset, source: str):
+    from nas_asc.data.features import _cache_path
+
+    path = _cache_path(dataset, source, FRONT)
+    assert path.is_file()
+    return path
+
+
 @pytest.mark.parametrize("corrupt", list(CORRUPTIONS.values()), ids=list(CORRUPTIONS))
 def test_corrupt_features_are_recomputed_identically(cache, tiny_dataset, corrupt, caplog):
     train, evaluate = load_features(tiny_dataset, FRONT, progress=False)
-    (entry,) = (cache / "features").glob("*.pt")
+    assert len(list((cache / "features").glob("*.pt"))) == 2  # training split and test fold
+    entry = _feature_entry(tiny_dataset, "train")
     corrupt(entry)
     with caplog.at_level(logging.WARNING):
         train2, evaluate2 = load_features(tiny_dataset, FRONT, progress=False)
@@ -145,7 +154,7 @@ def test_corrupt_features_are_recomputed_identically(cache, tiny_dataset, corrup
 
 def test_a_valid_entry_for_other_clips_is_not_used(cache, tiny_dataset, caplog):
     train, _ = load_features(tiny_dataset, FRONT, progress=False)
-    (entry,) = (cache / "features").glob("*.pt")
+    entry = _feature_entry(tiny_dataset, "train")
     blob = load_torch(entry)
     blob["filenames"] = blob["filenames"][:-1]  # checksum-valid, but not this dataset's clips
     blob["logmel"] = blob["logmel"][:-1]

@@ -54,12 +54,12 @@ def _get(url: str) -> tuple[int, str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_dataset, tmp_path_factory):
+def served(tiny_search, tmp_path_factory):
     """A 3-trial study in SQLite with artifacts, and the dashboard serving it."""
     work = tmp_path_factory.mktemp("dash")
     storage = f"sqlite:///{work / 'dash.db'}"
     artifacts = work / "artifacts"
-    context = artifact_context(tiny_dataset, SPACE, artifacts)
+    context = artifact_context(tiny_search, SPACE, artifacts)
     run_search(context, SearchSettings("dash", storage, 3, artifact_dir=str(artifacts)), "tiny")
     port = _free_port()
     log = (work / "dashboard.log").open("w")

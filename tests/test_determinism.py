@@ -65,9 +65,9 @@ def _search(dataset, tmp_path, name: str):
     return run_search(context, settings, data_label="tiny")
 
 
-def test_two_searches_with_the_same_seed_measure_the_same(tiny_dataset, tmp_path):
-    first = _search(tiny_dataset, tmp_path, "first").get_trials(deepcopy=False)
-    second = _search(tiny_dataset, tmp_path, "second").get_trials(deepcopy=False)
+def test_two_searches_with_the_same_seed_measure_the_same(tiny_search, tmp_path):
+    first = _search(tiny_search, tmp_path, "first").get_trials(deepcopy=False)
+    second = _search(tiny_search, tmp_path, "second").get_trials(deepcopy=False)
     assert len(first) == len(second) == 2
     for a, b in zip(first, second, strict=True):
         assert a.state == b.state and a.user_attrs["status"] == "trained", a.user_attrs
@@ -83,12 +83,12 @@ def test_two_searches_with_the_same_seed_measure_the_same(tiny_dataset, tmp_path
     assert first[0].params != first[1].params
 
 
-def test_training_twice_gives_bit_identical_weights(tiny_dataset):
+def test_training_twice_gives_bit_identical_weights(tiny_search):
     from nas_asc.data.features import load_features
     from nas_asc.models import create_model
 
-    train_set, _ = load_features(tiny_dataset, FrontEnd(n_mels=32), progress=False)
-    teacher = torch.randn(tiny_dataset.n_meta_rows, 10, generator=torch.Generator().manual_seed(1))
+    train_set, _ = load_features(tiny_search, FrontEnd(n_mels=32), progress=False)
+    teacher = torch.randn(tiny_search.n_meta_rows, 10, generator=torch.Generator().manual_seed(1))
     recipe = TrainConfig(epochs=2, batch_size=32, lr=0.02, mixstyle_p=0.8, kd_lambda=0.5)
     states, histories = [], []
     for _ in range(2):

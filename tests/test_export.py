@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from toydata import artifact_context
+from toydata import artifact_context, record_data
 
 from nas_asc.budget import DEFAULT_BUDGET, Budget  # noqa: E402
 from nas_asc.complexity import count  # noqa: E402
@@ -26,6 +26,7 @@ from nas_asc.export.cheader import quantize_multiplier  # noqa: E402
 from nas_asc.export.onnx import OnnxModule, count_onnx, onnx_session  # noqa: E402
 from nas_asc.export.study import FILES, _install  # noqa: E402
 from nas_asc.models import create_model, list_models  # noqa: E402
+from nas_asc.search.holdout import measure_front  # noqa: E402
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective  # noqa: E402
 from nas_asc.train.loop import predict  # noqa: E402
 
@@ -42,25 +43,18 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def study(tiny_dataset, tiny_root, tmp_path_factory):
+def study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
     artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = artifact_context(tiny_dataset, SPACE, artifact_dir, seed=5)
-    study = optuna.create_study(study_name="tiny", directions=list(DIRECTIONS))
+    context = artifact_context(tiny_search, SPACE, artifact_dir, seed=5)
+    storage = f"sqlite:///{tmp_path_factory.mktemp('db') / 'study.db'}"
+    study = optuna.create_study(study_name="tiny", storage=storage, directions=list(DIRECTIONS))
     study.set_metric_names(list(OBJECTIVE_NAMES))
     study.set_user_attr("artifact_dir", str(artifact_dir))
     study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
     study.set_user_attr("space", "tiny")
-    study.set_user_attr(
-        "data_info",
-        {
-            "root": str(tiny_root),
-            "train_split": "fold1",
-            "fingerprint": tiny_dataset.fingerprint,
-            "synthetic": True,
-        },
-    )
+    record_data(study, tiny_protocol, tiny_root)
     study.optimize(Objective(context), n_trials=1)
-    return study
+    return measure_front(study, tiny_protocol, progress=False)  # as nas-asc search ends
 
 
 # The tiny evaluate split has 180 clips (one clip = 0.56 percentage points) and the one-epoch
@@ -112,12 +106,17 @@ def test_card_records_the_re_measured_figures(study, exported):
     card = json.loads(result.files["card.json"].read_text())
     assert card == json.loads(json.dumps(result.card))
     acc = card["accuracy"]
-    assert acc["int8_pytorch"]["accuracy"] == pytest.approx(trial.user_attrs["int8_accuracy"])
-    assert acc["fp32"]["accuracy"] == pytest.approx(trial.user_attrs["fp32_accuracy"])
+    # the test fold, as the end of the search measured it
+    assert acc["int8_pytorch"]["accuracy"] == trial.user_attrs["test_int8_accuracy"]
+    assert acc["fp32"]["accuracy"] == trial.user_attrs["test_fp32_accuracy"]
+    assert acc["n_clips"] == trial.user_attrs["test_clips"]
+    assert acc["protocol"] == study.user_attrs["protocol"]
+    rebuilt = next(c for c in card["verification"]["checks"] if c["name"].startswith("rebuilt"))
+    assert rebuilt["passed"] and rebuilt["value"] == 0.0  # validation: exactly the search's
     gap_pp = 100 * abs(acc["int8_onnx"]["accuracy"] - acc["int8_pytorch"]["accuracy"])
     assert gap_pp <= TOLERANCE_PP and 0.0 <= acc["onnx_pytorch_agreement"] <= 1.0
     assert set(acc["int8_onnx"]["accuracy_by_device"]) == set(
-        trial.user_attrs["accuracy_by_device"]
+        trial.user_attrs["test_accuracy_by_device"]
     )
     assert card["verification"]["passed"] and all(
         c["passed"] for c in card["verification"]["checks"]
@@ -154,13 +153,15 @@ def test_recount_from_the_graph_agrees_with_count(study, exported):
     assert graph.initializer_bytes > graph.stored_param_bytes > graph.weight_bytes
 
 
-def test_onnx_runtime_predictions_match_pytorch_int8(study, exported, tiny_dataset):
+def test_onnx_runtime_predictions_match_pytorch_int8(study, exported, tiny_protocol):
     from nas_asc.search.artifacts import calibration_indices, load_checkpoint
     from nas_asc.train.quantize import quantize_ptq
 
     (result,) = exported[1]
     ckpt = load_checkpoint(study, study.trials[0])
-    train_set, eval_set = load_features(tiny_dataset, FrontEnd(**ckpt.frontend), progress=False)
+    # export measures on the test fold, with the training part the trial was calibrated on
+    test_view = tiny_protocol.test_view()
+    train_set, eval_set = load_features(test_view, FrontEnd(**ckpt.frontend), progress=False)
     idx = calibration_indices(len(train_set), ckpt.calibration["seed"], ckpt.calibration["n"])
     int8 = quantize_ptq(ckpt.build_model(), train_set.x[idx])
     torch_logits = predict(int8, eval_set.x)
@@ -224,7 +225,7 @@ def test_accuracy_gap_over_the_tolerance_fails_verification():
     onnx[:3] = torch.nn.functional.one_hot((labels[:3] + 1) % 10, 10).float()
     int8 = NS(accuracy=0.6, logits=ours)
     checks = _verify(
-        trial, NS(accuracy=0.594, logits=onnx), int8, recount, graph, DEFAULT_BUDGET, 0.5
+        trial, NS(accuracy=0.594, logits=onnx), int8, int8, recount, graph, DEFAULT_BUDGET, 0.5
     )
     assert [c["name"] for c in checks if not c["passed"]] == ["onnx_vs_pytorch_int8_accuracy_pp"]
     message = _failure_message(3, checks)
@@ -232,7 +233,7 @@ def test_accuracy_gap_over_the_tolerance_fails_verification():
     assert "59.40% vs PyTorch int8 60.00% (value 0.6, limit 0.5)" in message
     # a broken export predicts other scenes on most clips
     broken = NS(accuracy=0.6, logits=torch.roll(ours, 1, dims=1))
-    checks = _verify(trial, broken, int8, recount, graph, DEFAULT_BUDGET, 0.5)
+    checks = _verify(trial, broken, int8, int8, recount, graph, DEFAULT_BUDGET, 0.5)
     assert [c["name"] for c in checks if not c["passed"]] == ["onnx_vs_pytorch_int8_agreement"]
 
 

@@ -91,11 +91,11 @@ def _space() -> dict:
     }
 
 
-def _run_faults(faults, tiny_dataset, tmp_path):
+def _run_faults(faults, tiny_search, tmp_path):
     # no artifact store: checkpoints would only add seconds to what is tested here
-    teacher = torch.randn(tiny_dataset.n_meta_rows, 10)
+    teacher = torch.randn(tiny_search.n_meta_rows, 10)
     context = SearchContext(
-        SearchSpace.from_dict(_space()), DEFAULT_BUDGET, tiny_dataset, teacher, progress=False
+        SearchSpace.from_dict(_space()), DEFAULT_BUDGET, tiny_search, teacher, progress=False
     )
     settings = SearchSettings(
         "faults", f"sqlite:///{tmp_path / 'faults.db'}", n_trials=len(faults), pruner="none"
@@ -108,9 +108,9 @@ def _run_faults(faults, tiny_dataset, tmp_path):
 
 
 def test_every_fault_fails_its_trial_with_a_reason_and_the_study_goes_on(
-    faulty_family, tiny_dataset, tmp_path
+    faulty_family, tiny_search, tmp_path
 ):
-    study = _run_faults(FAULTS, tiny_dataset, tmp_path)
+    study = _run_faults(FAULTS, tiny_search, tmp_path)
 
     trials = study.get_trials(deepcopy=False)
     assert [t.params["model.fault"] for t in trials] == list(FAULTS)
@@ -138,24 +138,24 @@ def test_every_fault_fails_its_trial_with_a_reason_and_the_study_goes_on(
 
 
 def test_a_family_that_asserts_on_its_config_fails_only_its_trial(
-    faulty_family, tiny_dataset, tmp_path
+    faulty_family, tiny_search, tmp_path
 ):
-    study = _run_faults(("assert", "build", "none"), tiny_dataset, tmp_path)
+    study = _run_faults(("assert", "build", "none"), tiny_search, tmp_path)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.FAIL] * 2 + [optuna.trial.TrialState.COMPLETE]
     assert "AssertionError: faulty: width 8" in study.trials[0].user_attrs["fail_reason"]
 
 
 def test_failure_after_failure_stops_the_search_with_the_last_reason(
-    faulty_family, tiny_dataset, tmp_path
+    faulty_family, tiny_search, tmp_path
 ):
     """A setup that fails every trial (here: every candidate overflows) is not searched to the
     end: ``max_failures`` failed trials in a row stop it with one clear error."""
-    teacher = torch.randn(tiny_dataset.n_meta_rows, 10)
+    teacher = torch.randn(tiny_search.n_meta_rows, 10)
     space = {**_space(), "dimensions": {"model.width": {"type": "int", "low": 4, "high": 12}}}
     space["fixed"] = {**space["fixed"], "model": {"fault": "explode"}}
     context = SearchContext(
-        SearchSpace.from_dict(space), DEFAULT_BUDGET, tiny_dataset, teacher, progress=False
+        SearchSpace.from_dict(space), DEFAULT_BUDGET, tiny_search, teacher, progress=False
     )
     settings = SearchSettings(
         "streak", f"sqlite:///{tmp_path / 's.db'}", n_trials=20, pruner="none", max_failures=3
@@ -170,7 +170,7 @@ def test_failure_after_failure_stops_the_search_with_the_last_reason(
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
 
 
-def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_dataset, tmp_path):
+def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_search, tmp_path):
     """An OSError (disk full, a folder gone) would meet every trial: it is not a trial failure."""
     from nas_asc.search.artifacts import open_artifact_store
 
@@ -180,8 +180,8 @@ def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_da
     context = SearchContext(
         SearchSpace.from_dict(_space()),
         DEFAULT_BUDGET,
-        tiny_dataset,
-        torch.randn(tiny_dataset.n_meta_rows, 10),
+        tiny_search,
+        torch.randn(tiny_search.n_meta_rows, 10),
         progress=False,
         artifact_store=store,
     )

@@ -123,13 +123,13 @@ SPACE = {
 }
 
 
-def test_a_dominated_trial_is_stopped_and_recorded_as_pruned(tiny_dataset, tmp_path):
+def test_a_dominated_trial_is_stopped_and_recorded_as_pruned(tiny_search, tmp_path):
     """Three good trials, then one that cannot learn (lr 1e-7) at the same complexity."""
     context = SearchContext(
         SearchSpace.from_dict(SPACE),
         DEFAULT_BUDGET,
-        tiny_dataset,
-        torch.randn(tiny_dataset.n_meta_rows, 10),
+        tiny_search,
+        torch.randn(tiny_search.n_meta_rows, 10),
         progress=False,
     )
     storage = f"sqlite:///{tmp_path / 'p.db'}"

@@ -88,8 +88,8 @@ def test_ray_is_imported_only_by_a_ray_search_and_its_absence_is_one_clear_error
 
 
 @pytest.fixture()
-def context(tiny_dataset, tmp_path):
-    return artifact_context(tiny_dataset, SPACE, tmp_path / "artifacts")
+def context(tiny_search, tmp_path):
+    return artifact_context(tiny_search, SPACE, tmp_path / "artifacts")
 
 
 def _settings(tmp_path, n_trials: int, **kwargs) -> SearchSettings:
@@ -271,7 +271,7 @@ def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path
         a = t.user_attrs
         assert a["status"] == "trained" and a["config"]["model"]["width"] in (8, 12)
         assert t.values == [a["int8_accuracy"], a["macs"], a["param_bytes"]]
-        assert set(a["accuracy_by_device"]) == {"a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6"}
+        assert set(a["accuracy_by_device"]) == {"a", "b", "c", "s1", "s2", "s3"}  # validation
         assert all(v <= 0 for v in t.constraints.values())
         assert "checkpoint_artifact" in a  # the workers wrote to the study's artifact store
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # two Ray workers shared the work
@@ -286,11 +286,11 @@ def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path
 
 
 @pytest.fixture()
-def warm_teacher(tiny_dataset):
+def warm_teacher(tiny_search):
     """Train the tiny dataset's teacher once, outside the timed search."""
     from nas_asc.train.teacher import get_teacher
 
-    get_teacher(tiny_dataset, progress=False)
+    get_teacher(tiny_search, progress=False)
 
 
 def test_cli_ray_backend_continues_a_study_the_optuna_backend_began(

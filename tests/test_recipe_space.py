@@ -67,11 +67,11 @@ TRIALS = [
 
 
 @pytest.fixture(scope="module")
-def recipe_study(tiny_dataset, tmp_path_factory):
+def recipe_study(tiny_search, tmp_path_factory):
     space = load_space("tfsepnet_recipe")
     assert {d.name for d in space.dimensions} == set(TRIALS[0])  # the test covers every dimension
     tmp = tmp_path_factory.mktemp("recipes")
-    context = artifact_context(tiny_dataset, space.to_dict(), tmp / "artifacts")
+    context = artifact_context(tiny_search, space.to_dict(), tmp / "artifacts")
     context = dataclasses.replace(context, space=space)
     settings = SearchSettings(
         "recipes",
@@ -112,12 +112,12 @@ def test_every_recipe_element_trains_and_records_its_int8_accuracy(recipe_study)
     assert [h["qat"] for h in qat["history"]] == [False, True]  # the space's qat_epochs: 1
 
 
-def test_the_qat_trial_checkpoint_rebuilds_the_measured_int8_model(recipe_study, tiny_dataset):
+def test_the_qat_trial_checkpoint_rebuilds_the_measured_int8_model(recipe_study, tiny_search):
     study, space = recipe_study
     trial = study.get_trials(deepcopy=False)[0]
     ckpt = load_checkpoint(study, trial)
     assert ckpt.quantization == "qat"
-    train_set, eval_set = load_features(tiny_dataset, FrontEnd(**ckpt.frontend), progress=False)
+    train_set, eval_set = load_features(tiny_search, FrontEnd(**ckpt.frontend), progress=False)
     rebuilt = evaluate(ckpt.build_int8(train_set.x), eval_set)
     assert rebuilt.accuracy == trial.user_attrs["int8_accuracy"]
     assert rebuilt.accuracy_by_device == trial.user_attrs["accuracy_by_device"]

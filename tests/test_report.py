@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -15,8 +16,10 @@ from optuna.trial import TrialState, create_trial
 from nas_asc.report.pareto import (
     DEVICES,
     ReportPaths,
+    _protocol_line,
     format_pareto_table,
     pareto_frame,
+    rank_agreement_line,
     trials_frame,
     write_report,
 )
@@ -44,7 +47,14 @@ def _constraints(macs: int, param_bytes: int) -> dict[str, float]:
     return {"macs": float(macs - MAX_MACS), "param_bytes": float(param_bytes - MAX_BYTES)}
 
 
-def _trained(width: int, acc: float, macs: int, param_bytes: int, block: str = "tfsep"):
+def _trained(
+    width: int,
+    acc: float,
+    macs: int,
+    param_bytes: int,
+    block: str = "tfsep",
+    extra: dict | None = None,
+):
     params = {"model.width": width, "model.block": block, "train.lr": 0.005}
     attrs = {
         "status": "trained",
@@ -60,6 +70,7 @@ def _trained(width: int, acc: float, macs: int, param_bytes: int, block: str = "
         "unseen_accuracy": acc - 0.05,
         "train_seconds": 12.5,
         "config": _config(width, block, 0.005),
+        **(extra or {}),
     }
     return create_trial(
         values=[acc, macs, param_bytes],
@@ -183,11 +194,26 @@ def test_pareto_front_ignores_infeasible_trials_without_constraints() -> None:
     assert list(pareto_frame(study)["trial"]) == [0, 1, 3]
 
 
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+TABLE_HEADER = [
+    "trial",
+    "val int8 %",
+    "test int8 %",
+    "MACs",
+    "param bytes",
+    "test seen %",
+    "test unseen %",
+]
+
+
 def test_format_pareto_table(study: optuna.Study) -> None:
     table = format_pareto_table(pareto_frame(study))
     lines = table.splitlines()
-    assert len(lines) == 2 + 3
-    assert "trial" in lines[0] and "MACs" in lines[0]
+    assert len(lines) == 2 + 3  # no test figures: no rank agreement line
+    assert _cells(lines[0]) == TABLE_HEADER
     assert [line.split()[0] for line in lines[2:]] == ["0", "1", "3"]
     assert "10.22 M" in lines[3] and "57.5 kB" in lines[3] and "55.00" in lines[3]
     assert len({len(line) for line in lines}) == 1  # fixed width
@@ -286,3 +312,235 @@ def test_pruned_trials_are_drawn_apart_and_never_on_the_front(tmp_path) -> None:
     assert row["last_accuracy"] == pytest.approx(0.31)
     html = write_report(study, tmp_path).pareto_html.read_text(encoding="utf-8")
     assert "pruned (stopped early" in html and "1 pruned" in html
+
+
+# --------------------------------------------------------------------------------------------
+# Validation split, test fold and seed evaluation
+# --------------------------------------------------------------------------------------------
+
+PROTOCOL = {
+    "train_split": "fold1",
+    "validation": "locations",
+    "validation_fraction": 0.2,
+    "validation_seed": 0,
+    "validation_split": "81b2217e9657d611",
+    "fit_clips": 1888,
+    "validation_clips": 432,
+    "test_clips": 1440,
+    "fit_locations": 130,
+    "validation_locations": 30,
+    "validation_devices": ["a", "b", "c", "s1", "s2", "s3"],
+}
+
+
+def _test_attrs(test: float, unseen: float | None) -> dict:
+    return {
+        "test_int8_accuracy": test,
+        "test_fp32_accuracy": test + 0.01,
+        "test_accuracy_by_device": {d: test + 0.001 * i for i, d in enumerate(DEVICES)},
+        "test_seen_accuracy": test + 0.02,
+        "test_unseen_accuracy": unseen,
+        "test_log_loss": 1.2,
+        "test_clips": 1440,
+    }
+
+
+EVALUATION = {
+    "seeds": 3,
+    "int8_accuracy": {"mean": 0.431, "std": 0.012},
+    "seen_accuracy": {"mean": 0.45, "std": 0.01},
+    "unseen_accuracy": None,
+    "accuracy_by_device": {"a": {"mean": 0.5, "std": 0.02}},
+    "train_clips": 1888,
+    "test_clips": 1440,
+}
+
+
+def _front_study(extras: list[dict | None], protocol: dict | None = PROTOCOL) -> optuna.Study:
+    """Three Pareto trials, validation accuracy 0.30, 0.40, 0.50 at growing complexity, with
+    ``extras[i]`` added to trial i's attributes; plus one dominated trial without extras."""
+    study = optuna.create_study(
+        study_name="protocol-test", directions=["maximize", "minimize", "minimize"]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["int8_accuracy", "macs", "param_bytes"])
+    study.set_user_attr(
+        "budget", {"name": "dcase2024", "max_param_bytes": MAX_BYTES, "max_macs": MAX_MACS}
+    )
+    if protocol is not None:
+        study.set_user_attr("protocol", protocol)
+    points = [(0.30, 2_000_000, 10_000), (0.40, 5_000_000, 20_000), (0.50, 10_000_000, 40_000)]
+    for i, (acc, macs, nbytes) in enumerate(points):
+        study.add_trial(_trained(16 + 4 * i, acc, macs, nbytes, extra=extras[i]))
+    study.add_trial(_trained(60, 0.35, 20_000_000, 60_000))  # 3: dominated by 2
+    return study
+
+
+def test_trials_frame_test_and_evaluation_columns() -> None:
+    study = _front_study([{**_test_attrs(0.31, 0.22), "evaluation": EVALUATION}, None, None])
+    frame = trials_frame(study)
+    new = [
+        "test_int8_accuracy",
+        "test_fp32_accuracy",
+        "test_seen_accuracy",
+        "test_unseen_accuracy",
+        *(f"test_acc_{d}" for d in DEVICES),
+        "eval_int8_mean",
+        "eval_int8_std",
+        "eval_unseen_mean",
+        "eval_unseen_std",
+        "eval_seeds",
+    ]
+    start = list(frame.columns).index("acc_s6") + 1
+    assert list(frame.columns[start : start + len(new)]) == new
+    for column in new[:-1]:
+        assert frame[column].dtype == "float64", column
+    assert frame["eval_seeds"].dtype == "Int64"
+
+    measured = frame.set_index("trial").loc[0]
+    assert measured["test_int8_accuracy"] == pytest.approx(0.31)
+    assert measured["test_fp32_accuracy"] == pytest.approx(0.32)
+    assert measured["test_seen_accuracy"] == pytest.approx(0.33)
+    assert measured["test_unseen_accuracy"] == pytest.approx(0.22)
+    assert measured["test_acc_a"] == pytest.approx(0.31)
+    assert measured["test_acc_s6"] == pytest.approx(0.318)
+    assert measured["acc_a"] == pytest.approx(0.30)  # the validation figures stay apart
+    assert measured["eval_int8_mean"] == pytest.approx(0.431)
+    assert measured["eval_int8_std"] == pytest.approx(0.012)
+    assert math.isnan(measured["eval_unseen_mean"]) and math.isnan(measured["eval_unseen_std"])
+    assert measured["eval_seeds"] == 3
+
+    unmeasured = frame.set_index("trial").loc[1]
+    for column in new[:-1]:
+        assert math.isnan(unmeasured[column]), column
+    assert unmeasured["eval_seeds"] is pd.NA
+
+
+def test_trials_frame_test_unseen_none_is_nan() -> None:
+    frame = trials_frame(_front_study([_test_attrs(0.31, None), None, None]))
+    row = frame.set_index("trial").loc[0]
+    assert math.isnan(row["test_unseen_accuracy"])
+    assert row["test_seen_accuracy"] == pytest.approx(0.33)
+
+
+def test_format_pareto_table_with_test_figures() -> None:
+    study = _front_study([_test_attrs(0.31, 0.22), _test_attrs(0.45, None), None])
+    lines = format_pareto_table(pareto_frame(study)).splitlines()
+    assert _cells(lines[0]) == TABLE_HEADER
+    assert _cells(lines[2]) == ["0", "30.00", "31.00", "2.00 M", "10.0 kB", "33.00", "22.00"]
+    assert _cells(lines[3]) == ["1", "40.00", "45.00", "5.00 M", "20.0 kB", "47.00", "-"]
+    assert _cells(lines[4]) == ["2", "50.00", "-", "10.00 M", "40.0 kB", "-", "-"]
+    assert len({len(line) for line in lines[:5]}) == 1  # fixed width
+    assert lines[5:] == [
+        "",
+        "rank agreement of validation and test int8 accuracy across the front: "
+        "Kendall tau = 1.00 (2 models)",
+    ]
+
+
+def test_format_pareto_table_eval_column() -> None:
+    study = _front_study([{"evaluation": EVALUATION}, None, None])
+    lines = format_pareto_table(pareto_frame(study)).splitlines()
+    assert _cells(lines[0]) == [*TABLE_HEADER, "eval int8 %"]
+    assert _cells(lines[2])[-1] == "43.10 ± 1.20 (3)"
+    assert _cells(lines[3])[-1] == "-"
+    assert len(lines) == 5  # no test figures: no rank agreement line
+    assert len({len(line) for line in lines}) == 1
+
+
+def test_format_pareto_table_eval_with_one_seed() -> None:
+    one = {**EVALUATION, "seeds": 1, "int8_accuracy": {"mean": 0.5, "std": 0.0}}
+    lines = format_pareto_table(
+        pareto_frame(_front_study([{"evaluation": one}, None, None]))
+    ).splitlines()
+    assert _cells(lines[2])[-1] == "50.00 ± 0.00 (1)"
+
+
+def test_rank_agreement_line() -> None:
+    # val 0.30 < 0.40 < 0.50; test 0.31, 0.45, 0.40: pairs (0,1) and (0,2) concordant, (1,2)
+    # discordant, no ties: tau = (2 - 1) / 3
+    study = _front_study(
+        [_test_attrs(0.31, None), _test_attrs(0.45, None), _test_attrs(0.40, None)]
+    )
+    assert rank_agreement_line(pareto_frame(study)) == (
+        "rank agreement of validation and test int8 accuracy across the front: "
+        "Kendall tau = 0.33 (3 models)"
+    )
+
+
+def test_rank_agreement_line_one_measured_model() -> None:
+    study = _front_study([None, _test_attrs(0.45, None), None])
+    assert rank_agreement_line(pareto_frame(study)) == (
+        "rank agreement of validation and test int8 accuracy across the front: "
+        "Kendall tau needs at least 2 measured models (1 measured)"
+    )
+
+
+def test_rank_agreement_line_without_test_figures(study: optuna.Study) -> None:
+    assert rank_agreement_line(pareto_frame(study)) == ""
+    assert rank_agreement_line(pareto_frame(_front_study([None, None, None]))) == ""
+    assert rank_agreement_line(pareto_frame(study).iloc[:0]) == ""
+
+
+def test_protocol_line() -> None:
+    study = _front_study([None, None, None])
+    assert _protocol_line(study) == (
+        "validation: 432 clips of 30 locations (0.2 of the training locations, seed 0) from "
+        "training split fold1; test fold: 1440 clips"
+    )
+    by_file = {**PROTOCOL, "validation": "file", "validation_file": "/data/val.tsv"}
+    del by_file["validation_fraction"], by_file["validation_seed"]
+    assert _protocol_line(_front_study([None, None, None], protocol=by_file)) == (
+        "validation: 432 clips of 30 locations (from /data/val.tsv) from training split fold1; "
+        "test fold: 1440 clips"
+    )
+    assert _protocol_line(_front_study([None, None, None], protocol=None)) == "-"
+
+
+def test_index_page_protocol_rank_agreement_and_test_columns(tmp_path: Path) -> None:
+    extras = [
+        {**_test_attrs(0.31, 0.22), "evaluation": EVALUATION},
+        _test_attrs(0.45, 0.30),
+        _test_attrs(0.40, 0.28),
+    ]
+    paths = write_report(_front_study(extras), tmp_path)
+    page = paths.index_html.read_text(encoding="utf-8")
+    assert (
+        "<tr><th>protocol</th><td>validation: 432 clips of 30 locations (0.2 of the training "
+        "locations, seed 0) from training split fold1; test fold: 1440 clips</td></tr>"
+    ) in page
+    assert (
+        "<tr><th>rank agreement</th><td>rank agreement of validation and test int8 accuracy "
+        "across the front: Kendall tau = 0.33 (3 models)</td></tr>"
+    ) in page
+    assert "chosen\non the validation split (held-out locations of the training data)" in page
+    assert "test fold\n(fold1_evaluate; devices s4-s6 never seen in training)" in page
+    header = [
+        "trial",
+        "val int8 %",
+        "test int8 %",
+        "val fp32 %",
+        "MACs",
+        "param bytes",
+        "params",
+        "test seen %",
+        "test unseen %",
+        "eval int8 %",
+    ]
+    assert "<tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>" in page
+    assert "<td>43.10 ± 1.20 (3)</td>" in page
+    assert "per recording device on the test fold" in page
+    pareto = pd.read_csv(paths.pareto_csv)
+    assert list(pareto["trial"]) == [0, 1, 2]
+    assert pareto["test_int8_accuracy"].tolist() == pytest.approx([0.31, 0.45, 0.40])
+    assert pareto["eval_seeds"].tolist()[0] == 3
+    assert "test_acc_s4" in pd.read_csv(paths.trials_csv).columns
+
+
+def test_index_page_of_an_older_study(study: optuna.Study, tmp_path: Path) -> None:
+    page = write_report(study, tmp_path).index_html.read_text(encoding="utf-8")
+    assert "<tr><th>protocol</th><td>-</td></tr>" in page
+    assert "<th>rank agreement</th>" not in page
+    assert "<th>eval int8 %</th>" not in page
+    assert "per recording device on the validation split" in page

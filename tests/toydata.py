@@ -43,3 +43,18 @@ def artifact_context(dataset, space: dict, artifact_dir, seed: int = 0):
         progress=False,
         artifact_store=open_artifact_store(artifact_dir),
     )
+
+
+def record_data(study, protocol, root) -> None:
+    """Record on ``study`` the dataset and protocol as ``nas-asc search`` does, for export and
+    the test-fold measurement to rebuild the data."""
+    study.set_user_attr(
+        "data_info",
+        {
+            "root": str(root),
+            "train_split": "fold1",
+            "fingerprint": protocol.dataset.fingerprint,
+            "synthetic": True,
+        },
+    )
+    study.set_user_attr("protocol", protocol.to_dict())

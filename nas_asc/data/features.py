@@ -1,10 +1,11 @@
 """Log-mel front end (torchaudio) and the on-disk feature cache.
 
-Log-mel spectrograms are computed once per (dataset, front end) for every clip the dataset's
-metadata names, stored as float16 under ``<cache root>/features/`` (written atomically with a
-SHA-256 checksum, keyed by the dataset fingerprint and the front-end configuration) and shared by
-every trial whose front end matches. Trials read them as one in-memory tensor. A cache entry that
-fails its checksum or does not fit the dataset is deleted and recomputed, never used.
+Log-mel spectrograms are computed once per (clip group, front end), where the groups are the
+training split and the test fold, stored as float16 under ``<cache root>/features/`` (written
+atomically with a SHA-256 checksum, keyed by the group's content hash and the front-end
+configuration) and shared by every trial whose front end matches. Trials read them as one
+in-memory tensor. A cache entry that fails its checksum or does not fit the dataset is deleted
+and recomputed, never used.
 
 Clips that depart from the TAU22 format (44.1 kHz mono) are converted (resampled, channels
 averaged), with one note on the log saying how many and how.
@@ -27,7 +28,7 @@ from nas_asc._cache import cache_root, content_key, load_torch, save_torch
 __all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features"]
 
 _LOG = logging.getLogger(__name__)
-_VERSION = 1  # bump when the computation changes, so stale caches are not reused
+_VERSION = 2  # bump when the computation changes, so stale caches are not reused (2: per group)
 _CHUNK = 256  # clips per batched resample + STFT
 
 
@@ -112,8 +113,8 @@ class FeatureSet:
         return len(self.y)
 
 
-def _cache_path(dataset, frontend: FrontEnd) -> Path:
-    key = content_key(_VERSION, dataset.fingerprint, frontend.to_dict())
+def _cache_path(dataset, source: str, frontend: FrontEnd) -> Path:
+    key = content_key(_VERSION, dataset.sources[source][0], frontend.to_dict())
     return cache_root() / "features" / f"logmel-{key}.pt"
 
 
@@ -181,9 +182,12 @@ def _fits(blob, filenames: list[str], frontend: FrontEnd) -> bool:
         return False
 
 
-def _cached_logmel(dataset, frontend: FrontEnd, progress: bool) -> tuple[list[str], torch.Tensor]:
-    path = _cache_path(dataset, frontend)
-    filenames = sorted(set(dataset.train.filename) | set(dataset.evaluate.filename))
+def _cached_logmel(
+    dataset, source: str, frontend: FrontEnd, progress: bool
+) -> tuple[list[str], torch.Tensor]:
+    """Log-mels of every clip of one clip group (``dataset.sources[source]``), cached."""
+    path = _cache_path(dataset, source, frontend)
+    filenames = list(dataset.sources[source][1])
     blob = load_torch(path)  # None if absent or corrupt (then deleted with a warning)
     if blob is not None:
         if _fits(blob, filenames, frontend):
@@ -198,15 +202,25 @@ def _cached_logmel(dataset, frontend: FrontEnd, progress: bool) -> tuple[list[st
 def load_features(
     dataset, frontend: FrontEnd, progress: bool = True
 ) -> tuple[FeatureSet, FeatureSet]:
-    """Train and evaluate :class:`FeatureSet` of a loaded TAU22 dataset for ``frontend``.
+    """Train and evaluate :class:`FeatureSet` of a TAU22 dataset or view for ``frontend``.
 
-    Features are normalized by the mean and standard deviation of the training split (one scalar
-    each), which the deployed front end applies as well.
+    Log-mels are computed and cached per clip group (the training split, the test fold), and
+    only the groups the dataset's frames come from are read: a search view (training part and
+    validation split, :mod:`nas_asc.data.protocol`) never opens a clip of the test fold.
+    Features are normalized by the mean and standard deviation of the ``train`` frame (one
+    scalar each), which the deployed front end applies as well.
     """
-    filenames, feats = _cached_logmel(dataset, frontend, progress)
-    index = {name: i for i, name in enumerate(filenames)}
+    groups = {
+        source: _cached_logmel(dataset, source, frontend, progress)
+        for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source))
+    }
     splits = []
-    for frame in (dataset.train, dataset.evaluate):
+    for frame, source in (
+        (dataset.train, dataset.train_source),
+        (dataset.evaluate, dataset.evaluate_source),
+    ):
+        filenames, feats = groups[source]
+        index = {name: i for i, name in enumerate(filenames)}
         idx = torch.tensor([index[name] for name in frame.filename], dtype=torch.long)
         splits.append((frame, feats[idx].float()))
     train_x = splits[0][1]

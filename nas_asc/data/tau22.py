@@ -17,8 +17,10 @@ path or value, and the fix. :func:`read_audio` reads one clip with ``soundfile``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,17 @@ class TAU22:
             names and sizes; use it in cache keys.
         n_meta_rows: Number of rows of meta.csv. Both frames carry each clip's ``row`` in it,
             which indexes per-clip tensors such as teacher logits.
+        sources: The clip groups whose audio this dataset reads, each with a content hash (of
+            meta.csv, its fold file and its clips' names and sizes) and its sorted clip names:
+            ``"train"`` (the training split) and ``"evaluate"`` (the test fold). Features are
+            computed and cached per group (:func:`nas_asc.data.features.load_features`).
+        train_source: The group the ``train`` frame's clips come from.
+        evaluate_source: The group the ``evaluate`` frame's clips come from. A *view* made by
+            :meth:`view` (see :mod:`nas_asc.data.protocol`) can hold a validation split carved
+            from the training split as its ``evaluate`` frame: then both frames come from
+            ``"train"`` and the view reads no clip of the test fold.
+        role: ``"dataset"`` for what :func:`load_tau22` returns; a view's role (``"search"``:
+            training part and validation split, ``"test"``: training part and test fold).
     """
 
     root: Path
@@ -164,10 +177,41 @@ class TAU22:
     evaluate: pd.DataFrame
     fingerprint: str
     n_meta_rows: int = 0
+    sources: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    train_source: str = "train"
+    evaluate_source: str = "evaluate"
+    role: str = "dataset"
 
     def path(self, filename: str) -> Path:
         """Return the absolute path of a clip given its ``filename`` column value."""
         return self.root / filename
+
+    def view(
+        self,
+        train: pd.DataFrame,
+        evaluate: pd.DataFrame,
+        evaluate_source: str,
+        role: str,
+        fingerprint: str,
+    ) -> TAU22:
+        """A dataset of other train/evaluate frames over the same root and clip groups.
+
+        ``train`` must hold clips of the training split, ``evaluate`` clips of the group
+        ``evaluate_source``; ``fingerprint`` keys the view's caches (teacher logits, simulated
+        devices) and must describe both frames.
+        """
+        for frame, source in ((train, self.train_source), (evaluate, evaluate_source)):
+            names = set(self.sources[source][1]) if self.sources else None
+            if names is not None and not set(frame.filename) <= names:
+                raise ValueError(f"a {role} view must take its clips from the {source} group")
+        return dataclasses.replace(
+            self,
+            train=train.reset_index(drop=True),
+            evaluate=evaluate.reset_index(drop=True),
+            evaluate_source=evaluate_source,
+            role=role,
+            fingerprint=fingerprint,
+        )
 
 
 def _read_tsv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -322,19 +366,36 @@ def _build_split(
     )
 
 
-def _fingerprint(root: Path, files: list[Path], filenames: list[str]) -> str:
+def _sizes(root: Path, filenames: list[str]) -> list[int]:
+    sizes = []
+    for name in filenames:
+        try:
+            sizes.append((root / name).stat().st_size)
+        except OSError:
+            sizes.append(-1)
+    return sizes
+
+
+def _fingerprint(files: list[Path], filenames: list[str], sizes: list[int]) -> str:
     """Hash metadata bytes and each referenced audio file's name and size."""
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for name in filenames:
-        try:
-            size = (root / name).stat().st_size
-        except OSError:
-            size = -1
+    for name, size in zip(filenames, sizes, strict=True):
         digest.update(f"{name}\t{size}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _group(frame: pd.DataFrame, sizes: list[int], files: list[Path]) -> tuple[str, tuple[str, ...]]:
+    """A clip group's content hash (the metadata ``files`` that define it, its audio files'
+    names and sizes in sorted order) and its sorted clip names."""
+    pairs = sorted(zip(frame["filename"], sizes, strict=True))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    digest.update("".join(f"{n}\t{s}\n" for n, s in pairs).encode())
+    return digest.hexdigest()[:16], tuple(n for n, _ in pairs)
 
 
 def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool = True) -> TAU22:
@@ -382,10 +443,20 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
     evaluate = _build_split(
         _read_tsv(eval_path, _FOLD_COLUMNS, "split file"), meta, eval_path, root, check_audio
     )
+    train_sizes = _sizes(root, train["filename"].to_list())
+    eval_sizes = _sizes(root, evaluate["filename"].to_list())
     names = train["filename"].to_list() + evaluate["filename"].to_list()
-    fingerprint = _fingerprint(root, [meta_path, train_path, eval_path], names)
+    fingerprint = _fingerprint([meta_path, train_path, eval_path], names, train_sizes + eval_sizes)
     return TAU22(
-        root=root, train=train, evaluate=evaluate, fingerprint=fingerprint, n_meta_rows=len(meta)
+        root=root,
+        train=train,
+        evaluate=evaluate,
+        fingerprint=fingerprint,
+        n_meta_rows=len(meta),
+        sources={
+            "train": _group(train, train_sizes, [meta_path, train_path]),
+            "evaluate": _group(evaluate, eval_sizes, [meta_path, eval_path]),
+        },
     )
 
 

@@ -172,34 +172,6 @@ def _study_budget(study: optuna.Study):
     return Budget(**recorded)
 
 
-def _load_dataset(study: optuna.Study, data_root: str | Path | None, progress: bool):
-    from nas_asc.data.tau22 import load_tau22
-
-    info = study.user_attrs.get("data_info")
-    if not isinstance(info, dict) or "fingerprint" not in info:
-        raise NasAscError(
-            f"study {study.study_name!r} records no dataset (root and fingerprint); it was run "
-            "by an older nas-asc: run the search again with this version"
-        )
-    root = Path(data_root) if data_root is not None else Path(info.get("root", ""))
-    if not root.is_dir():
-        raise NasAscError(
-            f"dataset root {root} of study {study.study_name!r} does not exist; pass --data with "
-            "the dataset folder the study was run on"
-        )
-    split = info.get("train_split", "fold1")
-    if progress:
-        print(f"loading dataset {root} ({split})", flush=True)
-    dataset = load_tau22(root, train_split=split)
-    if dataset.fingerprint != info["fingerprint"]:
-        raise NasAscError(
-            f"dataset {root} (split {split}) has fingerprint {dataset.fingerprint}, but study "
-            f"{study.study_name!r} was run on {info['fingerprint']}: its files changed; pass "
-            "--data with the dataset the study was run on"
-        )
-    return dataset, info
-
-
 def _check_targets(out_dir: Path, names: list[str], overwrite: bool) -> None:
     for name in names:
         target = out_dir / name
@@ -245,7 +217,27 @@ def _check(name: str, value: Any, reference: Any, limit: Any, passed: bool, deta
     }
 
 
-def _verify(trial, onnx_eval, int8_eval, recount, graph, budget, tolerance_pp: float) -> list[dict]:
+def _features(data, frontend):
+    """``(train, measured, validation or None, normalization)`` features for ``frontend``.
+
+    ``data`` is a study's :class:`~nas_asc.data.protocol.Protocol` (models are measured on the
+    test fold, their rebuild checked on the validation split the search measured them on) or,
+    for a study from before the validation protocol, its dataset (both on the test fold).
+    """
+    from nas_asc.data.features import load_features
+    from nas_asc.data.protocol import Protocol
+
+    if isinstance(data, Protocol):
+        train_set, test_set = load_features(data.test_view(), frontend, progress=False)
+        _, val_set = load_features(data.search_view(), frontend, progress=False)
+    else:
+        (train_set, test_set), val_set = load_features(data, frontend, progress=False), None
+    return train_set, test_set, val_set, {"mean": train_set.mean, "std": train_set.std}
+
+
+def _verify(
+    trial, onnx_eval, int8_eval, rebuilt, recount, graph, budget, tolerance_pp: float
+) -> list[dict]:
     attrs = trial.user_attrs
     checks = []
     # the same model in two int8 runtimes predicts the same scene on nearly every clip; a broken
@@ -275,7 +267,7 @@ def _verify(trial, onnx_eval, int8_eval, recount, graph, budget, tolerance_pp: f
     )
     recorded = attrs.get("int8_accuracy")
     if isinstance(recorded, (int, float)):
-        drift = 100.0 * abs(int8_eval.accuracy - float(recorded))
+        drift = 100.0 * abs(rebuilt.accuracy - float(recorded))
         checks.append(
             _check(
                 "rebuilt_vs_study_int8_accuracy_pp",
@@ -283,8 +275,8 @@ def _verify(trial, onnx_eval, int8_eval, recount, graph, budget, tolerance_pp: f
                 None,
                 tolerance_pp,
                 drift <= tolerance_pp + 1e-9,
-                f"rebuilt PyTorch int8 accuracy {int8_eval.accuracy:.2%} vs "
-                f"{float(recorded):.2%} recorded in the study",
+                f"rebuilt PyTorch int8 accuracy {rebuilt.accuracy:.2%} vs "
+                f"{float(recorded):.2%} recorded in the study (same split)",
             )
         )
     checks.append(
@@ -354,7 +346,7 @@ def _summary(result) -> dict[str, Any]:
 def _export_trial(
     study: optuna.Study,
     trial,
-    dataset,
+    data,
     data_info: dict,
     budget,
     features: dict,
@@ -369,7 +361,7 @@ def _export_trial(
 
     import nas_asc
     from nas_asc.complexity import parse_input_shape
-    from nas_asc.data.features import FrontEnd, load_features
+    from nas_asc.data.features import FrontEnd
     from nas_asc.data.tau22 import SCENES
     from nas_asc.export import onnx as onnx_export
     from nas_asc.export.card import CARD_FORMAT, file_digest, write_card
@@ -381,9 +373,8 @@ def _export_trial(
     ckpt = load_checkpoint(study, trial)
     frontend = FrontEnd(**ckpt.frontend)
     if frontend not in features:
-        train_set, eval_set = load_features(dataset, frontend, progress=False)
-        features[frontend] = (train_set, eval_set, {"mean": train_set.mean, "std": train_set.std})
-    train_set, eval_set, norm = features[frontend]
+        features[frontend] = _features(data, frontend)
+    train_set, eval_set, val_set, norm = features[frontend]
     input_shape = parse_input_shape(tuple(eval_set.x.shape[1:]))
 
     # the trained network as trained: the float model (PTQ) or the fake-quantized one (QAT)
@@ -391,6 +382,8 @@ def _export_trial(
     fp32 = evaluate(ckpt.build_fp32(train_set.x), eval_set)
     int8_model = ckpt.build_int8(train_set.x)
     int8 = evaluate(int8_model, eval_set)
+    # rebuilt exactly? its accuracy on the split the search measured must be the recorded one
+    rebuilt = int8 if val_set is None else evaluate(int8_model, val_set)
     # the float structure: what the DCASE rule counts and how float parameters are named
     architecture = ckpt.build_architecture().eval()
 
@@ -436,7 +429,7 @@ def _export_trial(
     param_names = {n for n, _ in architecture.named_parameters()}
     graph = onnx_export.count_onnx(graph_proto, input_shape, param_names)
     recount = onnx_export.dcase_recount(architecture, graph, input_shape)
-    checks = _verify(trial, onnx_eval, int8, recount, graph, budget, tolerance_pp)
+    checks = _verify(trial, onnx_eval, int8, rebuilt, recount, graph, budget, tolerance_pp)
     figures = {
         "fp32": fp32.accuracy,
         "int8": int8.accuracy,
@@ -506,7 +499,15 @@ def _export_trial(
             },
         },
         "accuracy": {
-            "split": "fold1 evaluate (held-out locations)",
+            "split": (
+                "fold1 evaluate: the test fold (held-out locations and devices), never read by "
+                "the search"
+                if val_set is not None
+                else "fold1 evaluate (held-out locations)"
+            ),
+            # the study's figures: int8_accuracy etc. on the validation split, test_* on the
+            # test fold (the Pareto set, measured once after the search)
+            "protocol": study.user_attrs.get("protocol"),
             "n_clips": len(eval_set),
             "fp32": _summary(fp32),
             "int8_pytorch": _summary(int8),
@@ -524,6 +525,10 @@ def _export_trial(
                     "accuracy_by_device",
                     "seen_accuracy",
                     "unseen_accuracy",
+                    "test_int8_accuracy",
+                    "test_accuracy_by_device",
+                    "test_seen_accuracy",
+                    "test_unseen_accuracy",
                 )
             },
         },
@@ -647,6 +652,7 @@ def export_study(
     """
     from nas_asc.export.onnx import require_onnx
     from nas_asc.search.artifacts import study_artifact_store
+    from nas_asc.search.holdout import load_study_data
 
     if not 0.0 <= tolerance_pp < 100.0:
         raise ValueError(f"tolerance_pp must be in [0, 100), got {tolerance_pp}")
@@ -657,7 +663,7 @@ def export_study(
     out_dir = Path(out_dir)
     names = [_folder_name(study.study_name, t.number) for t in selected]
     _check_targets(out_dir, names, overwrite)
-    dataset, data_info = _load_dataset(study, data_root, progress)
+    dataset, data_info, protocol = load_study_data(study, data_root, progress)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -675,7 +681,7 @@ def export_study(
             card, checks, figures = _export_trial(
                 study,
                 trial,
-                dataset,
+                protocol or dataset,
                 data_info,
                 budget,
                 features,

@@ -7,6 +7,11 @@ attributes carry its status (``trained``, ``infeasible`` or ``failed``), complex
 ``(0.0, macs, param_bytes)`` and positive constraints, so Optuna's constraint-aware
 ``study.best_trials`` already leaves them out of the Pareto front.
 
+The objectives and accuracies are measured on the validation split (held-out locations of the
+training data, study attribute ``protocol``). At the end of a search the Pareto trials are
+measured once on the test fold (``test_*`` user attributes, :mod:`nas_asc.search.holdout`), and
+``nas-asc evaluate`` may add seed statistics (``evaluation``); studies measured before lack them.
+
 Example:
     >>> paths = write_report(study, "reports/tfsepnet")  # doctest: +SKIP
     >>> print(format_pareto_table(pareto_frame(study)))  # doctest: +SKIP
@@ -32,6 +37,8 @@ __all__ = [
     "ReportPaths",
     "format_pareto_table",
     "pareto_frame",
+    "pareto_trials",
+    "rank_agreement_line",
     "trials_frame",
     "write_report",
 ]
@@ -47,6 +54,13 @@ _FLOAT_COLUMNS = (
     "int8_log_loss",
     "train_seconds",
 )
+_TEST_COLUMNS = (
+    "test_int8_accuracy",
+    "test_fp32_accuracy",
+    "test_seen_accuracy",
+    "test_unseen_accuracy",
+)
+_EVAL_COLUMNS = ("eval_int8_mean", "eval_int8_std", "eval_unseen_mean", "eval_unseen_std")
 _BASE_COLUMNS = (
     "trial",
     "state",
@@ -96,7 +110,7 @@ def _is_trained_feasible(trial: FrozenTrial) -> bool:
     )
 
 
-def _pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
+def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The Pareto-optimal trials among the complete, trained and feasible ones.
 
     Uses Optuna's constraint-aware ``best_trials``. Should its front contain a trial that is
@@ -138,6 +152,25 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _evaluation_row(evaluation: Any) -> dict[str, Any]:
+    """The ``eval_*`` columns of a trial's ``evaluation`` attribute (mean and std over seeds)."""
+    evaluation = _mapping(evaluation)
+    int8 = _mapping(evaluation.get("int8_accuracy"))
+    unseen = _mapping(evaluation.get("unseen_accuracy"))
+    seeds = _number(evaluation.get("seeds"))
+    return {
+        "eval_int8_mean": _number(int8.get("mean")),
+        "eval_int8_std": _number(int8.get("std")),
+        "eval_unseen_mean": _number(unseen.get("mean")),
+        "eval_unseen_std": _number(unseen.get("std")),
+        "eval_seeds": seeds,
+    }
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of ``study`` (all states).
 
@@ -148,18 +181,23 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         Columns ``trial``, ``state``, ``status``, ``feasible``, ``int8_accuracy``,
         ``fp32_accuracy``, ``macs``, ``param_bytes``, ``params``, ``seen_accuracy``,
         ``unseen_accuracy``, ``int8_log_loss``, ``train_seconds``, ``acc_<device>`` (devices
-        a, b, c, s1..s6, then any others), ``infeasible_reason``, one column per sampled
-        parameter (dotted names, in first-seen order) and ``pareto``. Missing numbers are NaN
-        (``<NA>`` in the integer columns), a missing status or feasibility is ``<NA>``.
+        a, b, c, s1..s6, then any others; these are the validation figures), the test-fold
+        figures ``test_int8_accuracy``, ``test_fp32_accuracy``, ``test_seen_accuracy``,
+        ``test_unseen_accuracy`` and ``test_acc_<device>`` (the same devices), the seed
+        statistics of ``nas-asc evaluate`` ``eval_int8_mean``, ``eval_int8_std``,
+        ``eval_unseen_mean``, ``eval_unseen_std`` and ``eval_seeds``, then
+        ``infeasible_reason``, ``last_accuracy``, one column per sampled parameter (dotted
+        names, in first-seen order) and ``pareto``. Missing numbers are NaN (``<NA>`` in the
+        integer columns), a missing status or feasibility is ``<NA>``.
     """
     trials = study.get_trials(deepcopy=False)
-    pareto = {t.number for t in _pareto_trials(study)} if trials else set()
+    pareto = {t.number for t in pareto_trials(study)} if trials else set()
     devices = list(DEVICES)
     param_names: list[str] = []
     for trial in trials:
-        by_device = trial.user_attrs.get("accuracy_by_device")
-        if isinstance(by_device, Mapping):
-            devices += sorted(str(d) for d in by_device if str(d) not in devices)
+        for key in ("accuracy_by_device", "test_accuracy_by_device"):
+            by_device = _mapping(trial.user_attrs.get(key))
+            devices += sorted({str(d) for d in by_device} - set(devices))
         param_names += [name for name in trial.params if name not in param_names]
 
     rows = []
@@ -179,10 +217,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             if value is None and column == "int8_accuracy" and _status(trial) == "trained":
                 value = values.get(column)
             row[column] = _number(value)
-        by_device = attrs.get("accuracy_by_device")
-        by_device = by_device if isinstance(by_device, Mapping) else {}
+        by_device = _mapping(attrs.get("accuracy_by_device"))
         for device in devices:
             row[f"acc_{device}"] = _number(by_device.get(device))
+        for column in _TEST_COLUMNS:
+            row[column] = _number(attrs.get(column))
+        test_by_device = _mapping(attrs.get("test_accuracy_by_device"))
+        for device in devices:
+            row[f"test_acc_{device}"] = _number(test_by_device.get(device))
+        row.update(_evaluation_row(attrs.get("evaluation")))
         reason = attrs.get("infeasible_reason")
         row["infeasible_reason"] = None if reason is None else str(reason)
         row["last_accuracy"] = _number(attrs.get("last_accuracy"))
@@ -191,9 +234,21 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         row["pareto"] = trial.number in pareto
         rows.append(row)
 
+    float_columns = [
+        *_FLOAT_COLUMNS,
+        "last_accuracy",
+        *(f"acc_{d}" for d in devices),
+        *_TEST_COLUMNS,
+        *(f"test_acc_{d}" for d in devices),
+        *_EVAL_COLUMNS,
+    ]
     columns = [
         *_BASE_COLUMNS,
         *(f"acc_{d}" for d in devices),
+        *_TEST_COLUMNS,
+        *(f"test_acc_{d}" for d in devices),
+        *_EVAL_COLUMNS,
+        "eval_seeds",
         "infeasible_reason",
         "last_accuracy",
         *param_names,
@@ -201,9 +256,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     ]
     frame = pd.DataFrame(rows, columns=columns)
     frame["trial"] = frame["trial"].astype("int64")
-    for column in _INT_COLUMNS:
-        frame[column] = frame[column].round().astype("Int64")
-    for column in (*_FLOAT_COLUMNS, "last_accuracy", *(f"acc_{d}" for d in devices)):
+    for column in (*_INT_COLUMNS, "eval_seeds"):
+        frame[column] = frame[column].astype("float64").round().astype("Int64")
+    for column in float_columns:
         frame[column] = frame[column].astype("float64")
     frame["feasible"] = frame["feasible"].astype("boolean")
     frame["pareto"] = frame["pareto"].astype(bool)
@@ -273,34 +328,113 @@ def _percent(value: Any) -> str:
     return "-" if _missing(value) else f"{100.0 * float(value):.2f}"
 
 
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """``frame[name]`` as floats, all NaN when the frame lacks the column (an older study)."""
+    if name not in frame:
+        return pd.Series(math.nan, index=frame.index, dtype="float64")
+    return pd.to_numeric(frame[name], errors="coerce").astype("float64")
+
+
+def _has_any(frame: pd.DataFrame, name: str) -> bool:
+    return frame is not None and bool(_column(frame, name).notna().any())
+
+
+def format_evaluation(mean: Any, std: Any, seeds: Any) -> str:
+    """Mean and std over seeds in percent with the seed count, e.g. ``43.10 ± 1.20 (3)``.
+
+    ``-`` when the mean is missing; the std or count is left out when it is missing.
+    """
+    if _missing(mean):
+        return "-"
+    text = _percent(mean)
+    if not _missing(std):
+        text += f" ± {_percent(std)}"
+    if not _missing(seeds):
+        text += f" ({int(seeds)})"
+    return text
+
+
+def rank_agreement_line(frame: pd.DataFrame) -> str:
+    """How well the validation ranking of the front predicts its test ranking.
+
+    Args:
+        frame: A ``pareto_frame`` (``int8_accuracy`` on the validation split,
+            ``test_int8_accuracy`` on the test fold).
+
+    Returns:
+        One line with Kendall's tau-b over the rows that have both figures, e.g.
+        ``rank agreement of validation and test int8 accuracy across the front: Kendall tau =
+        0.60 (5 models)``; a line saying tau needs two measured models when fewer have both;
+        ``""`` when no row has a test figure (a study measured before the test fold was).
+    """
+    from nas_asc.search.holdout import kendall_tau
+
+    if frame is None or not _has_any(frame, "test_int8_accuracy"):
+        return ""
+    both = pd.DataFrame(
+        {"val": _column(frame, "int8_accuracy"), "test": _column(frame, "test_int8_accuracy")}
+    ).dropna()
+    prefix = "rank agreement of validation and test int8 accuracy across the front: "
+    n = len(both)
+    if n < 2:
+        return prefix + f"Kendall tau needs at least 2 measured models ({n} measured)"
+    tau = kendall_tau(both["val"].tolist(), both["test"].tolist())
+    if tau is None:
+        return prefix + f"Kendall tau undefined, equal accuracies on one side ({n} models)"
+    return prefix + f"Kendall tau = {tau:.2f} ({n} models)"
+
+
+def _table_columns(frame: pd.DataFrame) -> list[tuple[str, Any]]:
+    """The validation, test and (when any) seed-evaluation columns shared by both tables."""
+    columns: list[tuple[str, Any]] = [
+        ("trial", lambda r: str(int(r["trial"]))),
+        ("val int8 %", lambda r: _percent(r.get("int8_accuracy"))),
+        ("test int8 %", lambda r: _percent(r.get("test_int8_accuracy"))),
+        ("MACs", lambda r: format_macs(r.get("macs"))),
+        ("param bytes", lambda r: format_bytes(r.get("param_bytes"))),
+        ("test seen %", lambda r: _percent(r.get("test_seen_accuracy"))),
+        ("test unseen %", lambda r: _percent(r.get("test_unseen_accuracy"))),
+    ]
+    if _has_any(frame, "eval_int8_mean"):
+        columns.append(
+            (
+                "eval int8 %",
+                lambda r: format_evaluation(
+                    r.get("eval_int8_mean"), r.get("eval_int8_std"), r.get("eval_seeds")
+                ),
+            )
+        )
+    return columns
+
+
 def format_pareto_table(frame: pd.DataFrame) -> str:
     """A fixed-width terminal table of a ``pareto_frame``.
 
     Args:
-        frame: Rows with ``trial``, ``int8_accuracy``, ``macs``, ``param_bytes`` and, when
-            present, ``seen_accuracy`` and ``unseen_accuracy``.
+        frame: Rows with ``trial``, ``int8_accuracy`` (validation), ``macs``, ``param_bytes``
+            and, when present, the test-fold figures ``test_int8_accuracy``,
+            ``test_seen_accuracy``, ``test_unseen_accuracy`` and the seed statistics
+            ``eval_int8_mean``, ``eval_int8_std``, ``eval_seeds``.
 
     Returns:
-        The table (header, rule, one line per trial), or one line saying the front is empty.
+        The table (header ``trial``, ``val int8 %``, ``test int8 %``, ``MACs``,
+        ``param bytes``, ``test seen %``, ``test unseen %``, then ``eval int8 %`` when any row
+        was evaluated; a rule; one line per trial; ``-`` for a missing figure), then, after a
+        blank line, the ``rank_agreement_line`` when there is one; or one line saying the front
+        is empty.
     """
     if frame is None or len(frame) == 0:
         return "Pareto front: empty (no trained trial within the budget yet)"
-    header = ("trial", "int8 acc %", "MACs", "param bytes", "seen %", "unseen %")
-    rows = [
-        (
-            str(int(row["trial"])),
-            _percent(row.get("int8_accuracy")),
-            format_macs(row.get("macs")),
-            format_bytes(row.get("param_bytes")),
-            _percent(row.get("seen_accuracy")),
-            _percent(row.get("unseen_accuracy")),
-        )
-        for _, row in frame.iterrows()
-    ]
+    columns = _table_columns(frame)
+    header = [name for name, _ in columns]
+    rows = [[cell(row) for _, cell in columns] for _, row in frame.iterrows()]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    agreement = rank_agreement_line(frame)
+    if agreement:
+        lines += ["", agreement]
     return "\n".join(lines)
 
 
@@ -387,6 +521,8 @@ def _hover(trial: FrozenTrial, row: Mapping[str, Any]) -> str:
         lines.append(f"int8 accuracy: {_percent(row['int8_accuracy'])} %")
         if not _missing(row.get("fp32_accuracy")):
             lines.append(f"fp32 accuracy: {_percent(row['fp32_accuracy'])} %")
+        if not _missing(row.get("test_int8_accuracy")):
+            lines.append(f"test fold int8 accuracy: {_percent(row['test_int8_accuracy'])} %")
     lines.append(f"MACs: {format_macs(row.get('macs'))}")
     lines.append(f"parameter bytes: {format_bytes(row.get('param_bytes'))}")
     reason = row.get("infeasible_reason")
@@ -600,33 +736,47 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
 def _html_table(front: pd.DataFrame) -> str:
     if len(front) == 0:
         return "<p>The Pareto front is empty: no trained trial within the budget yet.</p>"
-    header = [
-        "trial",
-        "int8 acc %",
-        "fp32 acc %",
-        "MACs",
-        "param bytes",
-        "params",
-        "seen %",
-        "unseen %",
-    ]
-    lines = ["<table><thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>"]
-    lines.append("<tbody>")
+    columns = _table_columns(front)  # plus validation fp32 accuracy and the parameter count
+    after = {name: i for i, (name, _) in enumerate(columns)}
+    columns.insert(
+        after["param bytes"] + 1,
+        ("params", lambda r: "-" if _missing(r.get("params")) else f"{int(r['params']):,}"),
+    )
+    columns.insert(
+        after["test int8 %"] + 1, ("val fp32 %", lambda r: _percent(r.get("fp32_accuracy")))
+    )
+    header = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+    lines = [f"<table><thead><tr>{header}</tr></thead>", "<tbody>"]
     for _, row in front.iterrows():
-        params = row.get("params")
-        cells = [
-            str(int(row["trial"])),
-            _percent(row.get("int8_accuracy")),
-            _percent(row.get("fp32_accuracy")),
-            format_macs(row.get("macs")),
-            format_bytes(row.get("param_bytes")),
-            "-" if _missing(params) else f"{int(params):,}",
-            _percent(row.get("seen_accuracy")),
-            _percent(row.get("unseen_accuracy")),
-        ]
+        cells = [cell(row) for _, cell in columns]
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     lines.append("</tbody></table>")
     return "\n".join(lines)
+
+
+def _protocol_line(study: optuna.Study) -> str:
+    """The study's evaluation protocol in words, e.g. ``validation: 432 clips of 30 locations
+    (0.2 of the training locations, seed 0) from training split fold1; test fold: 1440 clips``;
+    ``-`` when the study does not record one."""
+    protocol = study.user_attrs.get("protocol")
+    if not isinstance(protocol, Mapping):
+        return "-"
+
+    def count(key: str) -> str:
+        value = _number(protocol.get(key))
+        return "?" if not math.isfinite(value) else f"{value:.0f}"
+
+    if protocol.get("validation") == "file":
+        how = f"from {protocol.get('validation_file', 'a file')}"
+    else:
+        fraction = _number(protocol.get("validation_fraction"))
+        how = "?" if not math.isfinite(fraction) else f"{fraction:g}"
+        how += f" of the training locations, seed {protocol.get('validation_seed', '?')}"
+    return (
+        f"validation: {count('validation_clips')} clips of {count('validation_locations')} "
+        f"locations ({how}) from training split {protocol.get('train_split', '?')}; "
+        f"test fold: {count('test_clips')} clips"
+    )
 
 
 def _index_page(
@@ -650,11 +800,21 @@ def _index_page(
         ("trials", f"{len(frame)} ({summary})"),
         ("Pareto-optimal", str(len(front))),
         ("hypervolume", f"{hv:.4f} (reference point: {reference_point(study).describe()})"),
+        ("protocol", _protocol_line(study)),
     ]
+    agreement = rank_agreement_line(front)
+    if agreement:
+        facts.append(("rank agreement", agreement))
     plots = []
     for i, fig in enumerate(f for f in figures if f is not None):
         plots.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    eval_note = (
+        "eval int8 % is the mean &plusmn; std of the int8 accuracy over retrainings with "
+        "different seeds (<code>nas-asc evaluate</code>), seed count in parentheses. "
+        if _has_any(front, "eval_int8_mean")
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>nas-asc report: {html.escape(study.study_name)}</title>
@@ -667,9 +827,11 @@ table.facts td {{ text-align: left; }}
 </style></head>
 <body>
 <h1>nas-asc report: study {html.escape(study.study_name)}</h1>
-<p>Accuracy is the int8 model's top-1 accuracy on the held-out split (locations not seen in
-training; devices s4-s6 never seen). Complexity follows the DCASE Task 1 rule: parameter bytes at
-the stored dtype, MACs of one 1-second inference.</p>
+<p>Accuracy is the int8 model's top-1 accuracy. The objectives and the Pareto front are chosen
+on the validation split (held-out locations of the training data); the test fold
+(fold1_evaluate; devices s4-s6 never seen in training) is measured once, after the search, on
+the Pareto models. {eval_note}Complexity follows the DCASE Task 1 rule: parameter bytes at the
+stored dtype, MACs of one 1-second inference.</p>
 <table class="facts">{rows}</table>
 <h2>Pareto front</h2>
 {_html_table(front)}

@@ -17,19 +17,38 @@ def _device_label(device: str) -> str:
     return f"{device} (unseen)" if device in UNSEEN_DEVICES else device
 
 
+def _device_columns(front: pd.DataFrame, prefix: str) -> list[str]:
+    """The devices (seen, then unseen) with a ``<prefix>acc_<device>`` figure on any row."""
+    devices = (*SEEN_DEVICES, *UNSEEN_DEVICES)
+    return [
+        d
+        for d in devices
+        if f"{prefix}acc_{d}" in front and front[f"{prefix}acc_{d}"].notna().any()
+    ]
+
+
 def device_figure(front: pd.DataFrame) -> Any | None:
     """Heatmap of int8 accuracy per recording device for each Pareto-optimal trial.
 
-    Rows are the Pareto trials (by MACs), columns the devices seen in training (a, b, c, s1-s3),
-    then the unseen ones (s4-s6), then the seen and unseen means. ``None`` if the front is empty.
+    The test-fold figures (``test_acc_<device>``) when any trial has them, else the
+    validation ones (``acc_<device>``). Rows are the Pareto trials (by MACs), columns the
+    devices seen in training (a, b, c, s1-s3), then the unseen ones (s4-s6), then the seen and
+    unseen means; devices without any figure are left out (the validation split holds only
+    devices seen in training). ``None`` if the front is empty.
     """
     import plotly.graph_objects as go
 
     if front is None or len(front) == 0:
         return None
-    devices = [d for d in (*SEEN_DEVICES, *UNSEEN_DEVICES) if f"acc_{d}" in front]
-    columns = [f"acc_{d}" for d in devices] + ["seen_accuracy", "unseen_accuracy"]
-    x = [_device_label(d) for d in devices] + ["seen mean", "unseen mean"]
+    on_test = bool(_device_columns(front, "test_"))
+    prefix, split = ("test_", "test fold") if on_test else ("", "validation split")
+    devices = _device_columns(front, prefix)
+    columns = [f"{prefix}acc_{d}" for d in devices]
+    x = [_device_label(d) for d in devices]
+    for name, label in (("seen_accuracy", "seen mean"), ("unseen_accuracy", "unseen mean")):
+        if f"{prefix}{name}" in front and front[f"{prefix}{name}"].notna().any():
+            columns.append(f"{prefix}{name}")
+            x.append(label)
     rows = front.sort_values(["macs", "param_bytes", "trial"], kind="stable")
     y = [f"trial {int(t)}" for t in rows["trial"]]
     z = [
@@ -53,11 +72,14 @@ def device_figure(front: pd.DataFrame) -> Any | None:
         )
     )
     n_seen = sum(1 for d in devices if d in SEEN_DEVICES)
-    fig.add_vline(x=n_seen - 0.5, line={"color": "black", "width": 2})
+    if n_seen < len(devices):
+        fig.add_vline(x=n_seen - 0.5, line={"color": "black", "width": 2})
+        lines = "left of the line: devices seen in training; right: unseen devices s4-s6"
+    else:
+        lines = "devices seen in training"
     fig.add_vline(x=len(devices) - 0.5, line={"color": "black", "width": 2, "dash": "dot"})
     fig.update_layout(
-        title="int8 accuracy per recording device, Pareto-optimal trials "
-        "(left of the line: devices seen in training; right: unseen devices s4-s6)",
+        title=f"int8 accuracy per recording device on the {split}, Pareto-optimal trials ({lines})",
         template="plotly_white",
         height=max(260, 60 + 40 * len(y)),
         yaxis={"autorange": "reversed"},

@@ -10,7 +10,7 @@ Every trained trial keeps what export needs, so export never retrains:
   rebuilt bit for bit; with quantization-aware training (``"qat"``) they are the fake-quantized
   model's (weights, folded BatchNorm statistics and the learned activation ranges), from which
   the int8 model is converted again, also bit for bit;
-* a **confusion-matrix image** (PNG) of the int8 model on the held-out split, which the Optuna
+* a **confusion-matrix image** (PNG) of the int8 model on the validation split, which the Optuna
   dashboard shows on the trial page.
 
 Both are uploaded with :func:`optuna.artifacts.upload_artifact` to a

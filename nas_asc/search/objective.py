@@ -29,7 +29,7 @@ import optuna
 import torch
 
 from nas_asc.budget import Budget
-from nas_asc.complexity import count
+from nas_asc.complexity import Complexity, count
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
 from nas_asc.errors import DatasetError
@@ -41,8 +41,8 @@ from nas_asc.search.artifacts import (
 )
 from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.space import SearchSpace
-from nas_asc.train.loop import TrainConfig, evaluate, train
-from nas_asc.train.prune import min_complexity, prune_to_fit
+from nas_asc.train.loop import TrainConfig, TrainResult, evaluate, train
+from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
 from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
 
 __all__ = [
@@ -51,7 +51,9 @@ __all__ = [
     "OBJECTIVE_NAMES",
     "DIRECTIONS",
     "TrialError",
+    "Fitted",
     "measure_int8",
+    "train_candidate",
     "retry_history",
     "trial_seed",
 ]
@@ -81,11 +83,17 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 @dataclass
 class SearchContext:
-    """What every trial of a search shares: space, budget, data, teacher, seed."""
+    """What every trial of a search shares: space, budget, data, teacher, seed.
+
+    ``dataset`` is the search view of a :class:`~nas_asc.data.protocol.Protocol` (train: the
+    training part, evaluate: the validation split), so every decision of a trial (objectives,
+    early stopping, normalization, calibration, device simulation) is made without the test
+    fold, which the view does not hold. Anything else is refused.
+    """
 
     space: SearchSpace
     budget: Budget
-    dataset: Any  # nas_asc.data.tau22.TAU22
+    dataset: Any  # nas_asc.data.tau22.TAU22, a search view (Protocol.search_view)
     teacher_logits: torch.Tensor | None
     seed: int = 0
     progress: bool = True
@@ -93,6 +101,15 @@ class SearchContext:
     ir_dir: str | None = None  # impulse-response WAVs for device simulation (None: generated)
     _features: dict[FrontEnd, tuple[FeatureSet, FeatureSet]] = field(default_factory=dict)
     _simulated: dict[FrontEnd, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        role = getattr(self.dataset, "role", None)
+        if role != "search":
+            raise ValueError(
+                f"a search runs on a search view of the dataset (training part and validation "
+                f"split), got a {role!r} dataset; pass make_protocol(dataset, "
+                "ValidationSpec()).search_view() so the test fold stays unread"
+            )
 
     def __getstate__(self) -> dict:
         # sent to worker processes: they load features from the on-disk cache themselves
@@ -115,7 +132,7 @@ class SearchContext:
         return self._simulated[frontend]
 
     def features(self, frontend: FrontEnd) -> tuple[FeatureSet, FeatureSet]:
-        """Train/evaluate features for ``frontend``, computed or loaded once per search."""
+        """Training-part/validation features for ``frontend``, loaded once per search."""
         if frontend not in self._features:
             if len(self._features) >= 2:  # bound memory: keep the two most recent front ends
                 self._features.pop(next(iter(self._features)))
@@ -212,44 +229,26 @@ class Objective:
         simulated = ctx.simulated(frontend) if recipe.devicesim_p > 0 else None
         start = time.perf_counter()
         on_epoch = self._epoch_callback(trial, eval_set, c, recipe.epochs, _describe(cfg))
-        # a candidate to be pruned trains in float first; QAT, if asked, runs in its fine-tuning
-        first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
-        result = train(
+        fitted = train_candidate(
             model,
+            recipe,
             train_set,
-            first,
             ctx.teacher_logits,
-            seed=seed,
+            seed,
+            budget=ctx.budget,
+            complexity=c,
+            shape=shape,
+            prune=prune,
             on_epoch=on_epoch,
             simulated=simulated,
         )
-        pruned = None
-        if prune:
-            pruning = prune_to_fit(
-                model, ctx.budget.fits, shape, ctx.budget.weight_dtype, 1, recipe.prune_min_filters
-            )
-            c = pruning.after
-            pruned = pruning.filters_after
-            trial.set_user_attr("pruning", pruning.to_dict())
+        result, pruned, c = fitted.result, fitted.pruned, fitted.complexity
+        if fitted.pruning is not None:
+            trial.set_user_attr("pruning", fitted.pruning.to_dict())
             self._record_complexity(trial, c)
             for key, value in ctx.budget.constraints(c).items():
                 trial.set_constraint(key, value)
             trial.set_user_attr("feasible", ctx.budget.fits(c))
-            if recipe.prune_finetune_epochs:
-                finetune = dataclasses.replace(
-                    recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0, qat_epochs=None
-                )
-                tuned = train(
-                    model,
-                    train_set,
-                    finetune,
-                    ctx.teacher_logits,
-                    seed=seed + 1,
-                    simulated=simulated,
-                )
-                result.history += [{**h, "phase": "finetune"} for h in tuned.history]
-                result.seconds += tuned.seconds
-                result.qat_model = tuned.qat_model
         fp32, int8, n_calib = measure_int8(model, result, train_set, eval_set, recipe, seed)
         attrs = {
             "status": "trained",
@@ -288,7 +287,7 @@ class Objective:
     def _epoch_callback(
         self, trial: optuna.Trial, eval_set: FeatureSet, c, epochs: int, description: str
     ):
-        """After each epoch: record the held-out accuracy and ask the pruner whether to stop.
+        """After each epoch: record the validation accuracy and ask the pruner whether to stop.
 
         Not after the last epoch: the training is done by then, and stopping would only throw
         away its result.
@@ -311,7 +310,7 @@ class Objective:
                 if self.ctx.progress:
                     print(
                         f"trial {trial.number}: {description} -> stopped after epoch "
-                        f"{epoch + 1} of {epochs} (held-out accuracy {curve[-1]:.1%}, beaten by "
+                        f"{epoch + 1} of {epochs} (validation accuracy {curve[-1]:.1%}, beaten by "
                         "trials of equal or lower complexity at that epoch)",
                         flush=True,
                     )
@@ -345,7 +344,7 @@ class Objective:
             self.ctx.artifact_store,
             attrs["confusion"],
             list(SCENES),
-            f"trial {trial.number}: int8 {attrs['int8_accuracy']:.1%} on held-out locations",
+            f"trial {trial.number}: int8 {attrs['int8_accuracy']:.1%} on the validation split",
         )
 
 
@@ -357,6 +356,66 @@ _CHECKPOINT_METRICS = (
     "seen_accuracy",
     "unseen_accuracy",
 )
+
+
+@dataclass
+class Fitted:
+    """A trained candidate: the training result, its complexity and, if filter-pruned, how."""
+
+    result: TrainResult
+    complexity: Complexity
+    pruning: PruneResult | None = None
+
+    @property
+    def pruned(self) -> dict[str, int] | None:
+        """Filters kept per pruned layer (for the checkpoint), or None."""
+        return None if self.pruning is None else self.pruning.filters_after
+
+
+def train_candidate(
+    model: torch.nn.Module,
+    recipe: TrainConfig,
+    train_set: FeatureSet,
+    teacher_logits: torch.Tensor | None,
+    seed: int,
+    *,
+    budget: Budget,
+    complexity: Complexity,
+    shape: tuple[int, int, int],
+    prune: bool = False,
+    on_epoch=None,
+    simulated=None,
+) -> Fitted:
+    """Train a candidate with its recipe; with ``prune``, then cut its lowest-L1 filters until
+    it fits ``budget`` and fine-tune it (``recipe.prune_finetune_epochs``).
+
+    One procedure for a search trial and for ``nas-asc evaluate``'s retraining. A candidate to
+    be pruned trains in float first; QAT, if asked, runs while it is fine-tuned.
+
+    Args:
+        complexity: the candidate's complexity as built (what a candidate that is not pruned
+            keeps).
+        shape: its input shape, for recounting while pruning.
+    """
+    first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
+    result = train(
+        model, train_set, first, teacher_logits, seed=seed, on_epoch=on_epoch, simulated=simulated
+    )
+    if not prune:
+        return Fitted(result, complexity)
+    floor = recipe.prune_min_filters
+    pruning = prune_to_fit(model, budget.fits, shape, budget.weight_dtype, 1, floor)
+    if recipe.prune_finetune_epochs:
+        finetune = dataclasses.replace(
+            recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0, qat_epochs=None
+        )
+        tuned = train(
+            model, train_set, finetune, teacher_logits, seed=seed + 1, simulated=simulated
+        )
+        result.history += [{**h, "phase": "finetune"} for h in tuned.history]
+        result.seconds += tuned.seconds
+        result.qat_model = tuned.qat_model
+    return Fitted(result, pruning.after, pruning)
 
 
 def measure_int8(model, result, train_set, eval_set, recipe: TrainConfig, seed: int):

@@ -301,13 +301,18 @@ def open_study(
 
 
 def _check_same_settings(
-    study: optuna.Study, space_name: str, budget: Budget, seed: int, fingerprint: str | None
+    study: optuna.Study,
+    space_name: str,
+    budget: Budget,
+    seed: int,
+    fingerprint: str | None,
+    protocol: dict | None = None,
 ) -> None:
-    """Refuse to continue a study with another space, budget, seed or dataset.
+    """Refuse to continue a study with another space, budget, seed, dataset or protocol.
 
-    Sampler, pruner, workers and ``--epochs`` may change between runs of a study; these four may
-    not, or its trials would no longer be comparable (another dataset), reproducible (another
-    seed) or judged alike (another budget).
+    Sampler, pruner, workers and ``--epochs`` may change between runs of a study; these may
+    not, or its trials would no longer be comparable (another dataset or validation split),
+    reproducible (another seed) or judged alike (another budget).
     """
     attrs = study.user_attrs
     if "space" not in attrs:
@@ -330,6 +335,35 @@ def _check_same_settings(
             f"study {study.study_name!r} was run on another dataset ({attrs.get('data')}); "
             "continue it with the same --data and --train-split, or choose a new --study name"
         )
+    if protocol is not None:
+        _check_same_protocol(study, protocol)
+
+
+def _check_same_protocol(study: optuna.Study, protocol: dict) -> None:
+    """Refuse to continue a study on another validation split (or one whose objectives were
+    measured on the test fold, by an nas-asc older than the validation protocol)."""
+    recorded = study.user_attrs.get("protocol")
+    name = study.study_name
+    if not isinstance(recorded, dict):
+        raise NasAscError(
+            f"study {name!r} was run before nas-asc searched on a validation split (its "
+            "objectives read the test fold); choose a new --study name"
+        )
+    keys = ("train_split", "validation", "validation_split")
+    if all(recorded.get(k) == protocol.get(k) for k in keys):
+        return
+    if recorded.get("validation") == "file":
+        was = f"the validation split file {recorded.get('validation_file')}"
+        how = f"--validation-split {recorded.get('validation_file')}"
+    else:
+        fraction = recorded.get("validation_fraction")
+        was = f"--validation {fraction} (seed {recorded.get('validation_seed')})"
+        how = f"--validation {fraction}"
+    raise NasAscError(
+        f"study {name!r} was searched on training split {recorded.get('train_split')} with "
+        f"{was}, another validation split than this one; continue it with --train-split "
+        f"{recorded.get('train_split')} {how} on the same dataset, or choose a new --study name"
+    )
 
 
 def check_existing_study(
@@ -340,11 +374,13 @@ def check_existing_study(
     seed: int,
     fingerprint: str | None,
     artifact_dir: str | Path | None = None,
+    protocol: dict | None = None,
 ) -> str | None:
     """Check, before any expensive work, that an existing study may be continued as asked.
 
     Creates nothing: a missing SQLite file or study is a new study. Raises ``NasAscError`` for a
-    study of another space, budget, seed or dataset, or (``artifact_dir``: given explicitly)
+    study of another space, budget, seed, dataset or validation split (``protocol``:
+    :meth:`~nas_asc.data.protocol.Protocol.identity`), or (``artifact_dir``: given explicitly)
     with another artifact folder.
 
     Returns:
@@ -359,7 +395,7 @@ def check_existing_study(
             study = optuna.load_study(study_name=study_name, storage=store)
         except KeyError:
             return None
-        _check_same_settings(study, space_name, budget, seed, fingerprint)
+        _check_same_settings(study, space_name, budget, seed, fingerprint, protocol)
         recorded = study.user_attrs.get("artifact_dir")
         if recorded and artifact_dir and Path(recorded) != Path(artifact_dir).resolve():
             raise NasAscError(
@@ -412,10 +448,15 @@ def prepare_study(
 ) -> optuna.Study:
     """Create or continue the study and record what it searches (space, budget, data, seed).
 
-    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``) is recorded so that export
-    can re-measure the study's models on the same held-out split. Continuing a study with another
-    space, budget or artifact folder is refused.
+    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``, the teacher and IR
+    sources) is recorded so that the end-of-search measurement, ``evaluate`` and export can
+    rebuild the study's data; its ``protocol`` entry (:meth:`Protocol.to_dict
+    <nas_asc.data.protocol.Protocol.to_dict>`) becomes the study attribute ``protocol``.
+    Continuing a study with another space, budget, seed, dataset, validation split or artifact
+    folder is refused.
     """
+    data_info = dict(data_info or {})
+    protocol = data_info.pop("protocol", None)
     study = open_study(
         settings.study_name,
         settings.storage,
@@ -426,12 +467,16 @@ def prepare_study(
     )
     # one worker at a time checks the recorded settings and records its own
     with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
-        fingerprint = (data_info or {}).get("fingerprint")
-        _check_same_settings(study, context.space.name, context.budget, settings.seed, fingerprint)
+        fingerprint = data_info.get("fingerprint")
+        _check_same_settings(
+            study, context.space.name, context.budget, settings.seed, fingerprint, protocol
+        )
         if settings.artifact_dir:
             study.set_user_attr("artifact_dir", _resolve_artifact_dir(study, context, settings))
         if data_info:
             study.set_user_attr("data_info", data_info)
+        if protocol is not None:
+            study.set_user_attr("protocol", protocol)
         # "space" last: it marks the settings complete (_check_same_settings reads the budget
         # of a study that has a space)
         study.set_user_attr("budget", context.budget.to_dict())
@@ -621,6 +666,7 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
     while stop is None or not stop.is_set():
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             break
+        _beat_for_unbeaten_trials(study)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trials are re-queued
@@ -641,6 +687,35 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
             gc_after_trial=True,
         )
         streak.check()
+
+
+def _beat_for_unbeaten_trials(study: optuna.Study) -> None:
+    """Give a heartbeat, dated now, to every running trial that has none yet.
+
+    A trial is running from the moment Optuna starts it, but its heartbeat thread beats only
+    once its parameters are sampled; a worker killed in between leaves a trial that Optuna
+    never takes for stale (it has no heartbeat to age), and the study would wait for it forever.
+    With this beat it ages like any other: a live worker's own beats follow within a heartbeat,
+    a dead worker's trial is failed and re-queued after the grace period.
+    """
+    from optuna.storages._rdb import models
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
+        return
+    session = backend.scoped_session()
+    try:
+        running = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .all()
+        )
+        unbeaten = [t.trial_id for t in running if not t.heartbeats]
+    finally:
+        session.close()
+    for trial_id in unbeaten:
+        backend.record_heartbeat(trial_id)
 
 
 def _record_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

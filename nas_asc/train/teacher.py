@@ -138,7 +138,7 @@ class TeacherConfig:
 @dataclass
 class TeacherEnsemble:
     logits: torch.Tensor  # (rows of meta.csv, classes), averaged over members; NaN if unused
-    report: dict  # per-member and ensemble accuracy on the evaluate split, config, seconds
+    report: dict  # per-member and ensemble accuracy on the evaluate frame, config, seconds
 
 
 def _cache_path(dataset, config: TeacherConfig):
@@ -233,7 +233,9 @@ def get_teacher(
 
     Returns:
         The averaged logits, indexed by meta.csv row, and a report with every member's and the
-        ensemble's accuracy on the evaluate split.
+        ensemble's accuracy on ``dataset.evaluate``: the validation split of a search view
+        (:meth:`~nas_asc.data.protocol.Protocol.search_view`, on whose training part the
+        members train: what a search distils from), the test fold of the whole dataset.
     """
     from nas_asc.models import create_model
 
@@ -270,9 +272,10 @@ def get_teacher(
             }
         )
         if progress:
+            unseen = "" if ev.unseen_accuracy is None else f", unseen {ev.unseen_accuracy:.1%}"
             print(
-                f"  accuracy {ev.accuracy:.1%} (seen {ev.seen_accuracy:.1%}, "
-                f"unseen {ev.unseen_accuracy or float('nan'):.1%}) in {result.seconds:.0f} s",
+                f"  accuracy {ev.accuracy:.1%} on {_split_name(dataset)} (seen "
+                f"{ev.seen_accuracy:.1%}{unseen}) in {result.seconds:.0f} s",
                 flush=True,
             )
     logits = torch.full((n_rows, N_CLASSES), float("nan"))
@@ -286,9 +289,17 @@ def get_teacher(
         "ensemble": ensemble,
     }
     if progress:
-        print(f"teacher ensemble accuracy {ens_acc:.1%} (cached at {path})", flush=True)
+        print(
+            f"teacher ensemble accuracy {ens_acc:.1%} on {_split_name(dataset)} (cached at {path})",
+            flush=True,
+        )
     save_torch({"logits": logits, "report": report}, path)
     return TeacherEnsemble(logits, report)
+
+
+def _split_name(dataset) -> str:
+    """What ``dataset.evaluate`` is: the validation split of a search view, else the test fold."""
+    return "the validation split" if getattr(dataset, "role", None) == "search" else "the test fold"
 
 
 def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
