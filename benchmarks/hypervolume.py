@@ -9,8 +9,9 @@ hypervolume after every trial for the medians, and the ratio of medians.
     python benchmarks/hypervolume.py                       # tfsepnet, 12 trials, seeds 0 1 2
     python benchmarks/hypervolume.py --trials 20 --epochs 3 --space tfsepnet
 
-Every study is a real search (training, int8 quantization, held-out evaluation); the studies are
-kept in ``--out`` (default: a temporary folder) for inspection with ``nas-asc report --storage``.
+Every study is a real search (training, int8 quantization, evaluation on the validation split);
+the studies are kept in ``--out`` (default: a temporary folder) for inspection with ``nas-asc
+report --storage``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from nas_asc.budget import parse_budget
+from nas_asc.data.protocol import ValidationSpec, make_protocol
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
 from nas_asc.report.hypervolume import hypervolume_history
@@ -51,7 +53,6 @@ def main() -> None:
     if args.epochs:
         space = space.with_max_epochs(args.epochs)
     dataset = load_tau22(default_dataset(progress=False))
-    teacher = get_teacher(dataset, progress=False)
     budget = parse_budget(None)
     print(
         f"space {space.name}, {args.trials} trials per study, seeds {args.seeds}, "
@@ -61,9 +62,14 @@ def main() -> None:
     final: dict[str, list[float]] = {s: [] for s in args.samplers}
     curves: dict[str, list[list[float]]] = {s: [] for s in args.samplers}
     for seed in args.seeds:
+        # as nas-asc search does: the validation split and its teacher follow the study seed
+        search_data = make_protocol(dataset, ValidationSpec(seed=seed)).search_view()
+        teacher = get_teacher(search_data, progress=False)
         for sampler in args.samplers:
             name = f"hv-{space.name}-{sampler}-seed{seed}"
-            context = SearchContext(space, budget, dataset, teacher.logits, seed, progress=False)
+            context = SearchContext(
+                space, budget, search_data, teacher.logits, seed, progress=False
+            )
             settings = SearchSettings(
                 name,
                 f"sqlite:///{out / (name + '.db')}",

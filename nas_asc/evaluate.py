@@ -68,38 +68,6 @@ def summarize_runs(runs: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-def _select(study: optuna.Study, numbers: Sequence[int] | None) -> list:
-    from nas_asc.report.pareto import pareto_trials
-
-    if numbers is None:
-        chosen = sorted(pareto_trials(study), key=lambda t: t.number)
-        if not chosen:
-            raise NasAscError(
-                f"study {study.study_name!r} has no Pareto-optimal trained trial to evaluate; "
-                "run the search further or pass --trials"
-            )
-        return chosen
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen = []
-    for n in dict.fromkeys(numbers):
-        trial = trials.get(n)
-        if trial is None:
-            raise NasAscError(
-                f"study {study.study_name!r} has no trial {n} (it has {len(trials)} trials, "
-                f"numbered 0-{len(trials) - 1})"
-            )
-        if trial.user_attrs.get("status") != "trained" or "checkpoint_artifact" not in (
-            trial.user_attrs
-        ):
-            raise NasAscError(
-                f"trial {n} of study {study.study_name!r} is "
-                f"{trial.user_attrs.get('status', trial.state.name.lower())}, not a trained trial "
-                "with a checkpoint; evaluate trained trials (see nas-asc report)"
-            )
-        chosen.append(trial)
-    return chosen
-
-
 class _Teacher:
     """The study's teacher, on the whole training split, made only if a recipe distils."""
 
@@ -149,14 +117,14 @@ def evaluate_study(
     from nas_asc.complexity import count
     from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.models import create_model
-    from nas_asc.search.artifacts import load_checkpoint, study_artifact_store
+    from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
     from nas_asc.search.holdout import load_study_data, reload, set_finished_trial_attrs
     from nas_asc.search.objective import measure_int8, train_candidate
     from nas_asc.train.loop import TrainConfig
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NasAscError(f"--seeds must be a positive integer, got {seeds!r}")
-    chosen = _select(study, trials)
+    chosen = select_trials(study, trials, "evaluate")
     study_artifact_store(study)  # a missing artifact folder fails before any work
     budget = Budget(**study.user_attrs["budget"])
     study_seed = int(study.user_attrs.get("seed", 0))

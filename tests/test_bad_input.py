@@ -439,6 +439,19 @@ CASES = [
         ("no study database studies/nope.db", "nas-asc search --study nope"),
     ),
     (
+        "evaluate-unknown-study",
+        None,
+        ["evaluate", "--study", "nope"],
+        ("no study database studies/nope.db", "nas-asc search --study nope"),
+    ),
+    (
+        "evaluate-absent-trial",
+        _nas_asc_study,
+        ["evaluate", "--study", "s", "--storage", "sqlite:///db/s.db", "--trials", "7"],
+        ("has no trial 7 (trials: none)", "evaluate the Pareto set"),
+    ),
+    ("evaluate-zero-seeds", None, ["evaluate", "--study", "s", "--seeds", "0"], ("--seeds",)),
+    (
         "export-absent-trial",
         _nas_asc_study,
         ["export", "--study", "s", "--storage", "sqlite:///db/s.db", "--out", "x", "--trials", "7"],

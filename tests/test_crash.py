@@ -8,6 +8,7 @@ passes its integrity check, and that the feature and teacher caches still verify
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sqlite3
@@ -59,19 +60,21 @@ def _states(db: Path) -> list[tuple[int, str]]:
             return []
 
 
-def _fresh_running(db: Path) -> bool:
-    """Whether a trial that is not the retry of a killed one is running."""
+def _fresh_running(db: Path, leftovers: set[int]) -> bool:
+    """Whether a trial that is not the retry of a killed one, nor left behind by a killed worker
+    (``leftovers``: trials that existed when this worker started), has been running for a
+    second: training, well inside a trial that takes seconds."""
     with sqlite3.connect(db, timeout=30) as con:
         try:
-            return bool(
-                con.execute(
-                    "SELECT 1 FROM trials t WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 "
-                    "FROM trial_system_attributes a WHERE a.trial_id = t.trial_id AND "
-                    "a.key = 'retry_history')"
-                ).fetchall()
-            )
+            rows = con.execute(
+                "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 "
+                "FROM trial_system_attributes a WHERE a.trial_id = t.trial_id AND "
+                "a.key = 'retry_history') AND t.datetime_start < ?",
+                (str(datetime.datetime.now() - datetime.timedelta(seconds=1)),),
+            ).fetchall()
         except sqlite3.OperationalError:  # tables not created yet
             return False
+    return any(number not in leftovers for (number,) in rows)
 
 
 def _kill_mid_trial(proc: subprocess.Popen, db: Path, min_complete: int) -> None:
@@ -82,12 +85,12 @@ def _kill_mid_trial(proc: subprocess.Popen, db: Path, min_complete: int) -> None
     trial that reliably kills its worker, e.g. out of memory, cannot stall a search;
     ``test_faults`` covers that path.)
     """
+    leftovers = {number for number, _ in _states(db)}
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         states = [s for _, s in _states(db)]
-        if states.count("COMPLETE") >= min_complete and _fresh_running(db):
-            time.sleep(0.3)  # well inside a trial that takes seconds
+        if states.count("COMPLETE") >= min_complete and _fresh_running(db, leftovers):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             return

@@ -317,6 +317,17 @@ def test_cli_ray_backend_continues_a_study_the_optuna_backend_began(
     assert (tmp_path / "reports" / "tiny-ray-cli" / "index.html").is_file()
     # the optuna backend's trial ran in this process, the Ray ones in Ray workers
     assert trials[0].user_attrs["worker"] != trials[1].user_attrs["worker"]
+    # the front was measured on the test fold once the Ray search ended (trial 0 also when the
+    # first search ended, which it may since have left)
+    measured = {t.number for t in trials if "test_int8_accuracy" in t.user_attrs}
+    assert {t.number for t in study.best_trials} <= measured
+
+    # the reports' final protocol works on a study the Ray backend filled
+    ray_trial = trials[1].number  # run by a Ray worker
+    argv = ["-q", "evaluate", "--study", "tiny-ray-cli", "--storage", "sqlite:///s.db"]
+    assert main([*argv, "--seeds", "1", "--trials", str(ray_trial)]) == 0
+    evaluated = optuna.load_study(study_name="tiny-ray-cli", storage="sqlite:///s.db")
+    assert evaluated.trials[ray_trial].user_attrs["evaluation"]["seeds"] == 1
 
 
 def test_ray_search_refuses_a_cluster_it_cannot_reach(context, tmp_path):

@@ -122,12 +122,13 @@ def test_a_fatal_error_in_one_worker_stops_the_search_in_one_line(tiny_root, tmp
         if os.environ.get("NAS_ASC_REQUIRE_POSTGRES"):
             pytest.fail("NAS_ASC_REQUIRE_POSTGRES is set but NAS_ASC_TEST_POSTGRES is not")
         pytest.skip("no PostgreSQL server (set NAS_ASC_TEST_POSTGRES; .ci/postgres.sh starts one)")
+    from nas_asc.data.protocol import ValidationSpec, make_protocol
     from nas_asc.data.tau22 import load_tau22
 
     monkeypatch.setenv("NAS_ASC_CACHE", str(tmp_path / "cache"))  # no cached features to use
     data = tmp_path / "data"
     shutil.copytree(tiny_root, data)
-    dataset = load_tau22(data)
+    dataset = make_protocol(load_tau22(data), ValidationSpec()).search_view()
     for wav in (data / "audio").glob("*.wav"):
         wav.write_bytes(b"")
     feasible = {**SPACE, "dimensions": {"model.width": {"type": "int", "low": 8, "high": 16}}}

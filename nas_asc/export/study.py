@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import os
 import re
 import shutil
@@ -117,48 +116,6 @@ class ExportError(NasAscError):
 def _folder_name(study_name: str, trial: int) -> str:
     safe = re.sub(r"[^0-9A-Za-z._-]+", "_", study_name).strip("._") or "study"
     return f"{safe}-trial{trial}"
-
-
-def _select_trials(study: optuna.Study, trials: Sequence[int] | None) -> list[Any]:
-    from nas_asc.report.pareto import pareto_frame
-
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if trials is None:
-        chosen = [int(n) for n in pareto_frame(study)["trial"]]
-        if not chosen:
-            raise NasAscError(
-                f"study {study.study_name!r} has no trained trial within its budget, so its "
-                "Pareto set is empty; run more trials, or name trials with --trials"
-            )
-    else:
-        if len(trials) == 0:
-            raise NasAscError(
-                "no trial numbers given; name trials (e.g. --trials 3,5) or leave out --trials "
-                "to export the Pareto set"
-            )
-        chosen: list[int] = []
-        for n in trials:
-            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-                raise NasAscError(f"trial numbers must be integers, got {n!r}; e.g. --trials 3,5")
-            if int(n) not in chosen:
-                chosen.append(int(n))
-    selected = []
-    for n in chosen:
-        trial = by_number.get(n)
-        if trial is None:
-            known = f"0-{max(by_number)}" if by_number else "none"
-            raise NasAscError(
-                f"study {study.study_name!r} has no trial {n} (trials: {known}); pick trial "
-                "numbers from the report, or leave out --trials to export the Pareto set"
-            )
-        if not trial.user_attrs.get("checkpoint_artifact"):
-            status = trial.user_attrs.get("status", trial.state.name.lower())
-            raise NasAscError(
-                f"trial {n} of study {study.study_name!r} has no checkpoint (status: {status}); "
-                "only trained trials can be exported, e.g. the Pareto set (leave out --trials)"
-            )
-        selected.append(trial)
-    return selected
 
 
 def _study_budget(study: optuna.Study):
@@ -651,13 +608,13 @@ def export_study(
         >>> results = export_study(study, "exports", trials=[3, 5])  # doctest: +SKIP
     """
     from nas_asc.export.onnx import require_onnx
-    from nas_asc.search.artifacts import study_artifact_store
+    from nas_asc.search.artifacts import select_trials, study_artifact_store
     from nas_asc.search.holdout import load_study_data
 
     if not 0.0 <= tolerance_pp < 100.0:
         raise ValueError(f"tolerance_pp must be in [0, 100), got {tolerance_pp}")
     require_onnx()
-    selected = _select_trials(study, trials)
+    selected = select_trials(study, trials, "export")
     study_artifact_store(study)  # a missing artifact folder fails here, before any work
     budget = _study_budget(study)
     out_dir = Path(out_dir)

@@ -589,7 +589,10 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
         cols=2,
         shared_yaxes=True,
         horizontal_spacing=0.06,
-        subplot_titles=("int8 accuracy vs MACs", "int8 accuracy vs parameter bytes"),
+        subplot_titles=(
+            "validation int8 accuracy vs MACs",
+            "validation int8 accuracy vs parameter bytes",
+        ),
     )
     accuracies = [100.0 * r["int8_accuracy"] for r in trained]
     y_top = max([*accuracies, 10.0]) * 1.08
@@ -717,7 +720,9 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
                 col=col,
             )
         fig.update_xaxes(title_text=f"{label} (log scale)", type="log", row=1, col=col)
-    fig.update_yaxes(title_text="int8 accuracy (%)", range=[-3.0, y_top * 1.05], row=1, col=1)
+    fig.update_yaxes(
+        title_text="int8 accuracy, validation (%)", range=[-3.0, y_top * 1.05], row=1, col=1
+    )
 
     title = f"Study {study.study_name}: {len(trained)} trained, {len(front)} Pareto-optimal, "
     title += f"{len(infeasible)} infeasible, {len(pruned)} pruned, {n_failed} failed"

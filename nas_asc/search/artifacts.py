@@ -24,8 +24,10 @@ machines must share that folder (or pass the same ``--artifacts`` path on a shar
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "save_confusion_image",
+    "select_trials",
 ]
 
 CHECKPOINT_FORMAT = "nas-asc-checkpoint/1"
@@ -316,3 +319,47 @@ def save_confusion_image(
         )
     trial.set_user_attr("confusion_artifact", artifact_id)
     return artifact_id
+
+
+def select_trials(study: optuna.Study, trials: Sequence[int] | None, verb: str) -> list[Any]:
+    """The trials to ``verb`` (export, evaluate): ``trials`` by number, each trained with a
+    checkpoint, or the Pareto set when None. Raises ``NasAscError`` naming the bad number."""
+    from nas_asc.report.pareto import pareto_frame
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trials is None:
+        chosen = [int(n) for n in pareto_frame(study)["trial"]]
+        if not chosen:
+            raise NasAscError(
+                f"study {study.study_name!r} has no trained trial within its budget, so its "
+                "Pareto set is empty; run more trials, or name trials with --trials"
+            )
+    else:
+        if len(trials) == 0:
+            raise NasAscError(
+                "no trial numbers given; name trials (e.g. --trials 3,5) or leave out --trials "
+                f"to {verb} the Pareto set"
+            )
+        chosen: list[int] = []
+        for n in trials:
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+                raise NasAscError(f"trial numbers must be integers, got {n!r}; e.g. --trials 3,5")
+            if int(n) not in chosen:
+                chosen.append(int(n))
+    selected = []
+    for n in chosen:
+        trial = by_number.get(n)
+        if trial is None:
+            known = f"0-{max(by_number)}" if by_number else "none"
+            raise NasAscError(
+                f"study {study.study_name!r} has no trial {n} (trials: {known}); pick trial "
+                f"numbers from the report, or leave out --trials to {verb} the Pareto set"
+            )
+        if not trial.user_attrs.get("checkpoint_artifact"):
+            status = trial.user_attrs.get("status", trial.state.name.lower())
+            raise NasAscError(
+                f"trial {n} of study {study.study_name!r} has no checkpoint (status: {status}); "
+                f"only trained trials have one to {verb}, e.g. the Pareto set (leave out --trials)"
+            )
+        selected.append(trial)
+    return selected

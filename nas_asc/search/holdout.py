@@ -36,6 +36,7 @@ __all__ = [
     "kendall_tau",
     "load_study_data",
     "measure_front",
+    "measure_trials",
     "rank_agreement",
     "reload",
     "set_finished_trial_attrs",
@@ -122,23 +123,30 @@ def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optun
     Returns:
         The study, loaded again so that the new attributes show.
     """
-    from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.report.pareto import pareto_trials
-    from nas_asc.search.artifacts import load_checkpoint
-    from nas_asc.train.loop import evaluate
 
     todo = [t for t in pareto_trials(study) if "test_int8_accuracy" not in t.user_attrs]
     if not todo:
         return study
-    view = protocol.test_view()
     if progress:
         print(
-            f"\ntest fold: measuring {len(todo)} Pareto model(s) on {len(view.evaluate):,} clips "
+            f"\ntest fold: measuring {len(todo)} Pareto model(s) on {len(protocol.test):,} clips "
             "(once, after the search)",
             flush=True,
         )
+    return measure_trials(study, protocol, todo, progress)
+
+
+def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True) -> optuna.Study:
+    """Measure ``trials`` (trained, with checkpoints) on the test fold and store the figures
+    (:data:`TEST_ATTRS`); the study, loaded again, is returned."""
+    from nas_asc.data.features import FrontEnd, load_features
+    from nas_asc.search.artifacts import load_checkpoint
+    from nas_asc.train.loop import evaluate
+
+    view = protocol.test_view()
     features: dict[FrontEnd, Any] = {}
-    for trial in sorted(todo, key=lambda t: t.number):
+    for trial in sorted(trials, key=lambda t: t.number):
         ckpt = load_checkpoint(study, trial)
         frontend = FrontEnd(**ckpt.frontend)
         if frontend not in features:
@@ -161,7 +169,7 @@ def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optun
         if progress:
             unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
             print(
-                f"trial {trial.number}: int8 {int8.accuracy:.1%} on the test fold (validation "
+                f"  trial {trial.number}: int8 {int8.accuracy:.1%} on the test fold (validation "
                 f"{trial.user_attrs.get('int8_accuracy', float('nan')):.1%}; unseen devices "
                 f"{unseen})",
                 flush=True,
