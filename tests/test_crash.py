@@ -30,7 +30,7 @@ name: crash
 model: tfsepnet
 fixed:
   frontend: {n_mels: 32}
-  train: {batch_size: 8, lr: 0.01, epochs: 24, kd_lambda: 0.3}
+  train: {batch_size: 8, lr: 0.01, epochs: 12, kd_lambda: 0.3}
 dimensions:
   model.width: {type: int, low: 8, high: 16, step: 4}
   train.mixstyle_p: {type: float, low: 0.0, high: 0.5}
