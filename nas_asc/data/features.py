@@ -210,17 +210,16 @@ def load_features(
     Features are normalized by the mean and standard deviation of the ``train`` frame (one
     scalar each), which the deployed front end applies as well.
     """
-    groups = {
-        source: _cached_logmel(dataset, source, frontend, progress)
-        for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source))
-    }
+    groups = {}  # source -> (row of each clip name, log-mels)
+    for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source)):
+        filenames, feats = _cached_logmel(dataset, source, frontend, progress)
+        groups[source] = ({name: i for i, name in enumerate(filenames)}, feats)
     splits = []
     for frame, source in (
         (dataset.train, dataset.train_source),
         (dataset.evaluate, dataset.evaluate_source),
     ):
-        filenames, feats = groups[source]
-        index = {name: i for i, name in enumerate(filenames)}
+        index, feats = groups[source]
         idx = torch.tensor([index[name] for name in frame.filename], dtype=torch.long)
         splits.append((frame, feats[idx].float()))
     train_x = splits[0][1]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -204,10 +205,11 @@ def read_validation_file(path: str | Path, dataset: TAU22, what: str) -> np.ndar
 
 def _check_both_sides(train: pd.DataFrame, mask: np.ndarray, what: str) -> None:
     """Every scene of the training split keeps clips in validation and in training."""
+    scenes = set(train["scene_label"])
     for side, keep in (("training", ~mask), ("validation", mask)):
         present = set(train.loc[keep, "scene_label"])
         for scene in SCENES:
-            if scene in set(train["scene_label"]) and scene not in present:
+            if scene in scenes and scene not in present:
                 raise DatasetError(
                     f"{what} leaves scene {scene!r} without clips on the {side} side; every "
                     "scene needs clips on both sides"
@@ -244,21 +246,23 @@ class Protocol:
     def test(self) -> pd.DataFrame:
         return self.dataset.evaluate
 
+    @cached_property
     def _split_key(self) -> str:
+        """Content hash of the validation clips' names: what identifies the split."""
         names = "\n".join(sorted(self.validation["filename"]))
         return hashlib.sha256(names.encode()).hexdigest()[:16]
 
     def search_view(self) -> TAU22:
         """Train: the training part; evaluate: the validation split. No test clip in it."""
         key = content_key(
-            "search", self.dataset.sources["train"][0], self.train_split, self._split_key()
+            "search", self.dataset.sources["train"][0], self.train_split, self._split_key
         )
         return self.dataset.view(self.fit, self.validation, "train", "search", key)
 
     def test_view(self) -> TAU22:
         """Train: the training part (the same normalization and calibration clips as the
         search); evaluate: the test fold."""
-        key = content_key("test", self.dataset.fingerprint, self._split_key())
+        key = content_key("test", self.dataset.fingerprint, self._split_key)
         return self.dataset.view(self.fit, self.test, "evaluate", "test", key)
 
     def final_view(self) -> TAU22:
@@ -280,7 +284,7 @@ class Protocol:
         }
 
     def identity(self) -> dict:
-        out: dict = {"train_split": self.train_split, "validation_split": self._split_key()}
+        out: dict = {"train_split": self.train_split, "validation_split": self._split_key}
         if self.spec.file is not None:
             out["validation"] = "file"
         else:
