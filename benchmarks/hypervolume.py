@@ -29,9 +29,11 @@ from nas_asc.data.protocol import ValidationSpec, make_protocol
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
 from nas_asc.report.hypervolume import hypervolume_history
+from nas_asc.search.backend import run_search
 from nas_asc.search.objective import SearchContext
-from nas_asc.search.optuna_backend import SearchSettings, run_search, trial_counts
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import load_space
+from nas_asc.search.study import trial_counts
 from nas_asc.train.teacher import get_teacher
 
 

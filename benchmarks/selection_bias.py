@@ -35,9 +35,10 @@ from nas_asc.data.protocol import ValidationSpec, make_protocol
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
 from nas_asc.search.artifacts import open_artifact_store
+from nas_asc.search.backend import run_search
 from nas_asc.search.holdout import kendall_tau, measure_trials
 from nas_asc.search.objective import SearchContext
-from nas_asc.search.optuna_backend import SearchSettings, run_search
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import load_space
 from nas_asc.train.teacher import get_teacher
 

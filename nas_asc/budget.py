@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, replace
 
+from nas_asc._registry import split_items
 from nas_asc.errors import BudgetError
 
 __all__ = ["Budget", "PRESETS", "DEFAULT_BUDGET", "parse_budget"]
@@ -101,7 +102,8 @@ def parse_budget(spec: str | None) -> Budget:
     if spec is None or not spec.strip():
         return DEFAULT_BUDGET
     budget, preset, overrides = DEFAULT_BUDGET, None, {}
-    for i, part in enumerate(p.strip() for p in spec.split(",")):
+    # values carry unit suffixes (64k, 30M), not YAML: only the item splitting of parse_spec fits
+    for i, part in enumerate(split_items(spec)):
         if "=" not in part:
             if i != 0:
                 raise BudgetError(f"budget preset {part!r} must come first in {spec!r}")

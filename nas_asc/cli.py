@@ -27,11 +27,53 @@ DEFAULT_TRIALS = 12
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (with where to find help), not a usage block."""
+    """argparse, but a usage error is one line (with where to find help), not a usage block.
+
+    ``epilog_fn`` builds the epilog when help is shown (listing the spaces and families imports
+    the models, which a command that only runs should not wait for).
+    """
+
+    epilog_fn = None
 
     def error(self, message: str):  # type: ignore[override]
         # every error line starts "nas-asc: error:", also a subcommand's ("see" names it)
         self.exit(2, f"nas-asc: error: {message} (see {self.prog} --help)\n")
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+def _spaces_epilog() -> str:
+    from nas_asc.search.space import list_spaces
+
+    return (
+        f"search spaces: {', '.join(list_spaces())} (or a path to a YAML file); "
+        f"model families: {_families()}"
+    )
+
+
+def _families_epilog() -> str:
+    return f"model families: {_families()}"
+
+
+def _families() -> str:
+    from nas_asc.models import list_models
+
+    return ", ".join(list_models())
+
+
+def _threads(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected auto or a positive integer, got {text!r}")
+    return str(value)
 
 
 def _positive_int(text: str) -> int:
@@ -104,13 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nas-asc {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show Optuna's own log lines"
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
 
-    p = sub.add_parser("search", help="run (or continue) a search and write its report")
+    p = sub.add_parser(
+        "search",
+        help="run (or continue) a search and write its report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.epilog_fn = _spaces_epilog
     p.add_argument(
-        "--space", required=True, help="search space name (search_spaces/NAME.yaml) or path"
+        "--space",
+        required=True,
+        help="search space: a name (listed below; ./search_spaces/NAME.yaml first) or a YAML path",
     )
     p.add_argument("--study", help="study name (default: the space name)")
     p.add_argument(
@@ -165,10 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=("optuna", "ray"),
         default="optuna",
-        help="optuna: trials run in this process (or --workers processes sharing a database); "
-        "ray: trials run as Ray Tune trials, locally or on a cluster (pip install 'ray[tune]')",
+        metavar="NAME",
+        help="optuna (default): trials run in this process (or --workers processes sharing a "
+        "database); ray: trials run as Ray Tune trials, locally or on a cluster "
+        "(pip install 'ray[tune]')",
     )
     p.add_argument(
         "--workers",
@@ -184,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--sampler",
-        choices=("tpe", "random"),
         default="tpe",
-        help="tpe: multivariate, constraint-aware TPE (default); random: uniform sampling",
+        metavar="NAME[:K=V,...]",
+        help="tpe: multivariate, constraint-aware TPE (default; e.g. tpe:n_startup_trials=8); "
+        "random: uniform sampling",
     )
     p.add_argument(
         "--pruner",
@@ -197,6 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
         "dominance:reduction_factor=3,min_peers=3,min_epochs=2); none: train every trial fully",
     )
     p.add_argument(
+        "--threads",
+        type=_threads,
+        default="auto",
+        metavar="auto|N",
+        help="torch threads per trial: auto (default) uses the cores other processes leave "
+        "free, re-measured every epoch; N fixes them, and with them the float rounding, so "
+        "figures repeat exactly at the same N",
+    )
+    p.add_argument(
         "--heartbeat",
         type=_positive_int,
         default=30,
@@ -205,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("complexity", help="count parameters, parameter bytes and MACs of a model")
-    p.add_argument("model", help="registered model family, e.g. tfsepnet")
+    p.epilog_fn = _families_epilog
+    p.add_argument("model", help="registered model family (listed below), e.g. tfsepnet")
     p.add_argument(
         "--set",
         action="append",
@@ -385,89 +449,11 @@ def _load_dataset(data: Path | None, train_split: str, progress: bool):
     return load_tau22(data, train_split=train_split), str(Path(data).resolve())
 
 
-def _writable_dir(path: Path, what: str) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NasAscError(
-            f"cannot create {what} folder {path}: {exc.strerror}; choose another"
-        ) from None
-    if not os.access(path, os.W_OK):
-        raise NasAscError(f"{what} folder {path} is not writable; choose another")
-    return path
-
-
-def _check_creatable(path: Path, what: str, flag: str) -> None:
-    """Refuse, before any work and creating nothing, a folder that could not be created later.
-
-    The nearest existing ancestor of ``path`` must be a writable folder (root may write
-    anywhere, but not below a regular file).
-    """
-    path = Path(path)
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NasAscError(
-            f"cannot create {what} folder {path}: {probe} is a file, not a folder; "
-            f"choose another {flag}"
-        )
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise NasAscError(
-            f"cannot create {what} folder {path}: {probe} is not writable; choose another {flag}"
-        )
-
-
-def _safe_url(url: str) -> str:
-    """``url`` with any password masked, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: show it as given
-        return url
-
-
-def _check_storage(url: str) -> None:
-    """Fail in one line, before the dataset is loaded or a teacher trained, if the study storage
-    cannot be opened. Creates nothing: an SQLite file's folder is checked (connecting would
-    create the file); a database server is connected to once, with a short timeout."""
-    if url.startswith("sqlite:"):
-        from nas_asc.search.optuna_backend import sqlite_path
-
-        db = sqlite_path(url)
-        if db is not None:
-            _check_creatable(db.parent, "studies", "--storage")
-        return
-    import sqlalchemy
-
-    shown = _safe_url(url)
-    engine = None
-    try:
-        connect_args = {"connect_timeout": 10} if url.startswith(("postgresql", "mysql")) else {}
-        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
-        with engine.connect():
-            pass
-    except ImportError as exc:
-        raise NasAscError(
-            f"cannot open study storage {shown}: its database driver is not installed ({exc}); "
-            "install it (PostgreSQL: pip install 'psycopg[binary]')"
-        ) from None
-    except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs one line
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NasAscError(
-            f"cannot open study storage {shown}: {detail}; check the URL (e.g. "
-            "postgresql://user@host/db) and that the database server is running"
-        ) from None
-    finally:
-        if engine is not None:
-            engine.dispose()
-
-
 def _write_report(study, reports: Path, quiet: bool):
+    from nas_asc._paths import writable_dir
     from nas_asc.report.pareto import format_pareto_table, pareto_frame, write_report
 
-    out = _writable_dir(reports / study.study_name, "reports")
+    out = writable_dir(reports / study.study_name, "reports")
     paths = write_report(study, out)
     print(
         "\nPareto front (chosen on the validation split: int8 accuracy vs MACs vs parameter "
@@ -487,21 +473,25 @@ def _protocol(dataset, args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from nas_asc._paths import check_creatable, writable_dir
     from nas_asc.budget import parse_budget
     from nas_asc.data.protocol import ValidationSpec
+    from nas_asc.progress import ConsoleReporter, Reporter, format_duration
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
+    from nas_asc.search.backend import create_backend
     from nas_asc.search.holdout import measure_front
     from nas_asc.search.objective import SearchContext
-    from nas_asc.search.optuna_backend import (
-        SearchSettings,
+    from nas_asc.search.settings import SearchSettings
+    from nas_asc.search.space import load_space
+    from nas_asc.search.study import (
         check_existing_study,
-        check_parallel_storage,
+        check_storage,
         default_storage,
-        run_search,
+        safe_url,
         trial_counts,
     )
-    from nas_asc.search.pruning import create_pruner
-    from nas_asc.search.space import load_space
     from nas_asc.train.teacher import get_teacher
 
     started = time.perf_counter()
@@ -510,8 +500,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
-    create_pruner(args.pruner)  # a bad pruner spec fails now, not after the data is loaded
-    ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed too
+    ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed fails now
     if args.validation_split is not None and not args.validation_split.is_file():
         raise NasAscError(
             f"--validation-split {args.validation_split} is not a file; pass a TAB-separated "
@@ -519,27 +508,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
     study_name = args.study or space.name
     storage = args.storage or default_storage(study_name)
-    if args.ray_address and args.backend != "ray":
-        raise NasAscError("--ray-address needs --backend ray")
-    if args.backend == "ray":
-        from nas_asc.search.ray_backend import check_ray_address, require_ray
-
-        require_ray()  # a missing Ray is reported before any work
-        if args.ray_address:
-            if storage.startswith("sqlite:"):
-                raise NasAscError(
-                    "--ray-address runs trials on the cluster's nodes, which cannot share a "
-                    "SQLite file; pass --storage postgresql://USER@HOST/DB that every node "
-                    "reaches"
-                )
-            check_ray_address(args.ray_address)
-    if args.backend == "optuna":
-        check_parallel_storage(storage, args.workers)
-    # every output is checked before the dataset is loaded or a teacher trained
-    _check_storage(storage)
-    _check_creatable(args.reports, "reports", "--reports")
+    # the settings, parsed once (sampler and pruner specs become instances) and checked by the
+    # backend that will run them, before the data is loaded or a teacher trained
+    backend = create_backend(args.backend, address=args.ray_address)
+    settings = SearchSettings(
+        study_name,
+        storage,
+        args.trials,
+        args.timeout,
+        args.seed,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
+        artifact_dir_explicit=args.artifacts is not None,
+        # auto: each trial's share of the cores, lowered to what other processes leave free
+        threads=None if args.threads == "auto" else int(args.threads),
+        adapt_threads=args.threads == "auto",
+    )
+    backend.check(settings)
+    check_storage(storage)
+    check_creatable(args.reports, "reports", "--reports")
     if args.artifacts is not None:
-        _check_creatable(args.artifacts, "artifacts", "--artifacts")
+        check_creatable(args.artifacts, "artifacts", "--artifacts")
     if args.ir_dir is not None:  # check the folder now, not in the middle of the search
         from nas_asc.data.devicesim import load_impulse_responses
 
@@ -561,7 +552,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     artifact_dir = args.artifacts or (
         Path(recorded) if recorded else default_artifact_dir(storage, study_name)
     )
-    _check_creatable(artifact_dir, "artifacts", "--artifacts")
+    check_creatable(artifact_dir, "artifacts", "--artifacts")
+    settings = dataclasses.replace(settings, artifact_dir=str(artifact_dir))
     if progress:
         print(protocol.describe(), flush=True)
     # the search sees the training part and the validation split, never the test fold
@@ -577,9 +569,10 @@ def cmd_search(args: argparse.Namespace) -> int:
                 flush=True,
             )
     else:
-        teacher = get_teacher(search_data, progress=progress)
+        with settings.thread_options():
+            teacher = get_teacher(search_data, progress=progress)
     # created only once the inputs have been checked, so a bad input leaves no folder behind
-    store = open_artifact_store(_writable_dir(artifact_dir, "artifacts"))
+    store = open_artifact_store(writable_dir(artifact_dir, "artifacts"))
     ir_dir = None if args.ir_dir is None else str(args.ir_dir.resolve())
     context = SearchContext(
         space,
@@ -590,19 +583,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         progress,
         artifact_store=store,
         ir_dir=ir_dir,
-    )
-    settings = SearchSettings(
-        study_name,
-        storage,
-        args.trials,
-        args.timeout,
-        args.seed,
-        str(artifact_dir),
-        sampler=args.sampler,
-        pruner=args.pruner,
-        workers=args.workers,
-        heartbeat=args.heartbeat,
-        artifact_dir_explicit=args.artifacts is not None,
+        reporter=ConsoleReporter(total=args.trials) if progress else Reporter(),
     )
     teacher_logits = None if args.teacher_logits is None else str(args.teacher_logits.resolve())
     data_info = {
@@ -614,22 +595,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         "ir_dir": ir_dir,
         "protocol": protocol.to_dict(),
     }
-    if args.backend == "ray":
-        from nas_asc.search.ray_backend import run_ray_search
-
-        study = run_ray_search(context, settings, data_label, data_info, address=args.ray_address)
-    else:
-        study = run_search(context, settings, data_label, data_info)
+    study = backend.run(context, settings, data_label, data_info)
     # the end of the search: its Pareto set measured on the test fold, once
     study = measure_front(study, protocol, progress)
     paths = _write_report(study, args.reports, args.quiet)
     n = trial_counts(study)
     retried = f", {n.retried} re-queued after a worker died" if n.retried else ""
+    this_run = time.perf_counter() - started
+    total = study.user_attrs.get("search_seconds", 0.0) + this_run
+    runs = study.user_attrs.get("search_runs", 0) + 1
+    study.set_user_attr("search_seconds", total)
+    study.set_user_attr("search_runs", runs)
+    timing = format_duration(total)
+    if runs > 1:
+        timing += f" over {runs} runs (this one {format_duration(this_run)})"
     print(
         f"\n{n.done} trials ({n.trained} trained, {n.infeasible} over budget, {n.pruned} "
-        f"stopped early, {n.failed} failed{retried}) "
-        f"in {time.perf_counter() - started:.0f} s\n"
-        f"study:   {_safe_url(storage)} (study {study_name!r})\n"
+        f"stopped early, {n.failed} failed{retried}) in {timing}\n"
+        f"study:   {safe_url(storage)} (study {study_name!r})\n"
         f"reports: {paths.index_html}\n"
         f"         {paths.pareto_html}\n"
         f"         {paths.pareto_csv}\n"
@@ -676,9 +659,10 @@ def cmd_complexity(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from nas_asc._paths import check_creatable
     from nas_asc.data.synth import SynthConfig, generate
 
-    _check_creatable(args.out, "output", "--out")
+    check_creatable(args.out, "output", "--out")
     out = generate(args.out, SynthConfig(seed=args.seed), progress=not args.quiet)
     print(f"synthetic TAU22-layout dataset written to {out}")
     return 0
@@ -750,24 +734,9 @@ def _print_ensemble(report: dict) -> None:
 
 
 def _existing_study(name: str, storage: str | None):
-    """Open an existing study (default storage: studies/<name>.db, which must exist)."""
-    from nas_asc.search.optuna_backend import default_storage, open_study, sqlite_path
+    from nas_asc.search.study import open_existing_study
 
-    if storage is None:
-        db = Path("studies") / f"{name}.db"
-        if not db.exists():
-            raise NasAscError(
-                f"no study database {db}; run `nas-asc search --study {name}` first or "
-                "pass --storage"
-            )
-        storage = default_storage(name)
-    elif (db := sqlite_path(storage)) is not None and not db.is_file():
-        # opening a missing SQLite file would create an empty database: refuse instead
-        raise NasAscError(
-            f"no study database {db}; check --storage, or run "
-            f"`nas-asc search --study {name} --storage {storage}` first"
-        )
-    return open_study(name, storage), storage
+    return open_existing_study(name, storage)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -781,10 +750,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nas_asc._paths import check_creatable
     from nas_asc.evaluate import evaluate_study, format_evaluation
 
     study, _ = _existing_study(args.study, args.storage)
-    _check_creatable(args.reports, "reports", "--reports")
+    check_creatable(args.reports, "reports", "--reports")
     study = evaluate_study(
         study, args.trials, args.seeds, data_root=args.data, progress=not args.quiet
     )
@@ -838,33 +808,72 @@ _COMMANDS = {
 }
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Optuna's INFO lines (a trial finished, a study created) only with ``-v``."""
+    import logging
+
+    import optuna  # its first import sets its loggers to INFO: set them after it
+
+    optuna.logging.set_verbosity(logging.INFO if verbose else logging.WARNING)
+
+
+def _scrubber(args: argparse.Namespace):
+    """A function masking the storage URL (and its password) of ``args`` in a text."""
+    url = getattr(args, "storage", None)
+    if not url:
+        return lambda text: text
+
+    def scrub(text: str) -> str:
+        from nas_asc.search.study import scrub as scrub_url
+
+        return scrub_url(text, url)
+
+    return scrub
+
+
+def _debug_traceback(exc: BaseException, scrub) -> None:
+    """The traceback for ``NAS_ASC_DEBUG``, with the storage password masked."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    print(scrub(text), file=sys.stderr, end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries(args.verbose)
+    scrub = _scrubber(args)
+    debug = bool(os.environ.get("NAS_ASC_DEBUG"))
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("nas-asc: interrupted", file=sys.stderr)
         return 130
     except (NasAscError, ValueError, TypeError, OSError) as exc:
-        if os.environ.get("NAS_ASC_DEBUG"):
-            raise
+        if debug:
+            _debug_traceback(exc, scrub)
+            return 2
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, OSError) and exc.filename:
             message = (
                 f"{exc.strerror or exc}: {exc.filename}; check that path (a folder, writable, "
                 "with free space) or choose another"
             )
-        print(f"nas-asc: error: {message}", file=sys.stderr)
+        print(f"nas-asc: error: {scrub(message)}", file=sys.stderr)
         return 2
     except Exception as exc:
         # not a problem with the input but a bug or an unforeseen failure: still one line, with
         # the way to the traceback, never a traceback the user has to read past
-        if os.environ.get("NAS_ASC_DEBUG"):
-            raise
+        if debug:
+            _debug_traceback(exc, scrub)
+            return 1
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         print(
-            f"nas-asc: error: unexpected {type(exc).__name__}{': ' + detail if detail else ''}; "
-            "re-run with NAS_ASC_DEBUG=1 for the traceback and report it",
+            scrub(
+                f"nas-asc: error: unexpected {type(exc).__name__}"
+                f"{': ' + detail if detail else ''}; re-run with NAS_ASC_DEBUG=1 for the "
+                "traceback and report it"
+            ),
             file=sys.stderr,
         )
         return 1

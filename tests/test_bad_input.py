@@ -165,7 +165,7 @@ def _nonempty_folder(work: Path, data: Path) -> None:
 def _create_study(path: Path, name: str) -> None:
     import optuna
 
-    from nas_asc.search.optuna_backend import open_study
+    from nas_asc.search.study import open_study
 
     path.parent.mkdir()
     verbosity = optuna.logging.get_verbosity()
@@ -189,7 +189,7 @@ def _started_study(**attrs) -> Callable[[Path, Path], None]:
 
     def setup(work: Path, data: Path) -> None:
         from nas_asc.budget import DEFAULT_BUDGET
-        from nas_asc.search.optuna_backend import open_study
+        from nas_asc.search.study import open_study
 
         _create_study(work / "studies" / "s.db", "s")
         study = open_study("s", f"sqlite:///{work / 'studies' / 's.db'}")
@@ -609,7 +609,7 @@ CASES = [
         "ray-address-without-ray-backend",
         None,
         [*SEARCH, "--ray-address", "127.0.0.1:6379"],
-        ("--ray-address needs --backend ray",),
+        ("search backend 'optuna' does not take address", "choose another --backend"),
     ),
     ("dashboard-bad-port", None, ["dashboard", "--study", "s", "--port", "70000"], ("1..65535",)),
     (

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
-from nas_asc.search.objective import retry_history
-from nas_asc.search.optuna_backend import trial_counts
+from nas_asc.search.study import retry_history, trial_counts
 
 N_TRIALS = 6
 
@@ -106,6 +106,7 @@ def _completed(db: Path) -> dict[int, tuple]:
     }
 
 
+@pytest.mark.slow  # minutes: a search killed three times, each restart a new process
 def test_kill_nine_three_times_then_finish(tiny_root, tmp_path):
     space = tmp_path / "crash.yaml"
     space.write_text(SPACE_YAML)

@@ -15,7 +15,8 @@ import math
 import torch
 
 from nas_asc.data.features import FrontEnd
-from nas_asc.search.optuna_backend import SearchSettings, run_search
+from nas_asc.search.backend import run_search
+from nas_asc.search.settings import SearchSettings
 from nas_asc.train.loop import TrainConfig, train
 
 # A small CNN on an 8 kHz front end: int8 calibration dominates a trial's time and grows with

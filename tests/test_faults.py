@@ -20,9 +20,11 @@ from torch import nn
 from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.errors import NasAscError
 from nas_asc.models import _registry
+from nas_asc.search.backend import run_search
 from nas_asc.search.objective import SearchContext
-from nas_asc.search.optuna_backend import SearchSettings, prepare_study, run_search, trial_counts
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import prepare_study, trial_counts
 
 # "none" last: after every fault the study still trains a healthy candidate
 FAULTS = ("nan", "explode", "oom", "build", "shape", "untraceable", "none")

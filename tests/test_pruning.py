@@ -8,10 +8,12 @@ import torch
 from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET
+from nas_asc.search.backend import run_search
 from nas_asc.search.objective import DIRECTIONS, SearchContext
-from nas_asc.search.optuna_backend import SearchSettings, run_search, trial_counts
 from nas_asc.search.pruning import DominancePruner, NopPruner, create_pruner
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import trial_counts
 
 
 def _study_with(peers):

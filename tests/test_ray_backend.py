@@ -22,7 +22,6 @@ from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.cli import main
 from nas_asc.errors import NasAscError
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
-from nas_asc.search.optuna_backend import SearchSettings, open_study, trial_counts
 from nas_asc.search.pruning import DominancePruner
 from nas_asc.search.ray_backend import (
     TRIAL_KEY,
@@ -31,6 +30,8 @@ from nas_asc.search.ray_backend import (
     require_ray,
     run_ray_search,
 )
+from nas_asc.search.settings import SearchSettings
+from nas_asc.search.study import open_study, trial_counts
 
 # width 96 is over the 128,000-byte budget (counted, recorded infeasible, never trained)
 SPACE = {
@@ -245,6 +246,7 @@ def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
 # --- run_ray_search and the CLI: a real local Ray instance with two workers ---------------------
 
 
+@pytest.mark.slow  # a local Ray instance with two workers; tests/test_backends.py runs Ray fast
 def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path):
     import ray
 
@@ -293,6 +295,7 @@ def warm_teacher(tiny_search):
     get_teacher(tiny_search, progress=False)
 
 
+@pytest.mark.slow  # two CLI searches, one of them on a local Ray instance
 def test_cli_ray_backend_continues_a_study_the_optuna_backend_began(
     tiny_root, warm_teacher, tmp_path, monkeypatch, capsys
 ):

@@ -18,7 +18,8 @@ from toydata import artifact_context
 
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.search.artifacts import load_checkpoint
-from nas_asc.search.optuna_backend import SearchSettings, run_search
+from nas_asc.search.backend import run_search
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import load_space
 from nas_asc.train.loop import evaluate
 

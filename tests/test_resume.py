@@ -12,15 +12,12 @@ import torch
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
 from nas_asc.errors import NasAscError
 from nas_asc.search.artifacts import Checkpoint
+from nas_asc.search.backend import run_search
 from nas_asc.search.objective import DIRECTIONS, SearchContext
-from nas_asc.search.optuna_backend import (
-    SearchSettings,
-    TrialSeededSampler,
-    check_existing_study,
-    open_study,
-    run_search,
-)
+from nas_asc.search.samplers import TrialSeededSampler
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import check_existing_study, open_study
 
 SPACE = {
     "name": "resume",

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
+from nas_asc.search.backend import run_search
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
-from nas_asc.search.optuna_backend import SearchSettings, run_search
+from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
 
 TINY_SPACE = {

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import subprocess
+import sys
 import textwrap
+import zipfile
+from importlib import resources
 from pathlib import Path
 
 import optuna
@@ -26,6 +31,17 @@ from nas_asc.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TFSEPNET_YAML = REPO / "search_spaces" / "tfsepnet.yaml"
+NAMED_SPACES = [
+    "bcres2net",
+    "bcresnet",
+    "blocks",
+    "bsconv",
+    "cnn",
+    "cpmobile",
+    "mobilenetv2_ca",
+    "tfsepnet",
+    "tfsepnet_recipe",
+]
 EXPECTED_DIMENSIONS = [
     "model.width",
     "model.block",
@@ -164,8 +180,8 @@ def test_dimension_name_and_bounds() -> None:
 
 
 def test_resolve_by_name_and_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # the repository's directory is found from the package
-    assert REPO / "search_spaces" in space_dirs()
+    monkeypatch.chdir(tmp_path)  # the named spaces are found in the package
+    assert (REPO / "search_spaces").resolve() in space_dirs()
     assert "tfsepnet" in list_spaces()
     assert resolve_space("tfsepnet").resolve() == TFSEPNET_YAML.resolve()
     assert resolve_space(str(TFSEPNET_YAML)) == TFSEPNET_YAML
@@ -187,6 +203,42 @@ def test_working_directory_spaces_come_first(
     assert {"tfsepnet", "mine"} <= set(list_spaces())
     assert resolve_space("mine").name == "mine.yml"
     assert resolve_space(os.path.join("search_spaces", "mine.yml")).is_file()
+
+
+def test_named_spaces_ship_inside_the_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # from a folder without search_spaces/, as after `pip install nas-asc` anywhere
+    monkeypatch.chdir(tmp_path)
+    packaged = resources.files("nas_asc") / "search_spaces"
+    assert space_dirs() == [Path(str(packaged)).resolve()]
+    assert list_spaces() == NAMED_SPACES
+    for name in NAMED_SPACES:
+        assert (packaged / f"{name}.yaml").is_file()
+        assert load_space(name).name == name
+
+
+def test_top_level_search_spaces_is_the_packaged_folder() -> None:
+    # the documented path search_spaces/NAME.yaml is the package's file, not a second copy
+    assert (REPO / "search_spaces").resolve() == (REPO / "nas_asc" / "search_spaces").resolve()
+    assert sorted(p.stem for p in (REPO / "search_spaces").glob("*.yaml")) == NAMED_SPACES
+
+
+@pytest.mark.slow
+def test_built_wheel_carries_the_named_spaces(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO / "nas_asc", source / "nas_asc", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+        + ["-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("nas_asc-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"nas_asc/search_spaces/{name}.yaml" for name in NAMED_SPACES} <= names
 
 
 def test_resolve_unknown_name_lists_available() -> None:
@@ -352,6 +404,10 @@ MALFORMED = {
         BASE.replace("batch_size: 64", "batch_size: sixty-four"),
         ["train.batch_size", "'sixty-four'", "int"],
     ),
+    "fixed_tuple_item_wrong_type": (
+        BASE.replace("  train: {batch_size: 64}", "  model: {depths: [1, x, 1, 1]}"),
+        ["model.depths", "[1, 'x', 1, 1]", "item [1]", "list of int"],
+    ),
     "fixed_float_for_int": (
         BASE.replace("batch_size: 64", "batch_size: 64.5"),
         ["train.batch_size", "64.5"],
@@ -383,6 +439,36 @@ def test_malformed_space_raises(case: str, tmp_path: Path) -> None:
     assert "fix:" in message, message
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def _alias_bomb(depth: int = 8) -> str:
+    """YAML for a list of 9**(depth + 1) items in a few hundred bytes (aliases share nodes)."""
+    text = "[" + ", ".join(["lol"] * 9) + "]"
+    for level in range(depth):
+        text = f"[&a{level} {text}" + f", *a{level}" * 8 + "]"
+    return text
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("name: bad", "name: {bomb}"),
+        ("model: tfsepnet", "model: {bomb}"),
+        ("batch_size: 64", "batch_size: {bomb}"),
+        ("train: {batch_size: 64}", "model: {{depths: {bomb}}}"),
+        ("{type: int, low: 8, high: 64, step: 4}", "{bomb}"),
+        ("type: int", "type: {bomb}"),
+        ("low: 8", "low: {bomb}"),
+        ("{type: int, low: 8, high: 64, step: 4}", "{{type: categorical, choices: [1, {bomb}]}}"),
+    ],
+)
+def test_huge_values_are_not_echoed(tmp_path: Path, old: str, new: str) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BASE.replace(old, new.format(bomb=_alias_bomb())))
+    with pytest.raises(SpaceError) as info:
+        SearchSpace.from_yaml(path)
+    message = str(info.value).removeprefix(str(path))
+    assert "fix:" in message and "..." in message and len(message) < 300, message
 
 
 def test_malformed_corpus_is_large_enough() -> None:

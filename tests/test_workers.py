@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from nas_asc.cli import main
-from nas_asc.search.optuna_backend import trial_counts
+from nas_asc.search.study import trial_counts
 
 POSTGRES = os.environ.get("NAS_ASC_TEST_POSTGRES")
 

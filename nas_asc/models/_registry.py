@@ -1,7 +1,8 @@
 """Model registry: each family registers a constructor and a typed config dataclass by name.
 
-Follows timm's ``_registry.py``: one dictionary, duplicate names refused, unknown names answered
-with the list of known ones.
+Follows timm's ``_registry.py``: one :class:`~nas_asc._registry.Registry` of constructors, each
+with its config dataclass as metadata; duplicate names are refused, unknown names answered with
+the list of known ones.
 """
 
 from __future__ import annotations
@@ -12,40 +13,30 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_config"]
+from nas_asc._registry import Registry, build_config
 
-_MODELS: dict[str, tuple[Callable[..., nn.Module], type]] = {}
+__all__ = ["register_model", "create_model", "list_models", "get_model_config", "MODELS"]
+
+# name -> fn(cfg) -> nn.Module, with meta "config": the family's config dataclass
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+_MODELS = MODELS  # the former name, kept for code that removes a test family
 
 
 def register_model(name: str, config_cls: type) -> Callable[[Callable[..., nn.Module]], Callable]:
     """Register ``fn(cfg) -> nn.Module`` under ``name`` with its config dataclass."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls for model {name!r} must be a dataclass, got {config_cls!r}")
-
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = (fn, config_cls)
-        return fn
-
-    return decorator
-
-
-def _lookup(name: str) -> tuple[Callable[..., nn.Module], type]:
-    if name not in _MODELS:
-        known = ", ".join(sorted(_MODELS)) or "(none)"
-        raise ValueError(f"unknown model {name!r}; known models: {known}")
-    return _MODELS[name]
+    return MODELS.register(name, config=config_cls)
 
 
 def get_model_config(name: str) -> type:
     """Return the config dataclass of model family ``name``."""
-    return _lookup(name)[1]
+    return MODELS.meta(name)["config"]
 
 
 def list_models() -> list[str]:
     """Names of all registered model families, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, **cfg: Any) -> nn.Module:
@@ -54,11 +45,5 @@ def create_model(name: str, **cfg: Any) -> nn.Module:
     Example:
         >>> model = create_model("tfsepnet", width=40)
     """
-    fn, config_cls = _lookup(name)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown config field(s) {unknown} for model {name!r}; known fields: {sorted(known)}"
-        )
-    return fn(config_cls(**cfg))
+    fn = MODELS.get(name)
+    return fn(build_config(get_model_config(name), cfg, f"model {name!r}"))

@@ -26,11 +26,13 @@ four groups).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from nas_asc._registry import Registry
 from nas_asc.models._registry import register_model
 from nas_asc.models.bcres2net import BCRes2Block
 from nas_asc.models.bcresnet import BCResBlock
@@ -43,45 +45,44 @@ __all__ = ["BLOCKS", "BlocksConfig", "BlocksNet", "make_block"]
 N_STAGES = 3
 
 
+# block name -> builder(cin, cout, cfg)
+BLOCKS: Registry[Callable[[int, int, BlocksConfig], nn.Module]] = Registry("block")
+
+
+@BLOCKS.register("tfsep")
 def _tfsep(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return TFSepConv(cin, cout, kernel=3, shuffle=True, dropout=cfg.dropout)
 
 
+@BLOCKS.register("bcres")
 def _bcres(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return BCResBlock(cin, cout, sub_bands=4, dropout=cfg.dropout)
 
 
+@BLOCKS.register("bsconv")
 def _bsconv(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return BSConvBlock(cin, cout, kernel=3, residual=True)
 
 
+@BLOCKS.register("ir")
 def _ir(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return InvertedResidual(cin, cout, expansion=cfg.expansion, coord_attention=False)
 
 
+@BLOCKS.register("ir_ca")
 def _ir_ca(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return InvertedResidual(cin, cout, expansion=cfg.expansion, coord_attention=True)
 
 
+@BLOCKS.register("res2")
 def _res2(cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     return BCRes2Block(cin, cout, scale=4, sub_bands=4, dropout=cfg.dropout)
-
-
-# block name -> builder(cin, cout, cfg)
-BLOCKS = {
-    "tfsep": _tfsep,
-    "bcres": _bcres,
-    "bsconv": _bsconv,
-    "ir": _ir,
-    "ir_ca": _ir_ca,
-    "res2": _res2,
-}
 
 
 @dataclass
 class BlocksConfig:
     stem_width: int = 24  # channels of the 5x5 stride-2 stem
-    stage1_block: str = "bsconv"  # block type of stage 1, a key of BLOCKS
+    stage1_block: str = "bsconv"  # block type of stage 1, a name in BLOCKS
     stage1_width: int = 32  # channels of stage 1 (multiple of 4)
     stage1_depth: int = 2  # blocks in stage 1
     stage2_block: str = "tfsep"  # block type of stage 2
@@ -104,7 +105,7 @@ class BlocksConfig:
             depth = getattr(self, f"stage{i}_depth")
             if block not in BLOCKS:
                 raise ValueError(
-                    f"unknown block {block!r} for stage {i}; choose one of {sorted(BLOCKS)}"
+                    f"unknown block {block!r} for stage {i}; choose one of {', '.join(BLOCKS)}"
                 )
             if isinstance(width, bool) or not isinstance(width, int) or width < 4 or width % 4:
                 raise ValueError(f"stage{i}_width must be a positive multiple of 4, got {width!r}")
@@ -129,9 +130,7 @@ class BlocksConfig:
 
 def make_block(name: str, cin: int, cout: int, cfg: BlocksConfig) -> nn.Module:
     """Build block ``name`` mapping ``cin`` to ``cout`` channels."""
-    if name not in BLOCKS:
-        raise ValueError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}")
-    return BLOCKS[name](cin, cout, cfg)
+    return BLOCKS.get(name)(cin, cout, cfg)
 
 
 class BlocksNet(nn.Module):

@@ -32,6 +32,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from nas_asc.progress import format_bytes, format_macs
+
 __all__ = [
     "DEVICES",
     "ReportPaths",
@@ -300,28 +302,6 @@ def _known_false(value: Any) -> bool:
 def _status_of(row: Mapping[str, Any]) -> str | None:
     status = row.get("status")
     return None if _missing(status) else str(status)
-
-
-def format_macs(value: Any) -> str:
-    """MACs with an SI prefix, e.g. ``10.22 M``; ``-`` when missing."""
-    if _missing(value):
-        return "-"
-    value = float(value)
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}"
-    return f"{value:.0f}"
-
-
-def format_bytes(value: Any) -> str:
-    """Bytes with a decimal prefix, e.g. ``57.5 kB``; ``-`` when missing."""
-    if _missing(value):
-        return "-"
-    value = float(value)
-    for scale, prefix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if abs(value) >= scale:
-            return f"{value / scale:.1f} {prefix}"
-    return f"{value:.0f} B"
 
 
 def _percent(value: Any) -> str:

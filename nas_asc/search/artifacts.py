@@ -57,8 +57,10 @@ CHECKPOINT_FORMAT = "nas-asc-checkpoint/1"
 
 def default_artifact_dir(storage: str, study_name: str) -> Path:
     """Artifact folder of a study: beside its SQLite file, else ``studies/<study>/artifacts``."""
-    if storage.startswith("sqlite:///"):
-        db = Path(storage[len("sqlite:///") :])
+    from nas_asc.search.study import sqlite_path
+
+    db = sqlite_path(storage)
+    if db is not None:
         return db.parent / study_name / "artifacts"
     return Path("studies") / study_name / "artifacts"
 

@@ -16,12 +16,10 @@ never trained, as above.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +31,7 @@ from nas_asc.complexity import Complexity, count
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
 from nas_asc.errors import DatasetError
+from nas_asc.progress import ConsoleReporter, Reporter, TrialReport, format_bytes, format_macs
 from nas_asc.search.artifacts import (
     Checkpoint,
     calibration_indices,
@@ -40,18 +39,23 @@ from nas_asc.search.artifacts import (
     save_confusion_image,
 )
 from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
+from nas_asc.search.samplers import trial_seed
 from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import DIRECTIONS, OBJECTIVE_NAMES, retry_history
 from nas_asc.train.loop import TrainConfig, TrainResult, evaluate, train
 from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
 from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
 
 __all__ = [
+    "Candidate",
     "SearchContext",
     "Objective",
     "OBJECTIVE_NAMES",
     "DIRECTIONS",
     "TrialError",
     "Fitted",
+    "Measured",
+    "format_complexity",
     "measure_int8",
     "train_candidate",
     "retry_history",
@@ -59,9 +63,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-
-OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
-DIRECTIONS = ("maximize", "minimize", "minimize")
 
 
 class TrialError(Exception):
@@ -73,12 +74,6 @@ class TrialError(Exception):
     machine or the data (``OSError``, :class:`~nas_asc.errors.DatasetError`) are raised as they
     are and stop the search, since every later trial would meet them too.
     """
-
-
-def trial_seed(study_seed: int, trial_number: int) -> int:
-    """Seed of one trial, derived from the study seed and the trial number (stable on resume)."""
-    digest = hashlib.sha256(f"{study_seed}:{trial_number}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 @dataclass
@@ -96,13 +91,17 @@ class SearchContext:
     dataset: Any  # nas_asc.data.tau22.TAU22, a search view (Protocol.search_view)
     teacher_logits: torch.Tensor | None
     seed: int = 0
-    progress: bool = True
+    progress: bool = True  # data loading prints its progress
     artifact_store: Any = None  # optuna FileSystemArtifactStore for checkpoints, or None
     ir_dir: str | None = None  # impulse-response WAVs for device simulation (None: generated)
+    reporter: Reporter | None = None  # trial progress; None: ConsoleReporter, or silent
+    # without progress
     _features: dict[FrontEnd, tuple[FeatureSet, FeatureSet]] = field(default_factory=dict)
     _simulated: dict[FrontEnd, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.reporter is None:
+            self.reporter = ConsoleReporter() if self.progress else Reporter()
         role = getattr(self.dataset, "role", None)
         if role != "search":
             raise ValueError(
@@ -140,17 +139,31 @@ class SearchContext:
         return self._features[frontend]
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+@dataclass
+class Candidate:
+    """A sampled candidate, built and counted, before any training."""
 
-
-def _describe(cfg: dict) -> str:
-    model = ", ".join(f"{k}={_fmt(v)}" for k, v in cfg["model"].items())
-    return f"{model}, n_mels={cfg['frontend'].get('n_mels')}, epochs={cfg['train'].get('epochs')}"
+    config: dict[str, dict[str, Any]]  # the full config: model, frontend, train
+    params: dict[str, Any]  # the searched dimensions' values (dotted names)
+    frontend: FrontEnd
+    recipe: TrainConfig
+    seed: int
+    model: torch.nn.Module
+    shape: tuple[int, int, int]
+    complexity: Complexity
+    violations: list[str] = field(default_factory=list)  # budget rules it breaks as built
+    prune: bool = False  # over budget, but filter pruning brings it in: train, then cut
+    started: float = 0.0  # time.perf_counter() when its training began
 
 
 class Objective:
     """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``.
+
+    One trial runs in stages, each a method: :meth:`propose` (sample, seed, build, count),
+    :meth:`gate` (the budget decides: train, train then prune, or never train),
+    :meth:`fit` (train, stopping early when the pruner says so; prune and fine-tune),
+    :meth:`measure` (int8 on the validation split) and :meth:`record` (user attributes,
+    checkpoint, the reporter's line). The values go back to Optuna.
 
     Args:
         context: what every trial shares.
@@ -163,7 +176,12 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         try:
-            return self._run(trial)
+            candidate = self.propose(trial)
+            if not self.gate(trial, candidate):
+                return self.record_infeasible(trial, candidate)
+            fitted = self.fit(trial, candidate)
+            measured = self.measure(candidate, fitted)
+            return self.record(trial, candidate, fitted, measured)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -171,11 +189,15 @@ class Objective:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", reason)
+            self._report(trial, "failed", f"failed ({reason}); the study goes on")
             if isinstance(exc, (OSError, DatasetError)):
                 raise  # the machine or the data: every trial would fail alike, stop the search
             raise TrialError(reason) from exc
 
-    def _run(self, trial: optuna.Trial) -> tuple[float, float, float]:
+    # -- stages -----------------------------------------------------------------------------
+
+    def propose(self, trial: optuna.Trial) -> Candidate:
+        """Sample the trial's config, seed it, build the model and count its complexity."""
         ctx = self.ctx
         cfg = ctx.space.sample(trial)
         trial.set_user_attr("config", cfg)
@@ -190,19 +212,29 @@ class Objective:
         seed = trial_seed(ctx.seed, _original_number(trial))
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-
         torch.manual_seed(seed)
         model = _build(ctx.space.model, cfg["model"])
         shape = frontend.input_shape()
         c = count(model, shape, ctx.budget.weight_dtype)
-        self._record_complexity(trial, c)
-        violations = ctx.budget.violations(c)
+        _record_complexity(trial, c)
+        params = {dim.name: trial.params[dim.name] for dim in ctx.space.dimensions}
+        return Candidate(cfg, params, frontend, recipe, seed, model, shape, c)
+
+    def gate(self, trial: optuna.Trial, candidate: Candidate) -> bool:
+        """Decide on the budget before any training; False: over budget, never trained.
+
+        With ``train.prune`` a candidate over budget is trained if its prunable layers, cut to
+        ``prune_min_filters`` filters each, would fit (it is pruned after training).
+        """
+        budget, recipe, c = self.ctx.budget, candidate.recipe, candidate.complexity
+        violations = budget.violations(c)
         prune = bool(violations) and recipe.prune
         if prune:
-            # over budget but prunable: it is trained only if pruning can bring it in budget
-            floor = min_complexity(model, shape, ctx.budget.weight_dtype, recipe.prune_min_filters)
+            floor = min_complexity(
+                candidate.model, candidate.shape, budget.weight_dtype, recipe.prune_min_filters
+            )
             trial.set_user_attr("prune_floor", floor.to_dict())
-            floor_violations = ctx.budget.violations(floor)
+            floor_violations = budget.violations(floor)
             if floor_violations:
                 violations = [
                     f"{v}, even pruned to {recipe.prune_min_filters} filters per layer"
@@ -210,52 +242,55 @@ class Objective:
                 ]
                 prune = False
         if not prune:
-            for key, value in ctx.budget.constraints(c).items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("feasible", not violations)
-        if violations and not prune:
-            reason = "; ".join(violations)
-            trial.set_user_attr("status", "infeasible")
-            trial.set_user_attr("infeasible_reason", reason)
-            if ctx.progress:
-                print(
-                    f"trial {trial.number}: {_describe(cfg)} -> over budget ({reason}), "
-                    "not trained",
-                    flush=True,
-                )
-            return 0.0, float(c.macs), float(c.param_bytes)
+            _set_constraints(trial, budget, c)
+        candidate.violations, candidate.prune = violations, prune
+        return prune or not violations
 
-        train_set, eval_set = ctx.features(frontend)
-        simulated = ctx.simulated(frontend) if recipe.devicesim_p > 0 else None
-        start = time.perf_counter()
-        on_epoch = self._epoch_callback(trial, eval_set, c, recipe.epochs, _describe(cfg))
+    def fit(self, trial: optuna.Trial, candidate: Candidate) -> Fitted:
+        """Train the candidate (the pruner may stop it after an epoch); prune and fine-tune it
+        if the gate said so, then record the complexity it ends with."""
+        ctx = self.ctx
+        candidate.started = time.perf_counter()
+        train_set, eval_set = ctx.features(candidate.frontend)
+        simulated = ctx.simulated(candidate.frontend) if candidate.recipe.devicesim_p > 0 else None
         fitted = train_candidate(
-            model,
-            recipe,
+            candidate.model,
+            candidate.recipe,
             train_set,
             ctx.teacher_logits,
-            seed,
+            candidate.seed,
             budget=ctx.budget,
-            complexity=c,
-            shape=shape,
-            prune=prune,
-            on_epoch=on_epoch,
+            complexity=candidate.complexity,
+            shape=candidate.shape,
+            prune=candidate.prune,
+            on_epoch=self._epoch_callback(trial, candidate, eval_set),
             simulated=simulated,
         )
-        result, pruned, c = fitted.result, fitted.pruned, fitted.complexity
         if fitted.pruning is not None:
             trial.set_user_attr("pruning", fitted.pruning.to_dict())
-            self._record_complexity(trial, c)
-            for key, value in ctx.budget.constraints(c).items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("feasible", ctx.budget.fits(c))
-        fp32, int8, n_calib = measure_int8(model, result, train_set, eval_set, recipe, seed)
+            _record_complexity(trial, fitted.complexity)
+            _set_constraints(trial, ctx.budget, fitted.complexity)
+        return fitted
+
+    def measure(self, candidate: Candidate, fitted: Fitted) -> Measured:
+        """Quantize to int8 and measure the int8 model and its float network on validation."""
+        train_set, eval_set = self.ctx.features(candidate.frontend)
+        fp32, int8, n_calib = measure_int8(
+            candidate.model, fitted.result, train_set, eval_set, candidate.recipe, candidate.seed
+        )
+        return Measured(fp32, int8, n_calib)
+
+    def record(
+        self, trial: optuna.Trial, candidate: Candidate, fitted: Fitted, measured: Measured
+    ) -> tuple[float, float, float]:
+        """Write the trial's figures, save its checkpoint, report it; return its objectives."""
+        result, c, fp32, int8 = fitted.result, fitted.complexity, measured.fp32, measured.int8
         attrs = {
             "status": "trained",
             "fp32_accuracy": fp32.accuracy,
             "int8_accuracy": int8.accuracy,
             "int8_drop": fp32.accuracy - int8.accuracy,
-            "quantization": recipe.quantization,
+            "quantization": candidate.recipe.quantization,
             "fp32_log_loss": fp32.log_loss,
             "int8_log_loss": int8.log_loss,
             "accuracy_by_device": int8.accuracy_by_device,
@@ -265,76 +300,91 @@ class Objective:
             "confusion": int8.confusion.tolist(),
             "train_seconds": result.seconds,
             "train_accel": result.accel,  # threads, layout, fused AdamW, compiled
-            "trial_seconds": time.perf_counter() - start,
+            "trial_seconds": time.perf_counter() - candidate.started,
             "history": result.history,
         }
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        if ctx.artifact_store is not None:
+        if self.ctx.artifact_store is not None:
             # QAT: the fake-quant network (weights, folded BatchNorm, calibrated ranges), from
             # which export converts the same int8 model; PTQ: the float network
-            trained = result.qat_model if result.qat_model is not None else model
-            self._save_artifacts(trial, cfg, trained, c, seed, n_calib, attrs, pruned)
-        if ctx.progress:
-            print(
-                f"trial {trial.number}: {_describe(cfg)} -> int8 {int8.accuracy:.1%} "
-                f"(fp32 {fp32.accuracy:.1%}), {c.macs / 1e6:.2f} M MACs, "
-                f"{c.param_bytes / 1e3:.1f} kB, {result.seconds:.0f} s",
-                flush=True,
-            )
+            trained = result.qat_model if result.qat_model is not None else candidate.model
+            self._save_artifacts(trial, candidate, trained, c, measured.n_calib, attrs, fitted)
+        self._report(
+            trial,
+            "trained",
+            f"int8 {int8.accuracy:.1%} (fp32 {fp32.accuracy:.1%}) on validation, "
+            f"{format_complexity(c)}, trained in {result.seconds:.0f} s",
+        )
         return int8.accuracy, float(c.macs), float(c.param_bytes)
 
-    def _epoch_callback(
-        self, trial: optuna.Trial, eval_set: FeatureSet, c, epochs: int, description: str
-    ):
-        """After each epoch: record the validation accuracy and ask the pruner whether to stop.
+    def record_infeasible(
+        self, trial: optuna.Trial, candidate: Candidate
+    ) -> tuple[float, float, float]:
+        """Record a candidate over budget (its complexity and why); it is never trained."""
+        c = candidate.complexity
+        reason = "; ".join(candidate.violations)
+        trial.set_user_attr("status", "infeasible")
+        trial.set_user_attr("infeasible_reason", reason)
+        self._report(trial, "infeasible", f"over budget ({reason}), not trained")
+        return 0.0, float(c.macs), float(c.param_bytes)
 
-        Not after the last epoch: the training is done by then, and stopping would only throw
-        away its result.
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _report(self, trial: optuna.Trial, state: str, summary: str) -> None:
+        dims = self.ctx.space.dimensions
+        params = {d.name: trial.params[d.name] for d in dims if d.name in trial.params}
+        done = _done_count(trial) + 1  # this trial is still running in the storage
+        self.ctx.reporter.trial_finished(TrialReport(trial.number, state, params, summary, done))
+
+    def _epoch_callback(self, trial: optuna.Trial, candidate: Candidate, eval_set: FeatureSet):
+        """After each epoch: report it; with a pruner, record the validation accuracy and ask
+        the pruner whether to stop.
+
+        Never after the last epoch: the training is done by then, and stopping would only
+        throw away its result.
         """
-        if self.pruner is None or isinstance(self.pruner, NopPruner):
-            return None
+        pruning = self.pruner is not None and not isinstance(self.pruner, NopPruner)
+        epochs = candidate.recipe.epochs
+        c = candidate.complexity
         curve: list[float] = []
+        reporter = self.ctx.reporter
 
         def on_epoch(epoch: int, record: dict, model: torch.nn.Module) -> None:
-            curve.append(evaluate(model, eval_set).accuracy)
-            model.train()
-            trial.set_user_attr(EPOCH_ACCURACY, curve)
-            if epoch + 1 >= epochs:
+            metrics = {"loss": record["loss"]}
+            if pruning:
+                curve.append(evaluate(model, eval_set).accuracy)
+                model.train()
+                trial.set_user_attr(EPOCH_ACCURACY, curve)
+                metrics["validation accuracy"] = curve[-1]
+            reporter.epoch(trial.number, epoch + 1, epochs, metrics)
+            if not pruning or epoch + 1 >= epochs:
                 return
-            study = trial.study
-            if self.pruner.should_prune(study, trial.number, c.macs, c.param_bytes, curve):
+            if self.pruner.should_prune(trial.study, trial.number, c.macs, c.param_bytes, curve):
                 trial.set_user_attr("status", "pruned")
                 trial.set_user_attr("last_accuracy", curve[-1])
                 trial.set_user_attr("pruned_at_epoch", epoch)
-                if self.ctx.progress:
-                    print(
-                        f"trial {trial.number}: {description} -> stopped after epoch "
-                        f"{epoch + 1} of {epochs} (validation accuracy {curve[-1]:.1%}, beaten by "
-                        "trials of equal or lower complexity at that epoch)",
-                        flush=True,
-                    )
+                self._report(
+                    trial,
+                    "pruned",
+                    f"stopped after epoch {epoch + 1} of {epochs} (validation accuracy "
+                    f"{curve[-1]:.1%}, beaten by trials of equal or lower complexity)",
+                )
                 raise optuna.TrialPruned(f"dominated after epoch {epoch + 1}")
 
         return on_epoch
 
-    @staticmethod
-    def _record_complexity(trial: optuna.Trial, c) -> None:
-        trial.set_user_attr("params", c.params)
-        trial.set_user_attr("param_bytes", c.param_bytes)
-        trial.set_user_attr("macs", c.macs)
-
-    def _save_artifacts(self, trial, cfg, model, c, seed, n_calib, attrs, pruned) -> None:
+    def _save_artifacts(self, trial, candidate, model, c, n_calib, attrs, fitted) -> None:
         checkpoint = Checkpoint(
             family=self.ctx.space.model,
-            model_config=dict(cfg["model"]),
-            frontend=dict(cfg["frontend"]),
-            train=dict(cfg["train"]),
+            model_config=dict(candidate.config["model"]),
+            frontend=dict(candidate.config["frontend"]),
+            train=dict(candidate.config["train"]),
             state_dict=model.state_dict(),
-            seed=seed,
-            calibration={"seed": seed, "n": n_calib},
+            seed=candidate.seed,
+            calibration={"seed": candidate.seed, "n": n_calib},
             complexity=c.to_dict(),
-            pruned=pruned,
+            pruned=fitted.pruned,
             metrics={k: attrs[k] for k in _CHECKPOINT_METRICS},
             quantization=attrs["quantization"],
         )
@@ -346,6 +396,38 @@ class Objective:
             list(SCENES),
             f"trial {trial.number}: int8 {attrs['int8_accuracy']:.1%} on the validation split",
         )
+
+
+@dataclass
+class Measured:
+    """A trained candidate's int8 and float figures on the validation split."""
+
+    fp32: Any  # nas_asc.train.loop.EvalResult
+    int8: Any
+    n_calib: int  # training clips that calibrated PTQ
+
+
+def format_complexity(c: Complexity) -> str:
+    """``3.21 M MACs, 45.6 kB``: the units of the report's tables."""
+    return f"{format_macs(c.macs)} MACs, {format_bytes(c.param_bytes)}"
+
+
+def _record_complexity(trial: optuna.Trial, c: Complexity) -> None:
+    trial.set_user_attr("params", c.params)
+    trial.set_user_attr("param_bytes", c.param_bytes)
+    trial.set_user_attr("macs", c.macs)
+
+
+def _set_constraints(trial: optuna.Trial, budget: Budget, c: Complexity) -> None:
+    for key, value in budget.constraints(c).items():
+        trial.set_constraint(key, value)
+    trial.set_user_attr("feasible", budget.fits(c))
+
+
+def _done_count(trial: optuna.Trial) -> int:
+    from nas_asc.search.study import trial_counts
+
+    return trial_counts(trial.study).done
 
 
 _CHECKPOINT_METRICS = (
@@ -450,14 +532,6 @@ def _original_number(trial: optuna.Trial) -> int:
         return trial.number
     history = retry_history(frozen)
     return history[0] if history else trial.number
-
-
-def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
-    """Numbers of the trials this one repeats after their workers died (oldest first)."""
-    with warnings.catch_warnings():
-        # experimental since Optuna 3.0 and unchanged since
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def _build(family: str, model_cfg: dict) -> torch.nn.Module:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas_asc._registry import Registry, build_config, parse_spec
+
 __all__ = ["EpochPruner", "DominancePruner", "NopPruner", "create_pruner", "PRUNERS"]
 
 EPOCH_ACCURACY = "epoch_accuracy"  # user attribute: intermediate accuracy after each epoch
@@ -79,12 +81,15 @@ class DominancePruner(EpochPruner):
     min_epochs: int = 2
 
     def __post_init__(self) -> None:
-        if not self.reduction_factor > 1:
-            raise ValueError(f"pruner reduction_factor must be > 1, got {self.reduction_factor}")
-        if not (isinstance(self.min_peers, int) and self.min_peers >= 1):
-            raise ValueError(f"pruner min_peers must be an integer >= 1, got {self.min_peers}")
-        if not (isinstance(self.min_epochs, int) and self.min_epochs >= 1):
-            raise ValueError(f"pruner min_epochs must be an integer >= 1, got {self.min_epochs}")
+        eta = self.reduction_factor
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise ValueError(f"pruner reduction_factor must be a number > 1, got {eta!r}")
+        if not eta > 1:
+            raise ValueError(f"pruner reduction_factor must be > 1, got {eta}")
+        for key in ("min_peers", "min_epochs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"pruner {key} must be an integer >= 1, got {value!r}")
 
     def should_prune(
         self,
@@ -130,39 +135,42 @@ def _finished(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-PRUNERS = {"dominance": DominancePruner, "none": NopPruner}
+# name -> pruner class (a dataclass whose fields are the spec's keys, or a class without settings)
+PRUNERS: Registry[type[EpochPruner]] = Registry("pruner")
+PRUNERS.register("dominance", DominancePruner)
+PRUNERS.register("none", NopPruner)
+
+_EXAMPLE = "dominance:reduction_factor=3,min_peers=3,min_epochs=2"
 
 
-def create_pruner(spec: str, **kwargs) -> EpochPruner:
+def create_pruner(spec: str | EpochPruner, **kwargs) -> EpochPruner:
     """The pruner named by ``spec``: ``NAME`` or ``NAME:KEY=VALUE,...``, plus ``kwargs``.
 
-    Names: ``dominance`` (default) or ``none``. Keys are the pruner's fields, e.g.
-    ``dominance:reduction_factor=2,min_peers=5,min_epochs=2``.
+    Args:
+        spec: a name of :data:`PRUNERS` (``dominance``, the default, or ``none``), optionally
+            with settings, the pruner's fields: ``dominance:reduction_factor=2,min_peers=5``;
+            or a pruner, returned as it is.
+        **kwargs: more settings, overriding those of ``spec``.
+
+    Raises:
+        ValueError: a one-line message for an unknown name, key or value.
     """
-    name, _, options = spec.partition(":")
-    try:
-        cls = PRUNERS[name.strip()]
-    except KeyError:
+    if isinstance(spec, EpochPruner) and not kwargs:
+        return spec
+    name, settings = parse_spec(spec, "pruner", example=_EXAMPLE)
+    if name not in PRUNERS:
         raise ValueError(
-            f"unknown pruner {name!r}; choose one of {', '.join(sorted(PRUNERS))} (with "
-            "settings: dominance:reduction_factor=3,min_peers=3,min_epochs=2)"
-        ) from None
-    fields = (
-        {f.name: f.type for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-    )
-    settings: dict = {}
-    for item in filter(None, (part.strip() for part in options.split(","))):
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or key not in fields:
-            known = ", ".join(fields) or "none"
+            f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)} (with settings: "
+            f"{_EXAMPLE})"
+        )
+    cls = PRUNERS.get(name)
+    fields = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    for key in settings:
+        if not fields:
+            raise ValueError(f"pruner {spec!r}: pruner {name!r} takes no settings, got {key!r}")
+        if key not in fields:
             raise ValueError(
-                f"pruner {spec!r}: expected KEY=VALUE with KEY one of {known}, got {item!r}"
+                f"pruner {spec!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}, "
+                f"got {key!r}"
             )
-        try:
-            settings[key] = int(value) if "int" in str(fields[key]) else float(value)
-        except ValueError:
-            raise ValueError(
-                f"pruner {spec!r}: {key} must be a number, got {value.strip()!r}"
-            ) from None
-    return cls(**{**settings, **kwargs})
+    return build_config(cls, {**settings, **kwargs}, f"pruner {spec!r}")

@@ -60,26 +60,33 @@ import optuna
 from optuna.trial import TrialState
 
 from nas_asc.errors import NasAscError
-from nas_asc.search.objective import OBJECTIVE_NAMES, Objective, SearchContext, trial_seed
-from nas_asc.search.optuna_backend import (
-    _TRIAL_ERRORS,
-    FailureStreak,
-    SearchSettings,
-    TrialCounts,
-    _dispose,
-    _storage,
-    already_done,
-    make_sampler,
+from nas_asc.progress import Reporter
+from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
+from nas_asc.search.objective import Objective, SearchContext, TrialError
+from nas_asc.search.samplers import TrialSeededSampler
+from nas_asc.search.settings import SearchSettings
+from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import (
+    OBJECTIVE_NAMES,
+    absolute_storage,
+    close_storage,
+    fail_stale_trials,
+    is_sqlite,
+    open_storage,
     open_study,
     prepare_study,
-    trial_counts,
 )
-from nas_asc.search.pruning import create_pruner
-from nas_asc.search.space import SearchSpace
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["run_ray_search", "require_ray", "check_ray_address", "CPUS_PER_TRIAL", "INSTALL_HINT"]
+__all__ = [
+    "CPUS_PER_TRIAL",
+    "INSTALL_HINT",
+    "RayBackend",
+    "check_ray_address",
+    "require_ray",
+    "run_ray_search",
+]
 
 CPUS_PER_TRIAL = 1  # one core per trial: a small model trains fastest on one thread per process
 INSTALL_HINT = "pip install 'ray[tune]'"
@@ -89,6 +96,42 @@ MODES = ("max", "min", "min")  # Ray's spelling of objective.DIRECTIONS, same or
 TRIAL_KEY = "optuna_trial"
 _PROBE_SECONDS = 10.0  # a cluster's head node that does not answer in this time is unreachable
 _POLL_SECONDS = 1.0  # least time between two looks at the study while waiting for running trials
+
+
+@BACKENDS.register("ray")
+class RayBackend(SearchBackend):
+    """Trials as Ray Tune trials, on this machine or on the cluster at ``address``.
+
+    Args:
+        address: a running Ray cluster (``auto``, ``HOST:6379``); None starts Ray on this
+            machine for the duration of the search.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
+
+    def check(self, settings: SearchSettings) -> None:
+        """Ray must import; a cluster needs a storage every node reaches, and must answer."""
+        require_ray()
+        if self.address:
+            if is_sqlite(settings.storage):
+                raise NasAscError(
+                    "--ray-address runs trials on the cluster's nodes, which cannot share a "
+                    "SQLite file; pass --storage postgresql://USER@HOST/DB that every node "
+                    "reaches"
+                )
+            check_ray_address(self.address)
+
+    def run(
+        self,
+        context: SearchContext,
+        settings: SearchSettings,
+        data_label: str,
+        data_info: dict | None = None,
+    ) -> optuna.Study:
+        return run_ray_search(context, settings, data_label, data_info, address=self.address)
 
 
 def run_ray_search(
@@ -122,24 +165,30 @@ def run_ray_search(
     ray, tune, optuna_search_cls = _import_ray()
     from ray.tune.schedulers import FIFOScheduler
 
-    settings = dataclasses.replace(settings, storage=_absolute_sqlite(settings.storage))
+    settings = dataclasses.replace(settings, storage=absolute_storage(settings.storage))
     context = _with_absolute_paths(context, settings)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = prepare_study(context, settings, data_label, data_info)
-    if already_done(_settle(study), settings):
+    counts = fail_stale_trials(study)
+    if already_done(counts, settings, context.reporter):
         return study
+    context.reporter.search_started(settings.n_trials, counts.done)
+    verbosity = optuna.logging.get_verbosity()
 
     started_ray = _init_ray(ray, address, settings.workers, context.progress)
     searcher = None
     try:
-        searcher = _searcher_class(optuna_search_cls)(study, context.space, settings)
+        searcher = _searcher_class(optuna_search_cls)(
+            study, context.space, settings, context.reporter
+        )
         with (
             tempfile.TemporaryDirectory(prefix="nas-asc-ray-", ignore_cleanup_errors=True) as tmp,
             _environ(RAY_AIR_NEW_OUTPUT="0"),  # the classic reporter: silent at verbose=0
         ):
             tuner = tune.Tuner(
                 tune.with_resources(
-                    tune.with_parameters(_ray_trial, context=context, settings=settings),
+                    tune.with_parameters(
+                        _ray_trial, context=context, settings=settings, verbosity=verbosity
+                    ),
                     {"cpu": CPUS_PER_TRIAL},
                 ),
                 tune_config=tune.TuneConfig(
@@ -163,10 +212,10 @@ def run_ray_search(
         if started_ray:
             ray.shutdown()
         if searcher is not None:
-            _dispose(searcher._store)
+            close_storage(searcher._store)
     if searcher.stop_reason:
         raise NasAscError(searcher.stop_reason)
-    return open_study(settings.study_name, settings.storage, seed=settings.seed)
+    return open_study(settings.study_name, settings.storage)
 
 
 def require_ray() -> None:
@@ -256,16 +305,6 @@ def _environ(**values: str):
                 os.environ[key] = old
 
 
-def _absolute_sqlite(url: str) -> str:
-    """``sqlite:///relative.db`` made absolute: Ray workers need not share our working folder."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        path = url[len(prefix) :]
-        if path and path != ":memory:":
-            return prefix + str(Path(path).resolve())
-    return url
-
-
 def _with_absolute_paths(context: SearchContext, settings: SearchSettings) -> SearchContext:
     """The context with its artifact store and dataset root at absolute paths, for the workers."""
     changes: dict[str, Any] = {}
@@ -277,15 +316,6 @@ def _with_absolute_paths(context: SearchContext, settings: SearchSettings) -> Se
     if isinstance(root, Path) and dataclasses.is_dataclass(context.dataset):
         changes["dataset"] = dataclasses.replace(context.dataset, root=root.resolve())
     return dataclasses.replace(context, **changes) if changes else context
-
-
-def _settle(study: optuna.Study) -> TrialCounts:
-    """Fail and re-queue trials whose heartbeat stopped (their process died), then count."""
-    with warnings.catch_warnings():
-        # Optuna flags its heartbeat and retry helpers experimental; they are stable since 3.0
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-        return trial_counts(study)
 
 
 class _DefineByRun:
@@ -308,18 +338,29 @@ def _searcher_class(optuna_search_cls: type) -> type:
     """
 
     class NasAscOptunaSearch(optuna_search_cls):
-        def __init__(self, study: optuna.Study, space: SearchSpace, settings: SearchSettings):
+        def __init__(
+            self,
+            study: optuna.Study,
+            space: SearchSpace,
+            settings: SearchSettings,
+            reporter: Reporter | None = None,
+        ):
             # a storage without heartbeat settings: the driver asks, workers write heartbeats
-            self._store = _storage(settings.storage)
+            self._store = open_storage(settings.storage)
+            # each trial's own sampler, seeded by the study seed and the trial's own number (as
+            # the optuna backend does): Optuna numbers trials atomically, so two drivers asking
+            # at once still get different seeds
+            self._sampler = TrialSeededSampler(settings.sampler, settings.seed)
             super().__init__(
                 space=_DefineByRun(space),
                 metric=list(OBJECTIVE_NAMES),
                 mode=list(MODES),
-                sampler=make_sampler(settings.sampler, settings.seed),
+                sampler=self._sampler,
                 study_name=settings.study_name,
                 storage=self._store,
             )
             self._study = study  # the heartbeat-aware study: finds trials of dead processes
+            self._reporter = reporter or Reporter()
             self._settings = settings
             self._study_id = self._store.get_study_id_from_name(settings.study_name)
             self._deadline = (
@@ -337,19 +378,13 @@ def _searcher_class(optuna_search_cls: type) -> type:
                 return self.FINISHED
             if time.monotonic() < self._next_poll:
                 return None
-            counts = _settle(self._study)
+            counts = fail_stale_trials(self._study)
             if not counts.waiting and counts.done + counts.running >= self._settings.n_trials:
                 if counts.running == 0:
                     return self.FINISHED
                 # a running trial may yet die and be re-queued: look again in a moment
                 self._next_poll = time.monotonic() + _POLL_SECONDS
                 return None
-            # a fresh sampler per trial, seeded by study seed and trial number: a continued
-            # study samples its first trials as an uninterrupted one would
-            next_number = len(self._study.get_trials(deepcopy=False))
-            self._ot_study.sampler = make_sampler(
-                self._settings.sampler, trial_seed(self._settings.seed, next_number)
-            )
             with warnings.catch_warnings():
                 # TPE's own work can exceed Ray's 1 s hint for define-by-run spaces; it is not
                 # training, which runs in the trainable
@@ -388,11 +423,16 @@ def _searcher_class(optuna_search_cls: type) -> type:
             number = self._numbers.pop(trial_id, None)
             if number is None:
                 return
+            self._sampler.forget(number)  # the trainable told the outcome, not this sampler
             trial_id_ = self._trial_id(number)
             frozen = self._store.get_trial(trial_id_)
             if frozen.state.is_finished():
                 return  # the trainable told the outcome
             _orphaned(self._study, self._store, trial_id_, frozen, self._settings.max_retry)
+            self._reporter.message(
+                f"trial {frozen.number}: its Ray worker stopped before the trial finished (node "
+                "lost, killed or interrupted); re-queued"
+            )
 
         def _trial_id(self, number: int) -> int:
             return self._store.get_trial_id_from_study_id_trial_number(self._study_id, number)
@@ -414,7 +454,6 @@ def _orphaned(study, store, trial_id: int, frozen: optuna.trial.FrozenTrial, max
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)(study, frozen)
-    print(f"trial {frozen.number}: {reason}; re-queued", flush=True)
 
 
 class _Heartbeat:
@@ -446,7 +485,9 @@ class _Heartbeat:
         self._thread.join(timeout=self._interval)
 
 
-def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -> None:
+def _ray_trial(
+    config: dict, context: SearchContext, settings: SearchSettings, verbosity: int
+) -> None:
     """The Ray trainable: run the Optuna trial ``config[TRIAL_KEY]`` and tell its outcome."""
     from ray import tune
 
@@ -454,25 +495,25 @@ def _ray_trial(config: dict, context: SearchContext, settings: SearchSettings) -
 
     # the trial's Ray CPUs are its cores (Ray does not pin workers to cores)
     accel.configure_threads(parallel_trials=1, cores=CPUS_PER_TRIAL)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(verbosity)  # the driver's: no Optuna INFO lines unless -v
     number = int(config[TRIAL_KEY])
-    store = _storage(settings.storage)
+    store = open_storage(settings.storage)
     study = optuna.load_study(
         study_name=settings.study_name,
         storage=store,
-        sampler=make_sampler(settings.sampler, trial_seed(settings.seed, number)),
+        sampler=TrialSeededSampler(settings.sampler, settings.seed),
     )
     trial_id = store.get_trial_id_from_study_id_trial_number(
         store.get_study_id_from_name(settings.study_name), number
     )
     # suggest_* on this trial returns the parameters the driver's sampler already stored
     trial = optuna.trial.Trial(study, trial_id)
-    objective = Objective(context, create_pruner(settings.pruner))
+    objective = Objective(context, settings.pruner)
     try:
-        with _Heartbeat(store, trial_id, settings.heartbeat):
+        with _Heartbeat(store, trial_id, settings.heartbeat), settings.thread_options():
             outcome = _run_and_tell(objective, study, trial)
     finally:
-        _dispose(store)  # actors are reused: each trial's connections are closed with it
+        close_storage(store)  # actors are reused: each trial's connections are closed with it
     tune.report({TRIAL_KEY: number, **outcome})
 
 
@@ -491,9 +532,9 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
     except Exception as exc:
         study.tell(trial, state=TrialState.FAIL)
         reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, _TRIAL_ERRORS):
-            # as the optuna backend: the trial is failed, the study goes on
-            print(f"trial {trial.number}: failed ({reason}); the study goes on", flush=True)
+        if isinstance(exc, TrialError):
+            # as the optuna backend: the trial is failed (the objective reported it), the
+            # study goes on
             return {**nan, "state": "FAIL", "error": "", "reason": reason}
         return {**nan, "state": "ERROR", "error": reason}
     study.tell(trial, list(values))

@@ -17,23 +17,44 @@ Optuna parameter name. Example (``search_spaces/tfsepnet.yaml``)::
       frontend.n_mels: {type: categorical, choices: [64, 128]}
       train.lr: {type: float, low: 1.0e-3, high: 2.0e-2, log: true}
 
-Every problem in a space raises ``SpaceError`` with one line naming the file, the dimension (or
-key), the bad value and the fix.
+The shape of a file (keys, kinds, numbers, booleans) is checked by the pydantic models below, and
+fixed values and choices by pydantic against the real type of the dataclass field they set. Every
+problem raises ``SpaceError`` with one line naming the file, the dimension (or key), the bad value
+(shortened) and the fix.
+
+The named spaces ship inside the package (``nas_asc/search_spaces/``, which the repository's
+top-level ``search_spaces/`` links to); a ``./search_spaces/`` folder in the working directory is
+searched first for a user's own spaces.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import os
+import reprlib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import optuna
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+)
 
 from nas_asc.errors import SpaceError
 
@@ -50,9 +71,6 @@ __all__ = [
 SECTIONS = ("model", "frontend", "train")
 KINDS = ("int", "float", "categorical")
 
-_TOP_KEYS = ("name", "description", "model", "fixed", "dimensions")
-_REQUIRED_TOP_KEYS = ("name", "model", "dimensions")
-_NUMERIC_KEYS = ("low", "high", "step", "log")
 _SPEC_KEYS = ("type", "low", "high", "step", "log", "choices")
 _YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -62,21 +80,20 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 # --------------------------------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _fail(source: str, where: str, problem: str, fix: str) -> SpaceError:
     """Build a one-line ``SpaceError``: ``<file>: <where>: <problem>; fix: <fix>``."""
-    return SpaceError(_one_line(f"{source}: {where}: {problem}; fix: {fix}"))
+    return SpaceError(" ".join(f"{source}: {where}: {problem}; fix: {fix}".split()))
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
 
 
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
+def _short(value: Any) -> str:
+    """``repr(value)``, at most 80 characters: a YAML alias bomb can be a value of gigabytes."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _type_label(value: Any) -> str:
@@ -100,7 +117,7 @@ def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) 
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"duplicate key {key!r} (first defined on line {seen[key].line + 1})",
+                f"duplicate key {_short(key)} (first defined on line {seen[key].line + 1})",
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark
@@ -113,74 +130,253 @@ _UniqueKeyLoader.add_constructor(
 
 
 # --------------------------------------------------------------------------------------------
+# The file's shape, as pydantic models (strict: no "64" for 64, no 1 for true)
+# --------------------------------------------------------------------------------------------
+
+_Number = Annotated[float, Field(allow_inf_nan=False)]  # an int or a float, never a bool
+_Scalar = None | bool | int | float | str  # what Optuna takes as a categorical choice
+_Mapping = Annotated[dict[Any, Any], Strict(False)]  # any mapping, its values checked later
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _TopLevel(_Strict):
+    name: Annotated[str, Field(pattern=r"\S")]
+    description: str | None = None
+    model: str
+    fixed: (
+        Annotated[dict[Literal["model", "frontend", "train"], _Mapping | None], Strict(False)]
+        | None
+    ) = None
+    dimensions: _Mapping | None
+
+
+class _Range(_Strict):
+    low: _Number
+    high: _Number
+    step: _Number | None = None
+    log: bool = False
+
+
+class _IntSpec(_Range):
+    type: Literal["int"]
+
+
+class _FloatSpec(_Range):
+    type: Literal["float"]
+
+
+class _CategoricalSpec(_Strict):
+    type: Literal["categorical"]
+    choices: Annotated[list[_Scalar], Strict(False), Field(min_length=1)]
+
+
+def _kind(spec: Any) -> str | None:
+    """The spec's ``type`` if it is one of ``KINDS`` (pydantic would ``str()`` any other tag,
+    which for a YAML alias bomb never ends)."""
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    return kind if isinstance(kind, str) and kind in KINDS else None
+
+
+_SPEC = TypeAdapter(
+    Annotated[
+        Annotated[_IntSpec, Tag("int")]
+        | Annotated[_FloatSpec, Tag("float")]
+        | Annotated[_CategoricalSpec, Tag("categorical")],
+        Discriminator(_kind),
+    ]
+)
+_TOP_KEYS = list(_TopLevel.model_fields)
+_REQUIRED_TOP_KEYS = [key for key, info in _TopLevel.model_fields.items() if info.is_required()]
+_TOP_LEVEL_HELP = {  # key -> (problem, fix) when its value has the wrong type
+    "name": ("{value} is not a non-empty string", "give the space a name"),
+    "description": (
+        "{value} is not a string",
+        "write the description as text (quote it if needed)",
+    ),
+    "fixed": (
+        "must be a mapping of section -> field -> value, got {type} {value}",
+        "write e.g. fixed: {train: {batch_size: 64}}",
+    ),
+    "dimensions": (
+        "must be a mapping of 'section.field' -> spec, got {type}",
+        "write e.g. dimensions: {model.width: {type: int, low: 8, high: 64}}",
+    ),
+}
+
+
+def _reported(exc: ValidationError) -> list[dict[str, Any]]:
+    """The errors one message reports: every unknown key, else every missing one, else the first."""
+    errors = exc.errors(include_url=False)
+    for kinds in (("extra_forbidden", "invalid_key"), ("missing",)):
+        group = [error for error in errors if error["type"] in kinds]
+        if group:
+            return group
+    return errors[:1]
+
+
+def _unknown_model(source: str, model: Any) -> SpaceError:
+    from nas_asc.models import list_models
+
+    return _fail(
+        source,
+        "key 'model'",
+        f"unknown model family {_short(model)}",
+        f"use one of {list_models()}",
+    )
+
+
+def _top_level_error(source: str, exc: ValidationError) -> SpaceError:
+    errors = _reported(exc)
+    kind, loc, value = errors[0]["type"], errors[0]["loc"], errors[0]["input"]
+    keys = [error["loc"][-1] for error in errors if error["loc"]]
+    if not loc:
+        problem, fix = f"must be a mapping, got {_type_label(value)}", f"write the keys {_TOP_KEYS}"
+        return _fail(source, "top level", problem, f"{fix} at the top level")
+    if kind in ("extra_forbidden", "invalid_key"):
+        return _fail(source, "top level", f"unknown key(s) {_short(keys)}", f"use only {_TOP_KEYS}")
+    if kind == "missing":
+        fix = f"add them; required keys are {_REQUIRED_TOP_KEYS}"
+        return _fail(source, "top level", f"missing key(s) {keys}", fix)
+    if loc[0] == "model":
+        return _unknown_model(source, value)
+    if loc[0] == "fixed" and len(loc) > 1:
+        where = f"fixed section {_short(loc[1])}"
+        if kind == "literal_error":
+            return _fail(source, where, "unknown section", f"use one of {list(SECTIONS)}")
+        problem = f"must be a mapping of field -> value, got {_type_label(value)} {_short(value)}"
+        return _fail(source, where, problem, f"write e.g. fixed: {{{loc[1]}: {{field: value}}}}")
+    problem, fix = _TOP_LEVEL_HELP[loc[0]]
+    return _fail(
+        source, f"key {loc[0]!r}", problem.format(value=_short(value), type=_type_label(value)), fix
+    )
+
+
+def _spec_error(source: str, where: str, exc: ValidationError) -> SpaceError:
+    errors = _reported(exc)
+    kind, loc, value = errors[0]["type"], errors[0]["loc"], errors[0]["input"]
+    tag, key = (loc + (None, None))[:2]  # loc is (dimension kind, spec key, ...)
+    if kind == "union_tag_not_found" and not isinstance(value, dict):
+        problem = f"the spec must be a mapping, got {_type_label(value)} {_short(value)}"
+        fix = "write e.g. {type: int, low: 8, high: 64} or {type: categorical, choices: [a, b]}"
+    elif kind == "union_tag_not_found":
+        problem = f"type {_short(value['type'])} is not supported" if "type" in value else ""
+        problem, fix = problem or "missing 'type'", f"set type to one of {list(KINDS)}"
+    elif kind == "extra_forbidden":
+        keys = [error["loc"][-1] for error in errors]
+        unknown = [key for key in keys if key not in _SPEC_KEYS]
+        if unknown:
+            problem, fix = (
+                f"unknown key(s) {_short(unknown)} in the spec",
+                f"use only {list(_SPEC_KEYS)}",
+            )
+        else:
+            problem = f"key(s) {keys} do not apply to a {tag} dimension"
+            other = "int/float for a numeric range" if tag == "categorical" else "categorical"
+            fix = f"remove them, or use type {other}"
+    elif kind == "missing":
+        problem = f"missing {key!r}"
+        fix = (
+            "add choices: [a, b, ...]"
+            if key == "choices"
+            else f"add {key}: <number> to the {tag} spec"
+        )
+    elif key == "choices" and kind == "too_short":
+        problem, fix = "choices is empty", "list at least one value"
+    elif key == "choices" and len(loc) == 2:
+        problem = f"choices must be a list, got {_type_label(value)} {_short(value)}"
+        fix = "write choices as a YAML list, e.g. choices: [64, 128]"
+    elif key == "choices":
+        problem = f"choice {_short(value)} is a {_type_label(value)}, not a scalar"
+        fix = "use only numbers, strings, booleans or null as choices"
+    elif key == "log":
+        problem, fix = f"log {_short(value)} is not a boolean", "write log: true or log: false"
+    elif kind == "finite_number":
+        problem, fix = f"{key} {_short(value)} is not finite", "use a finite number"
+    else:  # a bound or step that is not a number
+        hint = ""
+        if isinstance(value, str) and len(value) < 40:
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if math.isfinite(number):
+                hint = f" (YAML reads {value} as text; write {number!r})"
+        problem, fix = f"{key} {_short(value)} is not a number{hint}", f"give {key} as a number"
+    return _fail(source, where, problem, fix)
+
+
+# --------------------------------------------------------------------------------------------
 # Dataclass field types
 # --------------------------------------------------------------------------------------------
 
-_SCALAR_NAMES = {"int": int, "float": float, "str": str, "bool": bool, "None": type(None)}
 
-
-def _section_fields(section: str, model: str) -> dict[str, dataclasses.Field]:
-    """Return the fields of the config dataclass behind ``section``, by name."""
+def _section_class(section: str, model: str) -> type:
+    """The config dataclass behind ``section``."""
     if section == "model":
         from nas_asc.models import get_model_config
 
-        cls = get_model_config(model)
-    elif section == "frontend":
+        return get_model_config(model)
+    if section == "frontend":
         from nas_asc.data.features import FrontEnd
 
-        cls = FrontEnd
-    else:
-        from nas_asc.train.loop import TrainConfig
+        return FrontEnd
+    from nas_asc.train.loop import TrainConfig
 
-        cls = TrainConfig
-    return {f.name: f for f in dataclasses.fields(cls)}
+    return TrainConfig
 
 
-def _field_types(field: dataclasses.Field) -> frozenset[type]:
-    """Types a value of ``field`` may have, from its annotation or else its default.
-
-    Simple annotations such as ``int``, ``str`` or ``float | None`` are read directly (they are
-    strings under ``from __future__ import annotations``); for anything else the type of the
-    default decides. An empty set means "unknown": any value is accepted.
-    """
-    annotation = field.type
-    if isinstance(annotation, str):
-        parts = [part.strip() for part in annotation.split("|")]
-        if all(part in _SCALAR_NAMES for part in parts):
-            return frozenset(_SCALAR_NAMES[part] for part in parts)
-    elif isinstance(annotation, type) and annotation in _SCALAR_NAMES.values():
-        return frozenset({annotation})
-    default = field.default
-    if default is dataclasses.MISSING and field.default_factory is not dataclasses.MISSING:
-        default = field.default_factory()
-    if default is dataclasses.MISSING or default is None:
-        return frozenset()
-    if isinstance(default, (list, tuple)):
-        return frozenset({list, tuple})
-    return frozenset({type(default)})
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Field name -> real type of a config dataclass (``Any`` where it cannot be resolved)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation naming something not importable: accept any value
+        hints = {}
+    return {field.name: hints.get(field.name, Any) for field in dataclasses.fields(cls)}
 
 
-def _describe_types(types: frozenset[type]) -> str:
-    names = {int: "int", float: "float", str: "str", bool: "bool", type(None): "null"}
-    names.update({list: "list", tuple: "list"})
-    return " or ".join(sorted({names.get(t, t.__name__) for t in types}))
+def _lax_sequences(hint: Any) -> Any:
+    """``hint`` with its tuples and lists made to take a YAML list (strict takes only a tuple)."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (tuple, list):
+        inner = tuple(arg if arg is Ellipsis else _lax_sequences(arg) for arg in args)
+        return Annotated[origin[inner] if inner else origin, Strict(False)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_lax_sequences(arg) for arg in args)]  # noqa: UP007
+    return hint
 
 
-def _compatible(value: Any, types: frozenset[type]) -> bool:
-    """Whether ``value`` suits a field of ``types`` (int suits float; bool suits no number)."""
-    if not types:
-        return True
-    if isinstance(value, bool):
-        return bool in types
-    if isinstance(value, int):
-        return int in types or float in types
-    if isinstance(value, float):
-        return float in types
-    if value is None:
-        return type(None) in types
-    if isinstance(value, (list, tuple)):
-        return list in types or tuple in types
-    return type(value) in types
+@functools.cache
+def _adapter(cls: type, field: str) -> TypeAdapter:
+    config = ConfigDict(strict=True, arbitrary_types_allowed=True)
+    return TypeAdapter(_lax_sequences(_field_hints(cls)[field]), config=config)
+
+
+def _mismatch(cls: type, field: str, value: Any) -> dict[str, Any] | None:
+    """The pydantic error if ``value`` does not suit the type of ``cls.field``, else ``None``."""
+    try:
+        _adapter(cls, field).validate_python(value)
+    except ValidationError as exc:
+        return exc.errors(include_url=False)[0]
+    return None
+
+
+def _describe(hint: Any) -> str:
+    """A field type as a YAML author reads it: ``int``, ``float or null``, ``list of int``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is Annotated:
+        return _describe(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin in (tuple, list):
+        inner = dict.fromkeys(_describe(arg) for arg in args if arg is not Ellipsis)
+        return f"list of {' and '.join(inner)}" if inner else "list"
+    return getattr(hint, "__name__", str(hint))
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,10 +465,8 @@ class Dimension:
         return spec
 
 
-def _parse_dimension(
-    source: str, key: Any, spec: Any, model: str, fields_by_section: dict[str, dict]
-) -> Dimension:
-    where = f"dimension {key!r}"
+def _parse_dimension(source: str, key: Any, spec: Any, model: str) -> Dimension:
+    where = f"dimension {_short(key)}"
     if not isinstance(key, str) or key.count(".") != 1 or "" in key.split("."):
         raise _fail(
             source,
@@ -280,191 +474,64 @@ def _parse_dimension(
             "a dimension key must be 'section.field'",
             f"name it like 'model.width' with section one of {list(SECTIONS)}",
         )
-    section, field_name = key.split(".")
+    section, field = key.split(".")
     if section not in SECTIONS:
-        raise _fail(
-            source,
-            where,
-            f"unknown section {section!r}",
-            f"use one of {list(SECTIONS)}",
-        )
-    fields = fields_by_section[section]
-    if field_name not in fields:
-        raise _fail(
-            source,
-            where,
-            f"unknown field {field_name!r} for section {section!r} (model {model!r})",
-            f"use one of {sorted(fields)}",
-        )
-    if not isinstance(spec, Mapping):
-        raise _fail(
-            source,
-            where,
-            f"the spec must be a mapping, got {_type_label(spec)} {spec!r}",
-            "write e.g. {type: int, low: 8, high: 64} or {type: categorical, choices: [a, b]}",
-        )
-    unknown = [k for k in spec if k not in _SPEC_KEYS]
-    if unknown:
-        raise _fail(
-            source,
-            where,
-            f"unknown key(s) {unknown} in the spec",
-            f"use only {list(_SPEC_KEYS)}",
-        )
-    kind = spec.get("type")
-    if kind not in KINDS:
-        raise _fail(
-            source,
-            where,
-            f"type {kind!r} is not supported" if "type" in spec else "missing 'type'",
-            f"set type to one of {list(KINDS)}",
-        )
-    types = _field_types(fields[field_name])
-    if kind == "categorical":
-        return _parse_categorical(source, where, section, field_name, spec, types)
-    return _parse_numeric(source, where, section, field_name, kind, spec, types)
-
-
-def _parse_categorical(
-    source: str,
-    where: str,
-    section: str,
-    field_name: str,
-    spec: Mapping,
-    types: frozenset[type],
-) -> Dimension:
-    extra = [k for k in _NUMERIC_KEYS if k in spec]
-    if extra:
-        raise _fail(
-            source,
-            where,
-            f"key(s) {extra} do not apply to a categorical dimension",
-            "remove them, or use type int/float for a numeric range",
-        )
-    if "choices" not in spec:
-        raise _fail(
-            source, where, "categorical dimension without 'choices'", "add choices: [a, b, ...]"
-        )
-    choices = spec["choices"]
-    if not isinstance(choices, (list, tuple)):
-        raise _fail(
-            source,
-            where,
-            f"choices must be a list, got {_type_label(choices)} {choices!r}",
-            "write choices as a YAML list, e.g. choices: [64, 128]",
-        )
-    if not choices:
-        raise _fail(source, where, "choices is empty", "list at least one value")
-    for choice in choices:
-        if not _is_scalar(choice):
-            raise _fail(
-                source,
-                where,
-                f"choice {choice!r} is a {_type_label(choice)}, not a scalar",
-                "use only numbers, strings, booleans or null as choices",
-            )
-        if not _compatible(choice, types):
-            raise _fail(
-                source,
-                where,
-                f"choice {choice!r} ({_type_label(choice)}) does not suit field "
-                f"{field_name!r} of type {_describe_types(types)}",
-                f"use {_describe_types(types)} values",
-            )
-    seen: list[Any] = []
-    for choice in choices:
-        # Compare by type and value so that 1, 1.0 and true count as distinct but repeats don't.
-        if any(type(choice) is type(prev) and choice == prev for prev in seen):
-            raise _fail(source, where, f"choice {choice!r} is listed twice", "remove the duplicate")
-        seen.append(choice)
-    return Dimension(section, field_name, "categorical", choices=tuple(choices))
-
-
-def _parse_numeric(
-    source: str,
-    where: str,
-    section: str,
-    field_name: str,
-    kind: str,
-    spec: Mapping,
-    types: frozenset[type],
-) -> Dimension:
-    if "choices" in spec:
-        raise _fail(
-            source,
-            where,
-            f"'choices' does not apply to a {kind} dimension",
-            "remove it, or use type categorical",
-        )
-    if kind == "float" and types and float not in types:
-        raise _fail(
-            source,
-            where,
-            f"type float does not suit field {field_name!r} of type {_describe_types(types)}",
-            "use type int or categorical" if int in types else "use type categorical",
-        )
-    if kind == "int" and types and int not in types and float not in types:
-        raise _fail(
-            source,
-            where,
-            f"type int does not suit field {field_name!r} of type {_describe_types(types)}",
-            "use type categorical",
-        )
-    values: dict[str, Any] = {}
-    for bound in ("low", "high"):
-        if bound not in spec:
-            raise _fail(
-                source, where, f"missing {bound!r}", f"add {bound}: <number> to the {kind} spec"
-            )
-    for bound in ("low", "high", "step"):
-        if bound not in spec or (bound == "step" and spec[bound] is None):
-            continue
-        value = spec[bound]
-        if not _is_number(value):
-            hint = ""
-            if isinstance(value, str):
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = math.nan
-                if math.isfinite(number):
-                    hint = f" (YAML reads {value} as text; write {number!r})"
-            raise _fail(
-                source,
-                where,
-                f"{bound} {value!r} is not a number{hint}",
-                f"give {bound} as a number",
-            )
-        if not math.isfinite(value):
-            raise _fail(source, where, f"{bound} {value!r} is not finite", "use a finite number")
-        if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise _fail(
-                    source,
-                    where,
-                    f"{bound} {value!r} is not an integer in an int dimension",
-                    f"use a whole number for {bound}, or type float",
+        problem = f"unknown section {_short(section)}"
+        raise _fail(source, where, problem, f"use one of {list(SECTIONS)}")
+    cls = _section_class(section, model)
+    if field not in _field_hints(cls):
+        problem = f"unknown field {_short(field)} for section {section!r} (model {model!r})"
+        raise _fail(source, where, problem, f"use one of {sorted(_field_hints(cls))}")
+    try:
+        parsed = _SPEC.validate_python(dict(spec) if isinstance(spec, Mapping) else spec)
+    except ValidationError as exc:
+        raise _spec_error(source, where, exc) from None
+    field_type = _describe(_field_hints(cls)[field])
+    if isinstance(parsed, _CategoricalSpec):
+        seen: set[tuple[type, Any]] = set()
+        for choice in parsed.choices:
+            if _mismatch(cls, field, choice):
+                problem = (
+                    f"choice {_short(choice)} ({_type_label(choice)}) does not suit field "
+                    f"{field!r} of type {field_type}"
                 )
-            value = int(value)
-        else:
-            value = float(value)
-        values[bound] = value
-    low, high, step = values["low"], values["high"], values.get("step")
+                raise _fail(source, where, problem, f"use {field_type} values")
+            # 1, 1.0 and true are distinct choices; a repeat of the same type and value is not
+            if (type(choice), choice) in seen:
+                problem = f"choice {_short(choice)} is listed twice"
+                raise _fail(source, where, problem, "remove the duplicate")
+            seen.add((type(choice), choice))
+        return Dimension(section, field, "categorical", choices=tuple(parsed.choices))
+    return _parse_range(source, where, section, field, cls, parsed)
+
+
+def _parse_range(
+    source: str, where: str, section: str, field: str, cls: type, spec: _Range
+) -> Dimension:
+    kind, field_type = spec.type, _describe(_field_hints(cls)[field])
+    number = int if kind == "int" else float
+    if any(_mismatch(cls, field, number(bound)) for bound in (spec.low, spec.high)):
+        also_int = "int or " if kind == "float" and not _mismatch(cls, field, 1) else ""
+        problem = f"type {kind} does not suit field {field!r} of type {field_type}"
+        raise _fail(source, where, problem, f"use type {also_int}categorical")
+    values = {"low": spec.low, "high": spec.high, "step": spec.step}
+    if kind == "int":
+        for bound, value in values.items():
+            if value is not None and not value.is_integer():
+                problem = f"{bound} {value!r} is not an integer in an int dimension"
+                raise _fail(
+                    source, where, problem, f"use a whole number for {bound}, or type float"
+                )
+        values = {bound: None if v is None else int(v) for bound, v in values.items()}
+    low, high, step = values["low"], values["high"], values["step"]
     if low > high:
         raise _fail(source, where, f"low {low!r} > high {high!r}", "swap them so that low <= high")
-    log = spec.get("log", False)
-    if not isinstance(log, bool):
-        raise _fail(source, where, f"log {log!r} is not a boolean", "write log: true or log: false")
     if step is not None:
         if step <= 0:
             raise _fail(source, where, f"step {step!r} <= 0", "use a positive step")
-        if log:
-            raise _fail(
-                source,
-                where,
-                f"log sampling together with step {step!r}",
-                "remove step or remove log: true",
-            )
+        if spec.log:
+            problem = f"log sampling together with step {step!r}"
+            raise _fail(source, where, problem, "remove step or remove log: true")
         n_steps = (high - low) / step
         if abs(n_steps - round(n_steps)) > 1e-9 * max(1.0, abs(n_steps)):
             raise _fail(
@@ -473,61 +540,32 @@ def _parse_numeric(
                 f"high - low = {high - low!r} is not a multiple of step {step!r}",
                 f"set high to {low + math.floor(n_steps) * step!r} or change step",
             )
-    if log and low <= 0:
-        raise _fail(
-            source, where, f"log sampling with low {low!r} <= 0", "use low > 0 or remove log"
-        )
-    return Dimension(section, field_name, kind, low=low, high=high, step=step, log=log)
+    if spec.log and low <= 0:
+        problem = f"log sampling with low {low!r} <= 0"
+        raise _fail(source, where, problem, "use low > 0 or remove log")
+    return Dimension(section, field, kind, low=low, high=high, step=step, log=spec.log)
 
 
-def _parse_fixed(
-    source: str, fixed: Any, fields_by_section: dict[str, dict]
-) -> dict[str, dict[str, Any]]:
-    if fixed is None:
-        fixed = {}
-    if not isinstance(fixed, Mapping):
-        raise _fail(
-            source,
-            "key 'fixed'",
-            f"must be a mapping of section -> field -> value, got {_type_label(fixed)} {fixed!r}",
-            "write e.g. fixed: {train: {batch_size: 64}}",
-        )
+def _parse_fixed(source: str, fixed: Mapping | None, model: str) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    for section, values in fixed.items():
-        where = f"fixed section {section!r}"
-        if section not in SECTIONS:
-            raise _fail(source, where, "unknown section", f"use one of {list(SECTIONS)}")
-        if values is None:
-            continue
-        if not isinstance(values, Mapping):
-            raise _fail(
-                source,
-                where,
-                f"must be a mapping of field -> value, got {_type_label(values)} {values!r}",
-                f"write e.g. fixed: {{{section}: {{field: value}}}}",
-            )
-        fields = fields_by_section[section]
-        for field_name, value in values.items():
-            where = f"fixed '{section}.{field_name}'"
-            if field_name not in fields:
-                raise _fail(
-                    source,
-                    where,
-                    f"unknown field {field_name!r} for section {section!r}",
-                    f"use one of {sorted(fields)}",
+    for section, values in (fixed or {}).items():
+        cls = _section_class(section, model)
+        for field, value in (values or {}).items():
+            where = f"fixed {_short(f'{section}.{field}')}"
+            if field not in _field_hints(cls):
+                problem = f"unknown field {_short(field)} for section {section!r}"
+                raise _fail(source, where, problem, f"use one of {sorted(_field_hints(cls))}")
+            error = _mismatch(cls, field, value)
+            if error:
+                field_type = _describe(_field_hints(cls)[field])
+                item = "".join(f"[{part}]" for part in error["loc"])
+                detail = f" (item {item}: {error['msg']})" if item else ""
+                problem = (
+                    f"value {_short(value)} ({_type_label(value)}) does not suit a field of type "
+                    f"{field_type}{detail}"
                 )
-            types = _field_types(fields[field_name])
-            if not _compatible(value, types):
-                raise _fail(
-                    source,
-                    where,
-                    f"value {value!r} ({_type_label(value)}) does not suit a field of type "
-                    f"{_describe_types(types)}",
-                    f"give a value of type {_describe_types(types)}",
-                )
-            if isinstance(value, list):
-                value = tuple(value)
-            result[section][field_name] = value
+                raise _fail(source, where, problem, f"give a value of type {field_type}")
+            result[section][field] = tuple(value) if isinstance(value, list) else value
     return result
 
 
@@ -575,86 +613,38 @@ class SearchSpace:
             SpaceError: For any malformed or unknown key, value or dimension.
         """
         source = str(source)
-        if not isinstance(data, Mapping):
-            raise _fail(
-                source,
-                "top level",
-                f"must be a mapping, got {_type_label(data)}",
-                f"write the keys {list(_TOP_KEYS)} at the top level",
-            )
-        unknown = [k for k in data if k not in _TOP_KEYS]
-        if unknown:
-            raise _fail(
-                source, "top level", f"unknown key(s) {unknown}", f"use only {list(_TOP_KEYS)}"
-            )
-        missing = [k for k in _REQUIRED_TOP_KEYS if k not in data]
-        if missing:
-            raise _fail(
-                source,
-                "top level",
-                f"missing key(s) {missing}",
-                f"add them; required keys are {list(_REQUIRED_TOP_KEYS)}",
-            )
-        name = data["name"]
-        if not isinstance(name, str) or not name.strip():
-            raise _fail(
-                source, "key 'name'", f"{name!r} is not a non-empty string", "give the space a name"
-            )
-        description = data.get("description", "")
-        if description is None:
-            description = ""
-        if not isinstance(description, str):
-            raise _fail(
-                source,
-                "key 'description'",
-                f"{description!r} is not a string",
-                "write the description as text (quote it if needed)",
-            )
-        model = data["model"]
+        try:
+            top = _TopLevel.model_validate(dict(data) if isinstance(data, Mapping) else data)
+        except ValidationError as exc:
+            raise _top_level_error(source, exc) from None
         from nas_asc.models import list_models
 
-        known_models = list_models()
-        if not isinstance(model, str) or model not in known_models:
-            raise _fail(
-                source,
-                "key 'model'",
-                f"unknown model family {model!r}",
-                f"use one of {known_models}",
-            )
-        fields_by_section = {section: _section_fields(section, model) for section in SECTIONS}
-        fixed = _parse_fixed(source, data.get("fixed"), fields_by_section)
-
-        raw_dims = data["dimensions"]
-        if raw_dims is None or (isinstance(raw_dims, Mapping) and not raw_dims):
+        if top.model not in list_models():
+            raise _unknown_model(source, top.model)
+        fixed = _parse_fixed(source, top.fixed, top.model)
+        if not top.dimensions:
             raise _fail(
                 source,
                 "key 'dimensions'",
                 "no dimensions to search",
                 "add at least one, e.g. model.width: {type: int, low: 8, high: 64}",
             )
-        if not isinstance(raw_dims, Mapping):
-            raise _fail(
-                source,
-                "key 'dimensions'",
-                f"must be a mapping of 'section.field' -> spec, got {_type_label(raw_dims)}",
-                "write e.g. dimensions: {model.width: {type: int, low: 8, high: 64}}",
-            )
         dimensions = tuple(
-            _parse_dimension(source, key, spec, model, fields_by_section)
-            for key, spec in raw_dims.items()
+            _parse_dimension(source, key, spec, top.model) for key, spec in top.dimensions.items()
         )
         for dim in dimensions:
             if dim.field in fixed[dim.section]:
                 raise _fail(
                     source,
                     f"dimension {dim.name!r}",
-                    f"the field is both fixed (to {fixed[dim.section][dim.field]!r}) and searched",
+                    "the field is both fixed (to "
+                    f"{_short(fixed[dim.section][dim.field])}) and searched",
                     f"remove it from fixed.{dim.section} or from dimensions",
                 )
         return cls(
-            name=name,
-            description=description.strip(),
-            model=model,
+            name=top.name,
+            description=(top.description or "").strip(),
+            model=top.model,
             dimensions=dimensions,
             fixed=fixed,
             source=source,
@@ -790,17 +780,14 @@ def space_dirs() -> list[Path]:
     """Directories searched for named spaces, existing ones only, de-duplicated.
 
     Returns:
-        ``./search_spaces`` (relative to the working directory), then the repository's
-        ``search_spaces/`` next to the ``nas_asc`` package.
+        ``./search_spaces`` (relative to the working directory: a user's own spaces), then the
+        named spaces shipped in the package (``nas_asc/search_spaces``).
     """
-    package_root = Path(__file__).resolve().parents[1]  # .../nas_asc
-    candidates = [Path.cwd() / "search_spaces", package_root.parent / "search_spaces"]
+    packaged = Path(str(resources.files("nas_asc") / "search_spaces"))
     result: list[Path] = []
-    seen: set[Path] = set()
-    for candidate in candidates:
+    for candidate in (Path.cwd() / "search_spaces", packaged):
         resolved = candidate.resolve()
-        if resolved.is_dir() and resolved not in seen:
-            seen.add(resolved)
+        if resolved.is_dir() and resolved not in result:
             result.append(resolved)
     return result
 

@@ -385,7 +385,9 @@ class TrainingAccel:
         return self.threads
 
     def finish(self, *nets: nn.Module) -> None:
-        """Give ``nets`` contiguous weights again and restore the trial's thread count."""
+        """Give ``nets`` contiguous weights again and restore the trial's thread count (with
+        ``adapt_threads``, keep the count the load allows: the int8 measurement that follows
+        runs under the same load)."""
         global _since_finish
         if self._meter is not None:
             self._meter.others_busy()  # the next session reads the load from here on
@@ -393,7 +395,8 @@ class TrainingAccel:
         for net in nets:
             if net is not None and self.channels_last:
                 net.to(memory_format=torch.contiguous_format)
-        torch.set_num_threads(self.share)
+        adapting = self._meter is not None and self.options.threads is None
+        torch.set_num_threads(self.threads if adapting else self.share)
 
     def summary(self) -> dict:
         """JSON-friendly record of the choices (for trial user attributes)."""

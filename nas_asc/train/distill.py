@@ -34,6 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from nas_asc._registry import Registry
+
 __all__ = [
     "KD_WEIGHTINGS",
     "Stage",
@@ -46,6 +48,7 @@ __all__ = [
     "register_kd_strategy",
     "list_kd_strategies",
     "kd_stages",
+    "KD_STRATEGIES",
 ]
 
 KD_WEIGHTINGS = ("convex", "additive")
@@ -215,33 +218,23 @@ class Stage:
     peers: bool = False  # trains config.dml_peers peer networks alongside the student
 
 
-_STRATEGIES: dict[str, Callable[[Any], list[Stage]]] = {}
+# name -> fn(config) -> list[Stage]
+KD_STRATEGIES: Registry[Callable[[Any], list[Stage]]] = Registry("KD strategy")
 
 
 def register_kd_strategy(name: str) -> Callable:
     """Register ``fn(config) -> list[Stage]`` as KD strategy ``name`` (duplicates refused)."""
-
-    def decorator(fn: Callable[[Any], list[Stage]]) -> Callable[[Any], list[Stage]]:
-        if name in _STRATEGIES:
-            raise ValueError(f"KD strategy {name!r} is already registered")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return decorator
+    return KD_STRATEGIES.register(name)
 
 
 def list_kd_strategies() -> list[str]:
     """Names of the registered KD strategies, sorted."""
-    return sorted(_STRATEGIES)
+    return KD_STRATEGIES.names()
 
 
 def kd_stages(config) -> list[Stage]:
     """The non-empty stages of ``config.kd_strategy`` for a run of ``config.epochs`` epochs."""
-    if config.kd_strategy not in _STRATEGIES:
-        raise ValueError(
-            f"unknown KD strategy {config.kd_strategy!r}; known: {', '.join(list_kd_strategies())}"
-        )
-    return [s for s in _STRATEGIES[config.kd_strategy](config) if s.epochs > 0]
+    return [s for s in KD_STRATEGIES.get(config.kd_strategy)(config) if s.epochs > 0]
 
 
 def _stage1_epochs(config) -> int:

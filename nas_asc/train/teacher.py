@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from nas_asc._cache import cache_root, content_key, load_torch, save_torch
+from nas_asc._registry import build_config, parse_spec
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
+from nas_asc.progress import ConsoleReporter, Reporter
 from nas_asc.train.loop import TrainConfig, evaluate, predict, train
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 _VERSION = 2  # 2: members of any family (TeacherMember)
 N_CLASSES = 10  # acoustic scenes of TAU22
+_MEMBER_EXAMPLE = "tfsepnet:width=64,mixstyle_p=0.3"
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,7 @@ class TeacherMember:
         from nas_asc.models import get_model_config
 
         # the family's dataclass validates the fields and their values (one-line errors)
-        config_cls = get_model_config(self.family)
-        known = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise ValueError(
-                f"teacher member {self.family}: unknown config field(s) {unknown}; known "
-                f"fields: {sorted(known)}"
-            )
-        config_cls(**self.model)
+        build_config(get_model_config(self.family), self.model, f"teacher member {self.family}")
         if not 0.0 <= self.mixstyle_p <= 1.0:
             raise ValueError(f"teacher member MixStyle p must be in [0, 1], got {self.mixstyle_p}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -160,46 +155,15 @@ def parse_member(text: str, index: int = 0) -> TeacherMember:
         text: the spec.
         index: the member's position in the ensemble (sets the default seed and MixStyle p).
     """
-    import yaml
-
-    family, _, rest = text.partition(":")
-    family = family.strip()
-    if not family:
-        raise ValueError(
-            f"teacher member spec must start with a model family, got {text!r}; e.g. "
-            "tfsepnet:width=64 or bcresnet:width=80"
-        )
-    fields: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in _split_spec(rest))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(
-                f"teacher member spec {text!r}: expected KEY=VALUE, got {item!r}; e.g. "
-                "tfsepnet:width=64,mixstyle_p=0.3"
-            )
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            raise ValueError(f"teacher member spec {text!r}: cannot read value {value!r}") from None
-        fields[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    family, fields = parse_spec(
+        text, "teacher member spec", name="model family", example=_MEMBER_EXAMPLE
+    )
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     mixstyle_p = fields.pop("mixstyle_p", 0.3 if index % 2 else 0.0)
     seed = fields.pop("seed", index)
     if isinstance(mixstyle_p, bool) or not isinstance(mixstyle_p, (int, float)):
         raise ValueError(f"teacher member mixstyle_p must be a number, got {mixstyle_p!r}")
     return TeacherMember(family, fields, float(mixstyle_p), seed)
-
-
-def _split_spec(rest: str) -> list[str]:
-    """Split ``a=1,b=[1,2]`` at the commas outside brackets."""
-    parts, depth, current = [], 0, ""
-    for ch in rest:
-        depth += 1 if ch in "[(" else -1 if ch in "])" else 0
-        if ch == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    return [*parts, current]
 
 
 def _accuracy_report(logits: torch.Tensor, labels: torch.Tensor, devices: list[str]) -> dict:
@@ -218,6 +182,15 @@ def _accuracy_report(logits: torch.Tensor, labels: torch.Tensor, devices: list[s
         "unseen_accuracy": float(np.mean(unseen)) if unseen else None,
         "n_clips": int(len(hit)),
     }
+
+
+def _epoch_line(reporter: Reporter, who: str, epochs: int):
+    """An ``on_epoch`` callback that reports a member's epochs (a live line on a terminal)."""
+
+    def on_epoch(epoch: int, record: dict, model) -> None:
+        reporter.epoch(who, epoch + 1, epochs, {"loss": record["loss"]})
+
+    return on_epoch
 
 
 def get_teacher(
@@ -246,6 +219,7 @@ def get_teacher(
         return TeacherEnsemble(blob["logits"], blob["report"])
 
     train_set, eval_set = load_features(dataset, config.frontend, progress=progress)
+    reporter = ConsoleReporter() if progress else Reporter()
     n_rows = dataset.n_meta_rows
     all_rows = torch.cat([train_set.rows, eval_set.rows])
     all_x = torch.cat([train_set.x, eval_set.x])
@@ -256,9 +230,11 @@ def get_teacher(
         recipe = dataclasses.replace(config.train, mixstyle_p=member.mixstyle_p)
         torch.manual_seed(member.seed)
         model = create_model(member.family, **member.model)
+        on_epoch = None
         if progress:
-            print(f"teacher {i + 1}/{n}: {member.describe()}, {recipe.epochs} epochs", flush=True)
-        result = train(model, train_set, recipe, seed=member.seed)
+            reporter.message(f"teacher {i + 1}/{n}: {member.describe()}, {recipe.epochs} epochs")
+            on_epoch = _epoch_line(reporter, f"teacher {i + 1}/{n}", recipe.epochs)
+        result = train(model, train_set, recipe, seed=member.seed, on_epoch=on_epoch)
         ev = evaluate(model, eval_set)
         summed[all_rows] += predict(model, all_x)
         members.append(
@@ -273,10 +249,9 @@ def get_teacher(
         )
         if progress:
             unseen = "" if ev.unseen_accuracy is None else f", unseen {ev.unseen_accuracy:.1%}"
-            print(
+            reporter.message(
                 f"  accuracy {ev.accuracy:.1%} on {_split_name(dataset)} (seen "
-                f"{ev.seen_accuracy:.1%}{unseen}) in {result.seconds:.0f} s",
-                flush=True,
+                f"{ev.seen_accuracy:.1%}{unseen}) in {result.seconds:.0f} s"
             )
     logits = torch.full((n_rows, N_CLASSES), float("nan"))
     logits[all_rows] = summed[all_rows] / n
@@ -289,9 +264,8 @@ def get_teacher(
         "ensemble": ensemble,
     }
     if progress:
-        print(
-            f"teacher ensemble accuracy {ens_acc:.1%} on {_split_name(dataset)} (cached at {path})",
-            flush=True,
+        reporter.message(
+            f"teacher ensemble accuracy {ens_acc:.1%} on {_split_name(dataset)} (cached at {path})"
         )
     save_torch({"logits": logits, "report": report}, path)
     return TeacherEnsemble(logits, report)

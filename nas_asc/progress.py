@@ -1,0 +1,228 @@
+"""Progress of a search: one reporter that the objective, both backends, the CLI and tests use.
+
+A :class:`Reporter` receives events (a search started, an epoch ended, a trial finished, a
+message); the base class ignores them all. :class:`ConsoleReporter` is what the CLI shows: a
+line per finished trial with its searched dimensions, ``k/N``, the elapsed time and an ETA, and
+per-epoch progress of the running trial (rewritten in place on a terminal, a line per epoch
+elsewhere). :class:`RecordingReporter` keeps the events, for tests and programs.
+
+Reporters travel with the :class:`~nas_asc.search.objective.SearchContext` to worker processes
+and Ray actors (they are pickled), so a console reporter prints from wherever a trial runs and
+its ETA counts from the moment the search started (wall-clock time, the same on every worker).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+__all__ = [
+    "ConsoleReporter",
+    "RecordingReporter",
+    "Reporter",
+    "TrialReport",
+    "format_bytes",
+    "format_duration",
+    "format_macs",
+    "format_params",
+]
+
+
+@dataclass(frozen=True)
+class TrialReport:
+    """A finished trial, as reported.
+
+    Attributes:
+        number: the Optuna trial number.
+        state: ``trained``, ``infeasible``, ``pruned`` or ``failed``.
+        params: the searched dimensions' values (dotted names), nothing fixed.
+        summary: the outcome in words (accuracy and complexity, or the reason).
+        done: finished trials of the study, this one included.
+    """
+
+    number: int
+    state: str
+    params: dict[str, Any]
+    summary: str
+    done: int
+
+
+class Reporter:
+    """Receives a search's progress; every method may be overridden, none must be."""
+
+    def search_started(self, total: int, done: int) -> None:
+        """The search (this run of it) starts with ``done`` of ``total`` trials finished."""
+
+    def epoch(self, number: int | str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        """Trial ``number`` (or what a text names, e.g. a teacher member) finished ``epoch``
+        (1-based) of ``epochs``; ``metrics`` by name."""
+
+    def trial_finished(self, report: TrialReport) -> None:
+        """A trial ended (trained, over budget, stopped early or failed)."""
+
+    def message(self, text: str) -> None:
+        """Anything else worth a line (a re-queued trial, where checkpoints go)."""
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def format_macs(value: Any) -> str:
+    """MACs with an SI prefix, e.g. ``10.22 M``; ``-`` when missing (the unit of every table)."""
+    if _missing(value):
+        return "-"
+    value = float(value)
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}"
+    return f"{value:.0f}"
+
+
+def format_bytes(value: Any) -> str:
+    """Bytes with a decimal prefix, e.g. ``57.5 kB`` (1 kB = 1,000 bytes, as the budget's
+    128,000 B); ``-`` when missing."""
+    if _missing(value):
+        return "-"
+    value = float(value)
+    for scale, prefix in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.1f} {prefix}"
+    return f"{value:.0f} B"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    """Searched values, compactly: ``width=40 n_mels=128 lr=0.0032``.
+
+    The section prefix (``model.``, ``frontend.``, ``train.``) is dropped unless two dimensions
+    would then share a name.
+    """
+    short = [name.rpartition(".")[2] for name in params]
+    names = [s if short.count(s) == 1 else full for s, full in zip(short, params, strict=True)]
+    return " ".join(f"{n}={_value(v)}" for n, v in zip(names, params.values(), strict=True))
+
+
+@dataclass
+class ConsoleReporter(Reporter):
+    """Progress lines on a stream (stdout by default).
+
+    Args:
+        total: the trial count the study should reach (``--trials``), for ``k/N`` and the ETA.
+        live: rewrite the running trial's epoch line in place; None: when the stream is a
+            terminal. Without it, each epoch is a line of its own.
+        epochs: show per-epoch progress at all.
+    """
+
+    total: int | None = None
+    live: bool | None = None
+    epochs: bool = True
+    stream: TextIO | None = field(default=None, repr=False)
+    _started: float | None = None
+    _done_at_start: int = 0
+    _pending: bool = False  # a live line is on screen, not yet ended by a newline
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["stream"] = None  # workers print to their own stdout
+        state["_pending"] = False
+        return state
+
+    def _out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    def _is_live(self) -> bool:
+        if self.live is not None:
+            return self.live
+        isatty = getattr(self._out(), "isatty", None)
+        return bool(isatty and isatty())
+
+    def _line(self, text: str) -> None:
+        out = self._out()
+        if self._pending:
+            out.write("\r\033[K")
+            self._pending = False
+        out.write(text + "\n")
+        out.flush()
+
+    def search_started(self, total: int, done: int) -> None:
+        self.total = total
+        self._started = time.time()
+        self._done_at_start = done
+
+    def epoch(self, number: int | str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        if not self.epochs:
+            return
+        who = f"trial {number}" if isinstance(number, int) else number
+        parts = [f"{who}: epoch {epoch}/{epochs}"]
+        for name, value in metrics.items():
+            parts.append(f"{name} {value:.1%}" if "accuracy" in name else f"{name} {value:.3f}")
+        text = "  " + ", ".join(parts)
+        if self._is_live():
+            out = self._out()
+            out.write("\r\033[K" + text)
+            out.flush()
+            self._pending = True
+        else:
+            self._line(text)
+
+    def trial_finished(self, report: TrialReport) -> None:
+        where = ""
+        if self.total:
+            where = f" [{min(report.done, self.total)}/{self.total}]"
+        timing = ""
+        if self._started is not None:
+            elapsed = time.time() - self._started
+            timing = f"; {format_duration(elapsed)} elapsed"
+            finished_here = report.done - self._done_at_start
+            if self.total and finished_here > 0 and report.done < self.total:
+                eta = elapsed / finished_here * (self.total - report.done)
+                timing += f", ETA {format_duration(eta)}"
+        params = format_params(report.params)
+        self._line(f"trial {report.number}{where}: {params} -> {report.summary}{timing}")
+
+    def message(self, text: str) -> None:
+        self._line(text)
+
+
+@dataclass
+class RecordingReporter(Reporter):
+    """Keeps every event in :attr:`events` as ``(kind, payload)`` (for tests and programs)."""
+
+    events: list[tuple[str, Any]] = field(default_factory=list)
+
+    def search_started(self, total: int, done: int) -> None:
+        self.events.append(("search_started", {"total": total, "done": done}))
+
+    def epoch(self, number: int | str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        self.events.append(("epoch", {"number": number, "epoch": epoch, "epochs": epochs}))
+
+    def trial_finished(self, report: TrialReport) -> None:
+        self.events.append(("trial_finished", report))
+
+    def message(self, text: str) -> None:
+        self.events.append(("message", text))
+
+    def trials(self) -> list[TrialReport]:
+        """The finished trials, in the order they were reported."""
+        return [payload for kind, payload in self.events if kind == "trial_finished"]

@@ -1,0 +1,173 @@
+"""Search backends: what runs a study's trials, behind one small base class.
+
+A backend is a :class:`SearchBackend` registered by name in :data:`BACKENDS`:
+
+* ``optuna`` (:class:`~nas_asc.search.optuna_backend.OptunaBackend`): trials run in this
+  process, or in ``--workers N`` processes that share a database server (PostgreSQL);
+* ``ray`` (:class:`~nas_asc.search.ray_backend.RayBackend`): trials run as Ray Tune trials,
+  locally or on a cluster (``address``).
+
+Both write the same trial records to the same Optuna study (the objective, budget gate,
+attributes and checkpoints are one code path: :class:`~nas_asc.search.objective.Objective`),
+continue each other's studies, re-queue a dead worker's trial with its parameters and seed, and
+stop after ``max_failures`` failed trials in a row. The CLI only names the backend::
+
+    backend = create_backend("ray", address="auto")
+    backend.check(settings)            # before any data is loaded
+    study = backend.run(context, settings, data_label, data_info)
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from nas_asc._registry import Registry
+from nas_asc.errors import NasAscError
+
+if TYPE_CHECKING:
+    from nas_asc.progress import Reporter
+    from nas_asc.search.objective import SearchContext
+    from nas_asc.search.settings import SearchSettings
+    from nas_asc.search.study import TrialCounts
+
+__all__ = [
+    "BACKENDS",
+    "FailureStreak",
+    "SearchBackend",
+    "already_done",
+    "create_backend",
+    "list_backends",
+    "run_search",
+]
+
+BACKENDS: Registry[type[SearchBackend]] = Registry("search backend")
+
+
+class SearchBackend(abc.ABC):
+    """Runs (or continues) a study until it has ``settings.n_trials`` finished trials.
+
+    Subclasses take their own options as keyword arguments of ``__init__`` (e.g. Ray's
+    ``address``) and implement :meth:`run`; :meth:`check` refuses, before any expensive work,
+    settings the backend cannot run.
+    """
+
+    name: str = ""
+
+    def check(self, settings: SearchSettings) -> None:  # noqa: B027 -- optional hook
+        """Raise ``NasAscError`` for settings this backend cannot run (called before any work)."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        context: SearchContext,
+        settings: SearchSettings,
+        data_label: str,
+        data_info: dict | None = None,
+    ) -> optuna.Study:
+        """Run the search; return the study, reloaded from its storage.
+
+        Args:
+            context: what every trial shares (space, budget, data, teacher, reporter).
+            settings: the study, its trial count, sampler, pruner and workers.
+            data_label: the dataset's description, recorded in the study.
+            data_info: dataset root, split, fingerprint and protocol, recorded for
+                ``evaluate``, export and the end-of-search test measurement.
+        """
+
+
+def _load_builtin() -> None:
+    # importing a backend's module registers it; Ray itself is imported only when a Ray
+    # search runs
+    import nas_asc.search.optuna_backend  # noqa: F401
+    import nas_asc.search.ray_backend  # noqa: F401
+
+
+def list_backends() -> list[str]:
+    """Names of the registered search backends."""
+    _load_builtin()
+    return BACKENDS.names()
+
+
+def create_backend(name: str, **options) -> SearchBackend:
+    """The backend registered as ``name``, built with ``options`` (None values left out).
+
+    Raises:
+        NasAscError: an unknown backend, or an option it does not take.
+    """
+    _load_builtin()
+    try:
+        cls = BACKENDS.get(name)
+    except ValueError as exc:
+        raise NasAscError(str(exc)) from None
+    given = {key: value for key, value in options.items() if value is not None}
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        takes = ", ".join(sorted(accepted)) or "no options"
+        raise NasAscError(
+            f"search backend {name!r} does not take {', '.join(unknown)} (it takes {takes}); "
+            "leave it out or choose another --backend"
+        )
+    return cls(**given)
+
+
+def run_search(
+    context: SearchContext,
+    settings: SearchSettings,
+    data_label: str,
+    data_info: dict | None = None,
+    backend: str | SearchBackend = "optuna",
+) -> optuna.Study:
+    """Check the settings and run the search with ``backend`` (a name or an instance)."""
+    runner = create_backend(backend) if isinstance(backend, str) else backend
+    runner.check(settings)
+    return runner.run(context, settings, data_label, data_info)
+
+
+def already_done(counts: TrialCounts, settings: SearchSettings, reporter: Reporter) -> bool:
+    """Whether the study has its trials (none waiting to be retried); says so if it has."""
+    if counts.done < settings.n_trials or counts.waiting:
+        return False
+    reporter.message(
+        f"study {settings.study_name!r} already has {counts.done} finished trials "
+        f"(asked for {settings.n_trials}); raise --trials to run more"
+    )
+    return True
+
+
+class FailureStreak:
+    """Counts failed trials in a row; :meth:`check` stops the search at ``limit`` of them.
+
+    One candidate that fails (a diverging loss, a config its family refuses) is that trial's
+    problem, and the search goes on; trial after trial failing is a problem of the setup (a
+    broken dataset, a bug), and running the rest of the study would only fail it more.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.last_reason = ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: record the finished trial's outcome."""
+        self.record(trial.state, trial.user_attrs.get("fail_reason", "unknown error"))
+
+    def record(self, state: TrialState, reason: str = "") -> None:
+        if state == TrialState.FAIL:
+            self.count += 1
+            self.last_reason = reason
+        elif state.is_finished():
+            self.count = 0
+
+    def check(self) -> None:
+        """Raise ``NasAscError`` once ``limit`` trials in a row have failed."""
+        if self.count >= self.limit:
+            raise NasAscError(
+                f"{self.count} trials in a row failed, the last with {self.last_reason}; the "
+                "study keeps every finished trial: fix the cause and run the same command again"
+            )

@@ -1,0 +1,661 @@
+"""The study: its storage, how it is opened and prepared, and where it stands.
+
+Every command that names a study goes through this module, whichever backend runs the trials:
+
+* **Storage URLs** are parsed once, by SQLAlchemy (:func:`parse_storage_url`); messages show them
+  through :func:`safe_url`, which masks the password (also of a URL SQLAlchemy cannot parse).
+  The default storage is SQLite, ``studies/<study>.db`` in the working folder.
+* :func:`open_storage`, :func:`open_study` and :func:`open_existing_study` open an Optuna RDB
+  storage (with heartbeats for a search, so that a dead worker's trial is re-queued) and the
+  nas-asc study in it (named objectives); :func:`close_storage` closes its connections.
+* :func:`prepare_study` creates or continues a study and records what it searches; continuing
+  with another space, budget, seed, dataset, validation split or artifact folder is refused
+  (:func:`check_existing_study` does the same check before any expensive work).
+* :func:`trial_counts` says where a study stands (``done`` is what counts towards ``--trials``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from nas_asc.budget import Budget
+from nas_asc.errors import NasAscError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+
+    from nas_asc.search.objective import SearchContext
+    from nas_asc.search.settings import SearchSettings
+
+__all__ = [
+    "DIRECTIONS",
+    "HEARTBEAT_GRACE",
+    "OBJECTIVE_NAMES",
+    "TrialCounts",
+    "absolute_storage",
+    "check_existing_study",
+    "check_storage",
+    "close_storage",
+    "default_storage",
+    "fail_stale_trials",
+    "open_existing_study",
+    "open_storage",
+    "open_study",
+    "parse_storage_url",
+    "prepare_study",
+    "retry_history",
+    "safe_url",
+    "scrub",
+    "sqlite_path",
+    "trial_counts",
+]
+
+OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
+
+# ---------------------------------------------------------------------------------------------
+# Storage URLs
+# ---------------------------------------------------------------------------------------------
+
+# user:password@ of any scheme://... text; what safe_url masks when SQLAlchemy cannot parse it
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@]*):[^@/]*@")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password shown as ``***``: the only form in which nas-asc prints a URL.
+
+    A URL SQLAlchemy cannot parse is masked by pattern (``scheme://user:PASSWORD@``), so a typo
+    in the port does not print the password either.
+
+    Example:
+        >>> safe_url("postgresql://ann:s3cret@db/nas")
+        'postgresql://ann:***@db/nas'
+    """
+    text = str(url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(text).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse (a bad port, say): mask by pattern
+        return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def parse_storage_url(url: str) -> URL:
+    """The storage URL parsed by SQLAlchemy; ``NasAscError`` (password masked) if it is not one."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(str(url))
+        parsed.port  # noqa: B018 -- make_url defers parsing the port; a bad one fails here
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.replace(str(url), safe_url(url))
+        raise NasAscError(
+            f"--storage {safe_url(url)} is not a database URL ({detail}); write e.g. "
+            "sqlite:///studies/my.db or postgresql://USER@HOST:5432/DB"
+        ) from None
+    return parsed
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite storage URL; None for other databases and memory."""
+    parsed = parse_storage_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    if parsed.username or parsed.password or parsed.host:
+        raise NasAscError(
+            f"--storage {safe_url(url)}: an SQLite database is a file and has no user, password "
+            "or host; write sqlite:///PATH (e.g. sqlite:///studies/my.db)"
+        )
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether the storage is an SQLite database (one process at a time, one machine)."""
+    return parse_storage_url(url).drivername.startswith("sqlite")
+
+
+def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
+    """SQLite storage ``studies/<study>.db`` (relative to the working directory).
+
+    Creates nothing: the folder is made when the study is (:func:`open_storage`).
+    """
+    return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
+
+
+def absolute_storage(url: str) -> str:
+    """``url`` with a relative SQLite file made absolute (for processes in other folders)."""
+    db = sqlite_path(url)
+    if db is None or db.is_absolute():
+        return url
+    return parse_storage_url(url).set(database=str(db.resolve())).render_as_string(False)
+
+
+def check_storage(url: str) -> None:
+    """Fail in one line, before the dataset is loaded or a teacher trained, if the storage
+    cannot be opened. Creates nothing: an SQLite file's folder is checked (connecting would
+    create the file); a database server is connected to once, with a short timeout."""
+    from nas_asc._paths import check_creatable
+
+    parsed = parse_storage_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        db = sqlite_path(url)
+        if db is not None:
+            check_creatable(db.parent, "studies", "--storage")
+        return
+    import sqlalchemy
+
+    engine = None
+    try:
+        connect_args = (
+            {"connect_timeout": 10} if parsed.drivername.startswith(("postgresql", "mysql")) else {}
+        )
+        engine = sqlalchemy.create_engine(parsed, connect_args=connect_args)
+        with engine.connect():
+            pass
+    except ImportError as exc:
+        raise NasAscError(
+            f"cannot open study storage {safe_url(url)}: its database driver is not installed "
+            f"({exc}); install it (PostgreSQL: pip install 'psycopg[binary]')"
+        ) from None
+    except Exception as exc:  # SQLAlchemy and drivers raise many types; the user needs one line
+        raise NasAscError(
+            f"cannot open study storage {safe_url(url)}: {_detail(exc, url)}; check the URL "
+            "(e.g. postgresql://user@host/db) and that the database server is running"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _detail(exc: BaseException, url: str) -> str:
+    """The first line of an exception's message, with the URL's password masked."""
+    text = str(exc).strip()
+    return scrub(text.splitlines()[0] if text else type(exc).__name__, url)
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` with the storage URL shown masked and its password nowhere."""
+    text = str(text).replace(str(url), safe_url(url))
+    password = _password(url)
+    return text.replace(password, "***") if password else text
+
+
+def _password(url: str) -> str | None:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(str(url)).password
+    except Exception:
+        match = re.search(r"://[^:/@]*:([^@/]*)@", str(url))
+        return match.group(1) if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+# ---------------------------------------------------------------------------------------------
+
+# Arbitrary keys of the PostgreSQL advisory locks that serialise workers starting together.
+_SCHEMA_LOCK_KEY = 0x6E61_735F_6173_63  # Optuna creating its tables
+_STUDY_LOCK_KEY = _SCHEMA_LOCK_KEY + 1  # a worker checking and recording the study's settings
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, key: int) -> Iterator[None]:
+    """Hold PostgreSQL advisory lock ``key`` of the storage's database inside the block.
+
+    Workers that start together on a fresh database would otherwise all run ``CREATE TABLE``
+    at once (all but one fail with a unique violation in PostgreSQL's catalog), and could each
+    record their own settings in a study that another is creating. The lock is per database and
+    released with its connection, so a killed worker cannot leave it held. Other back ends need
+    nothing: SQLite serialises writes itself, and several processes on one SQLite file are not a
+    supported setup.
+    """
+    parsed = parse_storage_url(url)
+    if not parsed.drivername.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(parsed, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def open_storage(
+    url: str, heartbeat: int | None = None, max_retry: int = 2
+) -> optuna.storages.RDBStorage:
+    """Open the Optuna RDB storage at ``url`` (creating an SQLite file's folder).
+
+    Args:
+        url: the storage URL.
+        heartbeat: seconds between a running trial's heartbeats; a trial silent for
+            ``HEARTBEAT_GRACE`` heartbeats belongs to a dead worker and is failed and re-queued
+            (same parameters) by whichever worker notices first. None: no heartbeats (readers).
+        max_retry: times such a trial is re-queued before it stays failed.
+
+    Raises:
+        NasAscError: the URL is malformed, its driver missing or its server unreachable (the
+            message masks the password).
+    """
+    parsed = parse_storage_url(url)
+    kwargs: dict = {}
+    if heartbeat is not None:
+        with warnings.catch_warnings():
+            # experimental since Optuna 2.8 and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
+        kwargs = dict(
+            heartbeat_interval=heartbeat,
+            grace_period=HEARTBEAT_GRACE * heartbeat,
+            heartbeat_stale_trial_callback=retry,
+        )
+    if (db := sqlite_path(url)) is not None:
+        folder = db.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NasAscError(
+                f"cannot create the studies folder {folder}: {exc.strerror}; run from a "
+                "writable folder or pass --storage"
+            ) from None
+    if parsed.drivername.startswith("sqlite"):
+        engine_kwargs: dict = {"connect_args": {"timeout": 30}}
+    else:  # pool_pre_ping: a worker that idles past the server's timeout reconnects cleanly
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings(), _advisory_lock(url, _SCHEMA_LOCK_KEY):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(str(url), engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as exc:
+        raise NasAscError(
+            f"cannot open study storage {safe_url(url)}: {exc}; install the database driver "
+            "(PostgreSQL: pip install 'psycopg[binary]')"
+        ) from None
+    except Exception as exc:  # SQLAlchemy raises many types; the user needs one line
+        raise NasAscError(
+            f"cannot open study storage {safe_url(url)}: {_detail(exc, url)}; check the URL "
+            "(e.g. sqlite:///studies/my.db or postgresql://user@host/db) and that the database "
+            "server is running"
+        ) from None
+
+
+def close_storage(store: optuna.storages.BaseStorage) -> None:
+    """Close the database connections of an RDB storage (no-op for others)."""
+    engine = getattr(getattr(store, "_backend", store), "engine", None)  # Optuna may wrap it
+    if engine is not None:
+        engine.dispose()
+
+
+def open_study(
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    create: bool = False,
+    heartbeat: int | None = None,
+    max_retry: int = 2,
+    sampler: optuna.samplers.BaseSampler | None = None,
+) -> optuna.Study:
+    """Open (or with ``create``, create or continue) a nas-asc study.
+
+    Args:
+        study_name: the study.
+        storage: its storage URL, or an open storage.
+        create: create the study if it does not exist (with nas-asc's named objectives).
+        heartbeat, max_retry: see :func:`open_storage` (a URL only).
+        sampler: the study's sampler; None: random (readers sample nothing; a search sets its
+            own per trial).
+
+    Raises:
+        NasAscError: no such study (without ``create``), or one not made by nas-asc.
+    """
+    if isinstance(storage, str):
+        url, store = storage, open_storage(storage, heartbeat, max_retry)
+    else:
+        url, store = "the storage", storage
+    sampler = sampler or optuna.samplers.RandomSampler()
+    if create:
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=store,
+            directions=list(DIRECTIONS),
+            sampler=sampler,
+            load_if_exists=True,
+        )
+        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in DIRECTIONS]:
+            raise NasAscError(
+                f"study {study_name!r} in {safe_url(url)} was not created by nas-asc (its "
+                "directions differ); choose another --study name"
+            )
+        with warnings.catch_warnings():
+            # experimental since Optuna 3.2 and unchanged since; the dashboard reads the names
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVE_NAMES))
+        return study
+    try:
+        return optuna.load_study(study_name=study_name, storage=store, sampler=sampler)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+        raise NasAscError(
+            f"no study named {study_name!r} in {safe_url(url)}; existing studies: "
+            f"{', '.join(names) or '(none)'}"
+        ) from None
+
+
+def open_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, str]:
+    """Open a study that must exist (``report``, ``evaluate``, ``dashboard``, ``export``).
+
+    ``storage`` None is the default ``studies/<name>.db``. A missing SQLite file is refused
+    rather than opened (opening it would create an empty database).
+
+    Returns:
+        ``(study, storage URL)``.
+    """
+    if storage is None:
+        storage = default_storage(name)
+        db = sqlite_path(storage)
+        if not db.exists():
+            raise NasAscError(
+                f"no study database {db}; run `nas-asc search --study {name}` first or "
+                "pass --storage"
+            )
+    elif (db := sqlite_path(storage)) is not None and not db.is_file():
+        raise NasAscError(
+            f"no study database {db}; check --storage, or run "
+            f"`nas-asc search --study {name} --storage {safe_url(storage)}` first"
+        )
+    return open_study(name, storage), storage
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing: what a study records, and the check that a continued study is the same search
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_same_settings(
+    study: optuna.Study,
+    space_name: str,
+    budget: Budget,
+    seed: int,
+    fingerprint: str | None,
+    protocol: dict | None = None,
+) -> None:
+    """Refuse to continue a study with another space, budget, seed, dataset or protocol.
+
+    Sampler, pruner, workers and ``--epochs`` may change between runs of a study; these may
+    not, or its trials would no longer be comparable (another dataset or validation split),
+    reproducible (another seed) or judged alike (another budget).
+    """
+    attrs = study.user_attrs
+    if "space" not in attrs:
+        return
+    if attrs["space"] != space_name or attrs.get("budget") != budget.to_dict():
+        raise NasAscError(
+            f"study {study.study_name!r} was started with space {attrs['space']!r} and budget "
+            f"{attrs.get('budget', {}).get('name')!r}; continue it with the same --space and "
+            "--budget, or choose a new --study name"
+        )
+    if attrs.get("seed", seed) != seed:
+        raise NasAscError(
+            f"study {study.study_name!r} was started with --seed {attrs['seed']}; continue it "
+            f"with --seed {attrs['seed']} (its trials' seeds derive from it), or choose a new "
+            "--study name"
+        )
+    recorded = (attrs.get("data_info") or {}).get("fingerprint")
+    if fingerprint and recorded and recorded != fingerprint:
+        raise NasAscError(
+            f"study {study.study_name!r} was run on another dataset ({attrs.get('data')}); "
+            "continue it with the same --data and --train-split, or choose a new --study name"
+        )
+    if protocol is not None:
+        _check_same_protocol(study, protocol)
+
+
+def _check_same_protocol(study: optuna.Study, protocol: dict) -> None:
+    """Refuse to continue a study on another validation split (or one whose objectives were
+    measured on the test fold, by an nas-asc older than the validation protocol)."""
+    recorded = study.user_attrs.get("protocol")
+    name = study.study_name
+    if not isinstance(recorded, dict):
+        raise NasAscError(
+            f"study {name!r} was run before nas-asc searched on a validation split (its "
+            "objectives read the test fold); choose a new --study name"
+        )
+    keys = ("train_split", "validation", "validation_split")
+    if all(recorded.get(k) == protocol.get(k) for k in keys):
+        return
+    if recorded.get("validation") == "file":
+        was = f"the validation split file {recorded.get('validation_file')}"
+        how = f"--validation-split {recorded.get('validation_file')}"
+    else:
+        fraction = recorded.get("validation_fraction")
+        was = f"--validation {fraction} (seed {recorded.get('validation_seed')})"
+        how = f"--validation {fraction}"
+    raise NasAscError(
+        f"study {name!r} was searched on training split {recorded.get('train_split')} with "
+        f"{was}, another validation split than this one; continue it with --train-split "
+        f"{recorded.get('train_split')} {how} on the same dataset, or choose a new --study name"
+    )
+
+
+def check_existing_study(
+    storage: str,
+    study_name: str,
+    space_name: str,
+    budget: Budget,
+    seed: int,
+    fingerprint: str | None,
+    artifact_dir: str | Path | None = None,
+    protocol: dict | None = None,
+) -> str | None:
+    """Check, before any expensive work, that an existing study may be continued as asked.
+
+    Creates nothing: a missing SQLite file or study is a new study. Raises ``NasAscError`` for a
+    study of another space, budget, seed, dataset or validation split (``protocol``:
+    :meth:`~nas_asc.data.protocol.Protocol.identity`), or (``artifact_dir``: given explicitly)
+    with another artifact folder.
+
+    Returns:
+        The artifact folder the study records, or None.
+    """
+    db = sqlite_path(storage)
+    if db is not None and not db.is_file():
+        return None
+    store = open_storage(storage)
+    try:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=store)
+        except KeyError:
+            return None
+        _check_same_settings(study, space_name, budget, seed, fingerprint, protocol)
+        recorded = study.user_attrs.get("artifact_dir")
+        if recorded and artifact_dir and Path(recorded) != Path(artifact_dir).resolve():
+            raise NasAscError(
+                f"study {study_name!r} keeps its checkpoints in {recorded}; continue it with "
+                f"--artifacts {recorded}, or choose a new --study name"
+            )
+        return recorded
+    finally:
+        close_storage(store)
+
+
+def _resolve_artifact_dir(
+    study: optuna.Study, context: SearchContext, settings: SearchSettings
+) -> str:
+    """The study's artifact folder: the one it records, else ``settings.artifact_dir``.
+
+    A worker given a folder explicitly (``--artifacts``) that differs from the recorded one is
+    refused; one that was only given the default adopts the recorded folder, so that workers
+    started together from different working folders keep one store per study.
+    """
+    artifact_dir = str(Path(settings.artifact_dir).resolve())
+    recorded = study.user_attrs.get("artifact_dir")
+    if not recorded or Path(recorded) == Path(artifact_dir):
+        return artifact_dir
+    if settings.artifact_dir_explicit:
+        raise NasAscError(
+            f"study {study.study_name!r} keeps its checkpoints in {recorded}; continue it with "
+            f"--artifacts {recorded}, or choose a new --study name"
+        )
+    from nas_asc.search.artifacts import open_artifact_store
+
+    context.artifact_store = open_artifact_store(recorded)
+    context.reporter.message(f"checkpoints go to the study's artifact folder {recorded}")
+    return recorded
+
+
+def prepare_study(
+    context: SearchContext,
+    settings: SearchSettings,
+    data_label: str,
+    data_info: dict | None = None,
+) -> optuna.Study:
+    """Create or continue the study and record what it searches (space, budget, data, seed).
+
+    ``data_info`` (dataset ``root``, ``train_split``, ``fingerprint``, the teacher and IR
+    sources) is recorded so that the end-of-search measurement, ``evaluate`` and export can
+    rebuild the study's data; its ``protocol`` entry (:meth:`Protocol.to_dict
+    <nas_asc.data.protocol.Protocol.to_dict>`) becomes the study attribute ``protocol``.
+    Continuing a study with another space, budget, seed, dataset, validation split or artifact
+    folder is refused.
+    """
+    data_info = dict(data_info or {})
+    protocol = data_info.pop("protocol", None)
+    study = open_study(
+        settings.study_name,
+        settings.storage,
+        create=True,
+        heartbeat=settings.heartbeat,
+        max_retry=settings.max_retry,
+    )
+    # one worker at a time checks the recorded settings and records its own
+    with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
+        fingerprint = data_info.get("fingerprint")
+        _check_same_settings(
+            study, context.space.name, context.budget, settings.seed, fingerprint, protocol
+        )
+        if settings.artifact_dir:
+            study.set_user_attr("artifact_dir", _resolve_artifact_dir(study, context, settings))
+        if data_info:
+            study.set_user_attr("data_info", data_info)
+        if protocol is not None:
+            study.set_user_attr("protocol", protocol)
+        # "space" last: it marks the settings complete (_check_same_settings reads the budget
+        # of a study that has a space)
+        study.set_user_attr("budget", context.budget.to_dict())
+        study.set_user_attr("space_definition", context.space.to_dict())
+        study.set_user_attr("space", context.space.name)
+        study.set_user_attr("data", data_label)
+        study.set_user_attr("seed", settings.seed)
+        study.set_user_attr("sampler", settings.sampler.describe())
+        study.set_user_attr("pruner", settings.pruner.describe())
+    return study
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a study stands
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """Where a study stands; ``done`` is what counts towards ``--trials``."""
+
+    trained: int
+    infeasible: int
+    pruned: int
+    failed: int  # failed for good (an error in the trial, or a dead worker's trial out of retries)
+    retried: int  # abandoned by a dead worker and re-queued: not counted, their retry is
+    running: int
+    waiting: int  # re-queued, not started yet
+
+    @property
+    def done(self) -> int:
+        return self.trained + self.infeasible + self.pruned + self.failed
+
+
+def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """Numbers of the trials this one repeats after their workers died (oldest first)."""
+    with warnings.catch_warnings():
+        # experimental since Optuna 3.0 and unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    """Count the study's trials by outcome (a re-queued crash counts once, as its retry)."""
+    trials = study.get_trials(deepcopy=False)
+    retried_numbers = {n for t in trials for n in retry_history(t)}
+    counts = dict.fromkeys(
+        ("trained", "infeasible", "pruned", "failed", "retried", "running", "waiting"), 0
+    )
+    for t in trials:
+        if t.state == TrialState.RUNNING:
+            counts["running"] += 1
+        elif t.state == TrialState.WAITING:
+            counts["waiting"] += 1
+        elif t.state == TrialState.PRUNED:
+            counts["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            counts["retried" if t.number in retried_numbers else "failed"] += 1
+        elif t.user_attrs.get("status") == "infeasible":
+            counts["infeasible"] += 1
+        else:
+            counts["trained"] += 1
+    return TrialCounts(**counts)
+
+
+def fail_stale_trials(study: optuna.Study) -> TrialCounts:
+    """Fail and re-queue the trials of dead workers (stale heartbeats), then count.
+
+    A trial is running from the moment Optuna starts it, but its heartbeat thread beats only
+    once its parameters are sampled; a worker killed in between leaves a trial that Optuna
+    never takes for stale (it has no heartbeat to age). Such a trial first gets a heartbeat
+    dated now, so it ages like any other: a live worker's own beats follow within a heartbeat,
+    a dead worker's trial is failed and re-queued after the grace period.
+    """
+    _beat_for_unbeaten_trials(study)
+    with warnings.catch_warnings():
+        # Optuna flags its heartbeat and retry helpers experimental; they are stable since 3.0
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return trial_counts(study)
+
+
+def _beat_for_unbeaten_trials(study: optuna.Study) -> None:
+    from optuna.storages._rdb import models
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
+        return
+    session = backend.scoped_session()
+    try:
+        running = (
+            session.query(models.TrialModel)
+            .filter(models.TrialModel.state == TrialState.RUNNING)
+            .filter(models.TrialModel.study_id == study._study_id)
+            .all()
+        )
+        unbeaten = [t.trial_id for t in running if not t.heartbeats]
+    finally:
+        session.close()
+    for trial_id in unbeaten:
+        backend.record_heartbeat(trial_id)

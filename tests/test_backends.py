@@ -1,0 +1,182 @@
+"""Conformance suite: every registered search backend writes the same study.
+
+The same small search runs on every backend of :data:`~nas_asc.search.backend.BACKENDS` (and on
+the optuna backend's parallel workers when a PostgreSQL server is given): first two trials, a
+candidate over budget and one whose config its recipe refuses (failed, the study goes on), then
+continued to four, so that two trials are sampled and trained after a resume. Every backend must
+leave the same records as the one-process reference: trial numbers, states, parameters,
+objectives, statuses, reasons and the measured figures, bit for bit (one thread per trial, so the
+float rounding is the same wherever a trial runs).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from nas_asc.budget import DEFAULT_BUDGET
+from nas_asc.errors import NasAscError
+from nas_asc.progress import RecordingReporter
+from nas_asc.search.backend import BACKENDS, create_backend, list_backends
+from nas_asc.search.objective import SearchContext
+from nas_asc.search.settings import SearchSettings
+from nas_asc.search.space import SearchSpace
+from nas_asc.search.study import open_study, trial_counts
+
+SPACE = {
+    "name": "tiny-conformance",
+    "model": "cnn",
+    "fixed": {
+        "model": {"variant": "sm1"},
+        "frontend": {"sample_rate": 8000, "hop_length": 512, "n_mels": 32},
+        "train": {"lr": 0.02, "epochs": 1},
+    },
+    "dimensions": {
+        "model.width": {"type": "categorical", "choices": [0.5, 1.0, 4.0]},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        "train.batch_size": {"type": "categorical", "choices": [1, 32]},
+    },
+}
+OVER_BUDGET = {"model.width": 4.0, "model.dropout": 0.1, "train.batch_size": 32}
+REFUSED = {"model.width": 0.5, "model.dropout": 0.1, "train.batch_size": 1}
+SEED = 28  # a study seed whose two sampled trials are trainable (width <= 1, batch 32)
+# wall-clock times, where a trial ran, artifact ids: the only attributes allowed to differ
+_CLOCK = ("seconds", "time", "worker", "datetime", "artifact", "accel")
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if not any(c in k for c in _CLOCK)}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _records(study) -> list[tuple]:
+    return [
+        (
+            t.number,
+            t.state,
+            t.params,
+            t.values,
+            _strip(t.user_attrs),
+            t.system_attrs.get("fixed_params"),
+        )
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def _cases() -> list:
+    cases = [pytest.param(name, 1, False, id=name) for name in list_backends()]
+    cases.append(pytest.param("optuna", 2, True, id="optuna-2-workers-postgresql"))
+    return cases
+
+
+def _postgres() -> str:
+    url = os.environ.get("NAS_ASC_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("NAS_ASC_REQUIRE_POSTGRES"):
+            pytest.fail("NAS_ASC_REQUIRE_POSTGRES is set but NAS_ASC_TEST_POSTGRES is not")
+        pytest.skip("no PostgreSQL server (set NAS_ASC_TEST_POSTGRES; .ci/postgres.sh starts one)")
+    return url
+
+
+def _search(
+    backend: str,
+    workers: int,
+    storage: str,
+    dataset,
+    n_trials: int,
+    reporter=None,
+    study: str = "conf",
+):
+    teacher = torch.randn(dataset.n_meta_rows, 10, generator=torch.Generator().manual_seed(7))
+    context = SearchContext(
+        SearchSpace.from_dict(SPACE),
+        DEFAULT_BUDGET,
+        dataset,
+        teacher,
+        seed=SEED,
+        progress=False,
+        reporter=reporter,
+    )
+    settings = SearchSettings(
+        study, storage, n_trials=n_trials, seed=SEED, pruner="none", workers=workers, threads=1
+    )
+    if n_trials == 2:
+        created = open_study(study, storage, create=True)
+        created.enqueue_trial(OVER_BUDGET)
+        created.enqueue_trial(REFUSED)
+    return create_backend(backend).run(context, settings, "tiny")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_search, tmp_path_factory):
+    """The one-process optuna backend's records, and what its reporter saw."""
+    storage = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'ref.db'}"
+    first = RecordingReporter()
+    _search("optuna", 1, storage, tiny_search, 2, first)
+    second = RecordingReporter()
+    study = _search("optuna", 1, storage, tiny_search, 4, second)
+    return _records(study), first, second
+
+
+def test_the_reference_search_fails_one_trial_and_goes_on(reference):
+    records, first, second = reference
+    states = [(r[1], r[4]["status"]) for r in records]
+    assert states == [
+        (TrialState.COMPLETE, "infeasible"),
+        (TrialState.FAIL, "failed"),
+        (TrialState.COMPLETE, "trained"),
+        (TrialState.COMPLETE, "trained"),
+    ]
+    assert "batch_size" in records[1][4]["fail_reason"]
+    assert records[0][4]["infeasible_reason"] == (
+        "735,022 parameter bytes > 128,000; 181,424,846 MACs > 30,000,000"
+    )
+    # the reporter heard every trial, with the searched values and the study's count
+    assert [(t.number, t.state, t.done) for t in first.trials()] == [
+        (0, "infeasible", 1),
+        (1, "failed", 2),
+    ]
+    assert [(t.number, t.state, t.done) for t in second.trials()] == [
+        (2, "trained", 3),
+        (3, "trained", 4),
+    ]
+    assert second.events[0] == ("search_started", {"total": 4, "done": 2})
+    assert set(first.trials()[0].params) == {"model.width", "model.dropout", "train.batch_size"}
+    assert [e for e in second.events if e[0] == "epoch"][0][1] == {
+        "number": 2,
+        "epoch": 1,
+        "epochs": 1,
+    }
+
+
+@pytest.mark.parametrize(("backend", "workers", "postgres"), _cases())
+def test_every_backend_writes_the_reference_records(
+    backend, workers, postgres, reference, tiny_search, tmp_path
+):
+    storage = _postgres() if postgres else f"sqlite:///{tmp_path / 'b.db'}"
+    name = f"conf-{uuid.uuid4().hex[:8]}"  # a server database outlives the test: a new study
+    _search(backend, workers, storage, tiny_search, 2, study=name)
+    study = _search(backend, workers, storage, tiny_search, 4, study=name)
+    records = _records(study)
+    assert trial_counts(study).done == 4
+    if workers > 1:  # parallel workers finish in either order: compare by trial number
+        records.sort(key=lambda r: r[0])
+    assert records == reference[0]
+
+
+def test_backends_are_registered_and_take_only_their_own_options():
+    assert list_backends() == ["optuna", "ray"]
+    assert BACKENDS.get("ray").name == "ray"
+    assert create_backend("ray", address="auto").address == "auto"
+    assert create_backend("optuna", address=None).name == "optuna"  # None: not given
+    with pytest.raises(NasAscError, match="search backend 'optuna' does not take address"):
+        create_backend("optuna", address="auto")
+    with pytest.raises(NasAscError, match="unknown search backend 'dask'; known search backends"):
+        create_backend("dask")
