@@ -90,7 +90,11 @@ def test_four_workers_share_one_study_without_losing_or_repeating_a_trial(
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) >= 3  # the work was really shared
     # every trial was run by exactly one worker: each printed trial line appears once overall
-    printed = [int(n) for out, _ in outputs for n in re.findall(r"^trial (\d+): ", out, flags=re.M)]
+    printed = [
+        int(n)
+        for out, _ in outputs
+        for n in re.findall(r"^trial (\d+) \[\d+/\d+\]: ", out, flags=re.M)
+    ]
     assert sorted(printed) == numbers
     for t in trials:
         assert t.user_attrs["status"] == "trained"
