@@ -141,6 +141,7 @@ class ConsoleReporter(Reporter):
     _started: float | None = None
     _done_at_start: int = 0
     _pending: bool = False  # a live line is on screen, not yet ended by a newline
+    _trained: bool = False  # a trial that took time (not over budget) finished in this run
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -188,14 +189,16 @@ class ConsoleReporter(Reporter):
 
     def trial_finished(self, report: TrialReport) -> None:
         where = ""
-        if self.total:
+        if self.total and report.done > 0:  # 0: the count could not be read
             where = f" [{min(report.done, self.total)}/{self.total}]"
         timing = ""
         if self._started is not None:
             elapsed = time.time() - self._started
             timing = f"; {format_duration(elapsed)} elapsed"
             finished_here = report.done - self._done_at_start
-            if self.total and finished_here > 0 and report.done < self.total:
+            # an over-budget proposal takes no time: no rate to extrapolate before one trained
+            self._trained = self._trained or report.state != "infeasible"
+            if self.total and self._trained and finished_here > 0 and report.done < self.total:
                 eta = elapsed / finished_here * (self.total - report.done)
                 timing += f", ETA {format_duration(eta)}"
         params = format_params(report.params)

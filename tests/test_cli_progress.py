@@ -64,7 +64,12 @@ def test_each_trial_is_one_line_with_its_searched_values_count_elapsed_and_eta(r
     lines = [m for m in map(TRIAL_LINE.match, out) if m]
     assert [int(m.group(2)) for m in lines] == [1, 2, 3], out
     assert sorted(int(m.group(1)) for m in lines) == [0, 1, 2]
-    assert [m.group(6) is not None for m in lines] == [True, True, False]  # no ETA at the end
+    # an ETA once a trial that took time has finished (an over-budget one takes none), and
+    # none after the last trial
+    took_time = [not m.group(4).startswith("over budget") for m in lines]
+    expected = [any(took_time[: i + 1]) for i in range(len(lines))]
+    expected[-1] = False
+    assert [m.group(6) is not None for m in lines] == expected
     for m in lines:
         summary = m.group(4)
         if m.group(3) == "4.0":  # the widest CNN is over budget: counted, never trained

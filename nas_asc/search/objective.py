@@ -334,7 +334,10 @@ class Objective:
     def _report(self, trial: optuna.Trial, state: str, summary: str) -> None:
         dims = self.ctx.space.dimensions
         params = {d.name: trial.params[d.name] for d in dims if d.name in trial.params}
-        done = _done_count(trial) + 1  # this trial is still running in the storage
+        try:
+            done = _done_count(trial) + 1  # this trial is still running in the storage
+        except Exception:  # the storage itself failing: the line still goes out, uncounted
+            done = 0
         self.ctx.reporter.trial_finished(TrialReport(trial.number, state, params, summary, done))
 
     def _epoch_callback(self, trial: optuna.Trial, candidate: Candidate, eval_set: FeatureSet):
