@@ -144,7 +144,6 @@ class Candidate:
     """A sampled candidate, built and counted, before any training."""
 
     config: dict[str, dict[str, Any]]  # the full config: model, frontend, train
-    params: dict[str, Any]  # the searched dimensions' values (dotted names)
     frontend: FrontEnd
     recipe: TrainConfig
     seed: int
@@ -217,8 +216,7 @@ class Objective:
         shape = frontend.input_shape()
         c = count(model, shape, ctx.budget.weight_dtype)
         _record_complexity(trial, c)
-        params = {dim.name: trial.params[dim.name] for dim in ctx.space.dimensions}
-        return Candidate(cfg, params, frontend, recipe, seed, model, shape, c)
+        return Candidate(cfg, frontend, recipe, seed, model, shape, c)
 
     def gate(self, trial: optuna.Trial, candidate: Candidate) -> bool:
         """Decide on the budget before any training; False: over budget, never trained.
