@@ -9,6 +9,7 @@ from toydata import artifact_context, record_data
 
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
+from nas_asc.models import get_model_revision
 from nas_asc.search.artifacts import (
     calibration_indices,
     default_artifact_dir,
@@ -100,6 +101,7 @@ def test_checkpoint_of_a_pruned_model_rebuilds_its_structure():
         calibration={"seed": 0, "n": 1},
         complexity=result.after.to_dict(),
         pruned=result.filters_after,
+        model_revision=get_model_revision("cnn"),
     )
     rebuilt = ckpt.build_model()
     assert count(rebuilt, shape).param_bytes == result.after.param_bytes
@@ -163,6 +165,7 @@ def _qat_trial_study(tiny_search, tiny_protocol, tiny_root, artifact_dir):
         calibration={"seed": 0, "n": 0},
         complexity=c.to_dict(),
         quantization="qat",
+        model_revision=get_model_revision("tfsepnet"),
     )
     save_checkpoint(trial, open_artifact_store(artifact_dir), checkpoint)
     study.tell(trial, [int8.accuracy, float(c.macs), float(c.param_bytes)])
@@ -238,3 +241,17 @@ def test_a_qat_trial_exports_and_re_verifies(qat_study, tiny_protocol, tmp_path)
     saved = torch.load(result.files["model.pt"], weights_only=True)
     assert saved["quantization"] == "qat"
     assert result.param_bytes == study.trials[0].user_attrs["param_bytes"]
+
+
+def test_checkpoint_records_the_family_revision(trained_study):
+    ckpt = load_checkpoint(trained_study, trained_study.trials[0])
+    assert ckpt.model_revision == get_model_revision("tfsepnet") == 2
+
+
+def test_checkpoint_of_an_earlier_family_revision_is_refused():
+    from nas_asc.search.artifacts import Checkpoint
+
+    # written before TF-SepNet became the authors' network (no model_revision: revision 1)
+    old = Checkpoint("tfsepnet", {"width": 8}, {}, {}, {}, 0, {}, {})
+    with pytest.raises(NasAscError, match=r"tfsepnet network of revision 1, but the tfsepnet "):
+        old.build_model()

@@ -85,7 +85,49 @@ def test_tfsepnet_block_variants_build(block):
 def test_channel_shuffle_groups_divide_every_even_channel_count(channels):
     g = shuffle_groups_for(channels)
     assert channels % g == 0
-    assert 1 <= g < channels or channels == 2
+    if channels % 10 == 0:  # the official ShuffleLayer(group=10) is ChannelShuffle(C // 10)
+        assert g == channels // 10
+
+
+def test_shuffle_group_fallback_takes_the_divisor_nearest_to_ten():
+    # 16: runs of 8 (2 groups); 12: one run of 12 (nearest to 10 of 1, 2, 3, 4, 6, 12): no shuffle
+    assert shuffle_groups_for(16) == 2
+    assert shuffle_groups_for(12) == 1
+    assert shuffle_groups_for(18) == 2  # runs of 9
+    assert shuffle_groups_for(40, group_size=4) == 10
+
+
+def test_tfsepnet_shuffle_is_the_official_channel_permutation():
+    # 40 channels in runs of 10: output channel g * 4 + a is input channel a * 10 + g
+    block = create_model("tfsepnet", width=40).features[2]  # first block of stage 1 (80 -> 40)
+    perm = block.shuffle(torch.arange(40.0).view(1, 40, 1, 1)).flatten().long().tolist()
+    assert perm == [a * 10 + g for g in range(10) for a in range(4)]
+    # so the frequency branch sees input channels 0, 10, 20, 30, 1, 11, ... 4, 14, 24, 34
+    assert perm[:20] == [0, 10, 20, 30, 1, 11, 21, 31, 2, 12, 22, 32, 3, 13, 23, 33, 4, 14, 24, 34]
+
+
+def test_adaresnorm_uses_the_unbiased_variance_over_channels_and_time():
+    from nas_asc.models.layers import AdaResNorm
+
+    norm = AdaResNorm(2)
+    with torch.no_grad():
+        norm.rho.zero_()  # pure FreqIN
+    x = torch.tensor([1.0, 3.0, 5.0, 7.0]).view(1, 2, 1, 2)  # mean 4, unbiased var 20 / 3
+    expected = (x - 4.0) / torch.sqrt(torch.tensor(20.0 / 3.0 + 1e-5))
+    torch.testing.assert_close(norm(x), expected, rtol=0, atol=1e-6)
+
+
+def test_tfsepnet_layer_shapes_at_the_submission_width():
+    model = create_model("tfsepnet", width=40)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["features.0.weight"] == (80, 1, 5, 5)
+    assert shapes["features.1.rho"] == (1, 80, 1, 1)
+    assert shapes["features.2.transition.0.weight"] == (40, 80, 1, 1)
+    assert shapes["features.2.freq_dw.0.weight"] == (20, 1, 3, 1)
+    assert shapes["features.2.time_dw.0.weight"] == (20, 1, 1, 3)
+    assert shapes["features.2.freq_pw.0.weight"] == (20, 20, 1, 1)
+    assert shapes["classifier.weight"] == (10, 100, 1, 1)
+    assert shapes["classifier.bias"] == (10,)
 
 
 def test_widths_of_every_space_build_with_valid_shuffles():

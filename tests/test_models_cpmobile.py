@@ -90,6 +90,57 @@ def test_builds_and_backpropagates_on_32_mel_bins(cfg):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def _conv(model, where):
+    return dict(model.named_modules())[where]
+
+
+def test_convolutions_start_he_normal_with_the_fan_out():
+    # the baseline's initialize_weights: nn.init.kaiming_normal_(weight, mode="fan_out")
+    torch.manual_seed(0)
+    model = create_model("cpmobile")
+    for where, fan_out in [
+        ("blocks.4.block.0.0", 120),  # 1x1 expansion 56 -> 120: fan-in would be 56
+        ("blocks.5.block.2.0", 104),  # 1x1 projection 120 -> 104
+        ("blocks.4.block.1.0", 120 * 9),  # depthwise 3x3: the groups do not enter the fan-out
+    ]:
+        w = _conv(model, where).weight.detach()
+        expected = (2.0 / fan_out) ** 0.5
+        assert abs(w.std().item() / expected - 1) < 0.06, where
+        assert abs(w.mean().item()) < 0.1 * expected, where
+    # normal, not uniform: a uniform draw never exceeds sqrt(3) standard deviations
+    w = _conv(model, "blocks.4.block.0.0").weight.detach()
+    assert w.abs().max().item() > 3.0 * w.std().item()
+
+
+def test_batchnorm_starts_at_one_and_zero_and_no_convolution_has_a_bias():
+    model = create_model("cpmobile")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2 + 3 * 6 + 1
+    for m in norms:
+        assert torch.equal(m.weight, torch.ones_like(m.weight))
+        assert torch.equal(m.bias, torch.zeros_like(m.bias))
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_init_weights_follows_the_baseline_for_biases_norms_and_linear_layers():
+    from nas_asc.models.cpmobile import init_weights_
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(64, 256, 3, bias=True)
+    linear = torch.nn.Linear(512, 256)
+    norm = torch.nn.GroupNorm(4, 16)
+    with torch.no_grad():
+        norm.weight.fill_(3.0)
+        norm.bias.fill_(2.0)
+    for m in (conv, linear, norm):
+        init_weights_(m)
+    assert torch.equal(conv.bias, torch.zeros(256))
+    assert abs(conv.weight.std().item() / (2.0 / (256 * 9)) ** 0.5 - 1) < 0.03
+    assert abs(linear.weight.std().item() / 0.01 - 1) < 0.03
+    assert torch.equal(linear.bias, torch.zeros(256))
+    assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
+
+
 def test_int8_conversion_runs():
     from nas_asc.train.quantize import quantize_ptq
 

@@ -10,6 +10,7 @@ from nas_asc.complexity import count
 from nas_asc.models import (
     create_model,
     get_model_config,
+    get_model_revision,
     mobilenetv2_ca,  # noqa: F401  (registers the family)
 )
 from nas_asc.models.mobilenetv2_ca import (
@@ -148,15 +149,108 @@ def test_builds_and_backpropagates_on_32_mel_bins(cfg):
 def test_int8_conversion_runs_with_attention():
     from nas_asc.train.quantize import quantize_ptq
 
+    torch.manual_seed(0)
     model = create_model("mobilenetv2_ca", width=8, depth=1, block_attention=True).eval()
     x = torch.randn(8, 1, 32, 44)
-    assert quantize_ptq(model, x)(x).shape == (8, 10)
+    int8 = quantize_ptq(model, x)
+    with torch.no_grad():
+        got, expected = int8(x), model(x)
+    assert got.shape == (8, 10)
+    assert (got - expected).abs().max() <= 0.1 * expected.abs().max()
+    modules = dict(int8.named_modules())
+    conv = modules["stem.0"]  # the BatchNorm ("stem.1") is folded into it, the ReLU6 not fused
+    assert type(conv).__name__ == "Conv2d" and "quantized" in type(conv).__module__
+    assert "stem.1" not in modules and isinstance(modules["stem.2"], nn.ReLU6)
 
 
 def test_defaults_are_the_report_configuration():
     cfg = get_model_config("mobilenetv2_ca")()
     assert (cfg.width, cfg.expansion, cfg.depth, cfg.ca_reduction) == (32, 2.0, 3, 4)
     assert (cfg.dropout, cfg.deltas, cfg.block_attention) == (0.3, 2, False)
+    assert cfg.activation == "relu6"  # the official coordinate-attention code's (revision 2)
+    assert get_model_revision("mobilenetv2_ca") == 2
+
+
+def _activations(model):
+    return [type(m) for m in model.modules() if isinstance(m, (nn.ReLU, nn.ReLU6))]
+
+
+@pytest.mark.parametrize(("name", "cls"), [("relu6", nn.ReLU6), ("relu", nn.ReLU)])
+def test_activation_applies_to_stem_bottlenecks_and_head(name, cls):
+    # stem 1, nine bottlenecks 2 each, head 2 (Table 2's "BN + RELU" rows and Tables 3-4)
+    model = create_model("mobilenetv2_ca", activation=name)
+    assert _activations(model) == [cls] * (1 + 9 * 2 + 2)
+    assert isinstance(model.stem[2], cls) and isinstance(model.head[2], cls)
+    # coordinate attention keeps h-swish whatever the activation
+    assert isinstance(model.head[5].reduce[2], nn.Hardswish)
+
+
+def test_relu6_clamps_and_costs_nothing_extra():
+    model = create_model("mobilenetv2_ca").eval()
+    with torch.no_grad():
+        stem = model.stem(model.deltas(100 * torch.randn(2, 1, 128, 36)))
+    assert stem.max().item() == 6.0 and stem.min().item() == 0.0
+    # the default (ReLU6) counts the same: see test_reference_complexity_under_the_dcase_rule
+    relu = count(create_model("mobilenetv2_ca", activation="relu"), REPORT_INPUT)
+    assert (relu.params, relu.param_bytes, relu.macs) == (105_888, 105_888, 11_238_704)
+
+
+def test_hswish_is_the_official_formula():
+    # houqb/CoordAttention: h_swish(x) = x * ReLU6(x + 3) / 6; the gates are plain sigmoids
+    x = torch.linspace(-8, 8, 1601)
+    torch.testing.assert_close(nn.Hardswish()(x), x * nn.functional.relu6(x + 3) / 6)
+    ca = CoordAttention(64, reduction=4)
+    assert isinstance(ca.gate_f[1], nn.Sigmoid) and isinstance(ca.gate_t[1], nn.Sigmoid)
+    assert ca.reduce[0].out_channels == 16 and CoordAttention(64, 32).reduce[0].out_channels == 8
+
+
+def test_bottleneck_order_follows_hou_et_al():
+    # pw conv, BN, act; dw conv, BN, act; coordinate attention; pw-linear conv, BN
+    block = InvertedResidual(16, 24, 2, expansion=6, coord_attention=True, activation="relu6")
+    kinds = [
+        [type(m) for m in unit] if isinstance(unit, nn.Sequential) else type(unit)
+        for unit in block.block
+    ]
+    assert kinds == [
+        [nn.Conv2d, nn.BatchNorm2d, nn.ReLU6],
+        [nn.Conv2d, nn.BatchNorm2d, nn.ReLU6],
+        CoordAttention,
+        [nn.Conv2d, nn.BatchNorm2d],
+    ]
+    assert block.block[1][0].groups == 96 and block.block[1][0].padding == (1, 1)
+    assert InvertedResidual(16, 16).block[0][2].__class__ is nn.ReLU  # the blocks family's default
+
+
+def test_qat_trains_and_converts_with_relu6():
+    from nas_asc.train.quantize import convert_qat, prepare_qat
+
+    torch.manual_seed(0)
+    model = create_model("mobilenetv2_ca", width=8, depth=1, dropout=0.0)
+    x, y = torch.randn(16, 1, 32, 44), torch.arange(16) % 10
+    qat = prepare_qat(model, x)
+    kinds = {type(m).__name__ for m in qat.modules()}
+    assert "ConvBn2d" in kinds and "ReLU6" in kinds and "ConvBnReLU2d" not in kinds
+    optimizer = torch.optim.SGD(qat.parameters(), lr=0.01)
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(qat(x), y).backward()
+        optimizer.step()
+    # running statistics of this batch, so that eval-mode logits have their trained size
+    for m in qat.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        qat(x)
+    qat.eval()
+    qat.apply(torch.ao.quantization.disable_observer)
+    with torch.no_grad():
+        fake = qat(x)
+        int8 = convert_qat(qat)(x)
+    step = fake.unique().diff().min()  # the fake-quantized logits lie on the output's int8 grid
+    assert fake.abs().max() > 5 * step
+    # int8 kernels round differently from fake quantization: a few steps of the output grid
+    assert (int8 - fake).abs().max() <= 4 * step + 1e-6
 
 
 @pytest.mark.parametrize(
@@ -168,6 +262,7 @@ def test_defaults_are_the_report_configuration():
         ("block_attention", "yes", "block_attention must be true or false"),
         ("dropout", 1.0, "dropout must be in \\[0, 1\\)"),
         ("deltas", 4, "deltas must be 0, 1 or 2"),
+        ("activation", "gelu", "MobileNetV2-CA activation must be one of \\['relu', 'relu6'\\]"),
     ],
 )
 def test_bad_config_values_are_refused(field, value, message):

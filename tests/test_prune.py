@@ -82,7 +82,7 @@ def test_pruning_the_reports_sm3_gives_its_published_pruned_architecture():
         model.prune_filters(layer, keep)
     assert model.filters == (20, 22, 22, 24, 24, 16)
     c = count(model, (1, 1, 140, 8))
-    assert (c.params, c.macs) == (64_646, 26_695_150)  # NeSsi: 65,192 B, 26.71 M (Table 1)
+    assert (c.params, c.macs) == (64_034, 26_694_538)  # NeSsi: 65,192 B, 26.71 M (Table 1)
 
 
 def test_zero_filters_are_removed_without_changing_the_outputs():

@@ -119,7 +119,7 @@ SPACE = {
     "fixed": {
         "model": {"width": 8},
         "frontend": {"n_mels": 32},
-        "train": {"batch_size": 32, "epochs": 3, "kd_lambda": 0.0, "mixstyle_p": 0.0},
+        "train": {"batch_size": 16, "epochs": 3, "kd_lambda": 0.0, "mixstyle_p": 0.0},
     },
     "dimensions": {"train.lr": {"type": "float", "low": 1.0e-7, "high": 5.0e-2, "log": True}},
 }

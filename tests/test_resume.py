@@ -95,6 +95,22 @@ def test_continuing_a_study_differently_is_refused(tmp_path, change, message):
         check_existing_study(storage, "r", **kwargs)
 
 
+def test_continuing_a_study_of_an_earlier_family_revision_is_refused(tmp_path):
+    from nas_asc.models import get_model_revision
+
+    kwargs = dict(space_name="resume", budget=DEFAULT_BUDGET, seed=0, fingerprint="abc")
+    # recorded before TF-SepNet became the authors' network: no model_revision (revision 1)
+    storage = _recorded_study(tmp_path, space_definition={"model": "tfsepnet"})
+    with pytest.raises(NasAscError, match=r"trained tfsepnet revision 1; the tfsepnet family"):
+        check_existing_study(storage, "r", **kwargs)
+    now = get_model_revision("tfsepnet")
+    (tmp_path / "b").mkdir()
+    current = _recorded_study(
+        tmp_path / "b", space_definition={"model": "tfsepnet"}, model_revision=now
+    )
+    assert check_existing_study(current, "r", **kwargs) is None
+
+
 @pytest.mark.parametrize(
     ("family", "old", "new"),
     [
@@ -104,7 +120,12 @@ def test_continuing_a_study_differently_is_refused(tmp_path, change, message):
     ],
 )
 def test_checkpoints_of_earlier_versions_map_resnorm_to_norm(family, old, new):
-    ckpt = Checkpoint(family, {"width": 8, "resnorm": old}, {}, {}, {}, 0, {}, {})
+    from nas_asc.models import get_model_revision
+
+    revision = get_model_revision(family)
+    ckpt = Checkpoint(
+        family, {"width": 8, "resnorm": old}, {}, {}, {}, 0, {}, {}, model_revision=revision
+    )
     assert ckpt.model_config == {"width": 8, "norm": new}
     assert ckpt.build_architecture().__class__.__name__.lower().startswith("bc")
 

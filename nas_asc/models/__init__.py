@@ -11,6 +11,20 @@ from nas_asc.models import (  # noqa: F401
     mobilenetv2_ca,
     tfsepnet,
 )
-from nas_asc.models._registry import create_model, get_model_config, list_models, register_model
+from nas_asc.models._registry import (
+    MODELS,
+    create_model,
+    get_model_config,
+    get_model_revision,
+    list_models,
+    register_model,
+)
 
-__all__ = ["create_model", "get_model_config", "list_models", "register_model"]
+__all__ = [
+    "MODELS",
+    "create_model",
+    "get_model_config",
+    "get_model_revision",
+    "list_models",
+    "register_model",
+]

@@ -15,18 +15,42 @@ from torch import nn
 
 from nas_asc._registry import Registry, build_config
 
-__all__ = ["register_model", "create_model", "list_models", "get_model_config", "MODELS"]
+__all__ = [
+    "register_model",
+    "create_model",
+    "list_models",
+    "get_model_config",
+    "get_model_revision",
+    "MODELS",
+]
 
 # name -> fn(cfg) -> nn.Module, with meta "config": the family's config dataclass
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 _MODELS = MODELS  # the former name, kept for code that removes a test family
 
 
-def register_model(name: str, config_cls: type) -> Callable[[Callable[..., nn.Module]], Callable]:
-    """Register ``fn(cfg) -> nn.Module`` under ``name`` with its config dataclass."""
+def register_model(
+    name: str, config_cls: type, revision: int = 1
+) -> Callable[[Callable[..., nn.Module]], Callable]:
+    """Register ``fn(cfg) -> nn.Module`` under ``name`` with its config dataclass.
+
+    Args:
+        name: the family's name.
+        config_cls: its config dataclass.
+        revision: raised whenever the function a config builds changes (a layer, its order, a
+            normalization's formula): checkpoints record it, and one of another revision is
+            refused instead of being loaded into a different network.
+    """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls for model {name!r} must be a dataclass, got {config_cls!r}")
-    return MODELS.register(name, config=config_cls)
+    if not isinstance(revision, int) or revision < 1:
+        raise ValueError(f"model {name!r} revision must be an integer >= 1, got {revision!r}")
+    return MODELS.register(name, config=config_cls, revision=revision)
+
+
+def get_model_revision(name: str) -> int:
+    """The revision of model family ``name`` (see :func:`register_model`)."""
+    return MODELS.meta(name)["revision"]
 
 
 def get_model_config(name: str) -> type:

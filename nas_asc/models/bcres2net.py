@@ -3,47 +3,79 @@
 Weng, Yang and Xu, "Low-complexity acoustic scene classification using deep mutual learning and
 knowledge distillation fine-tuning" (DCASE 2023 Task 1 report, shared/seeds/004), Table 1 and
 Section 3.2: BC-ResNet (Kim et al., Interspeech 2021) whose residual functions are replaced by
-Res2Net (Gao et al., TPAMI 2021) hierarchical splits of scale 4, with ResNorm (Kim et al.,
-DCASE 2021) on the input and after every stage; the student has C = 24.
+Res2Net (Gao et al., TPAMI 2021) hierarchical splits of scale 4, with ResNorm on the input and
+after every stage; the student has C = 24.
 
-The report gives only Table 1 and the scale; the block internals, the head and the strides
-follow the authors' public implementation (GZHU_DCASE2023_TASK1), whose submitted network this
-module reproduces in MACs (23,969,914 on the student's 1x256x32 input, "23.97" in Table 3):
+**Exact against the authors' code** (GitHub ``wsdragon2010/GZHU_DCASE2023_TASK1``,
+``pytorch/all_models_softmax.py``): the submitted student is ``BcRes2NetModel_resnorm_bn_quant``
+with ``model_width=3`` (C = 8 * model_width = 24), ``mel_bins=256`` and 10 classes, on 1 s at
+32 kHz with a 2048-point window and hop 1024: a ``1 x 256 x 32`` log-mel input (the
+repository's ``dcase_train.sh``, ``dml_train.sh`` and ``kd_fineturn.sh``). With its weights and
+BatchNorm statistics drawn at random and copied in by a name mapping, the eval-mode logits of
+this network and of the official one (front end replaced by the identity; its output is logits,
+no softmax) agree bit for bit (max difference 0) at C = 24, at C = 16 and at C = 80 (the
+report's BC-Res2Net_wide) with 3 classes; once also in training mode (batch statistics and the
+updated running statistics, dropout off; not part of the command). Check it against a clone::
 
-* the stem is a biased 5x5 conv to 2C with stride (2, 1), i.e. on frequency only: Table 1's
-  ``T/2, T/4, T/8`` cannot be right, since the unpadded 5x5 head would then not fit the four
-  frames left of a 32-frame input; frequency goes ``F/2 -> F/4 -> F/8`` with 2x2 max-pools after
-  stages 1 and 2, time ``T -> T/2 -> T/4``;
-* "BC-Res2Block x n" in Table 1 counts the normal blocks after each stage's transition block,
-  so the stages hold 2, 2, 4 and 4 blocks with C, 1.5C, 2C and 2.5C channels;
-* in a block the channels are split into ``scale`` groups of ``w = C / scale``; group ``i`` is
-  added to the previous group's output and goes through its own (3, 1) conv (``w -> w``,
-  biased, not depthwise) and a SubSpectralNorm with 4 sub-bands; the concatenated result is
-  averaged over frequency and passes a second hierarchical split with (1, 3) convs (biased)
-  each followed by ReLU; the result is broadcast over frequency and added;
+    git clone https://github.com/wsdragon2010/GZHU_DCASE2023_TASK1 /tmp/GZHU
+    python -m nas_asc.fidelity bcres2net --official /tmp/GZHU
+
+The official network, in forward order (defaults here; ``F x T`` = bins x frames):
+
+* a BatchNorm over the Mel bins (``bn0``: each bin one channel, statistics over batch and time;
+  512 parameters at 256 bins), then the authors' ResNorm ``x + BatchNorm(x)`` over the bins
+  (``bn1``, 512): this module's :class:`FreqBatchNorm` (``norm="resnorm_bn"``, the default);
+* a biased 5x5 conv to 2C with stride (2, 1), i.e. on frequency only (Table 1's ``T/2, T/4,
+  T/8`` cannot be right: the unpadded 5x5 head would not fit the frames left of 32);
+* four stages of 2, 2, 4 and 4 blocks ("BC-Res2Block x n" in Table 1 counts the normal blocks
+  after each stage's transition block) with C, 1.5C, 2C and 2.5C channels, each stage followed
+  by ResNorm ``x + BatchNorm(x)`` over its bins (128, 64, 32, 32: 256 + 128 + 64 + 64
+  parameters), stages 1 and 2 then by a 2x2 max-pool: frequency ``F/2 -> F/4 -> F/8``, time
+  ``T -> T/2 -> T/4``;
+* in a block the channels are split into ``scale`` = 4 groups of ``w = C / scale``; group ``i``
+  is added to the previous group's output and goes through its own biased (3, 1) conv
+  (``w -> w``, not depthwise) and a SubSpectralNorm with 4 sub-bands; the concatenated result
+  is averaged over frequency and passes a second hierarchical split with biased (1, 3) convs
+  each followed by ReLU; the result is broadcast over frequency and added, then ReLU;
 * a transition block (channel change) starts with a biased 1x1 conv, BatchNorm and ReLU, ends
   its temporal branch with a biased 1x1 conv and channel dropout (0.1), and has no identity
-  shortcut; a normal block has neither 1x1 conv nor dropout, and adds the identity;
-* the head is a 5x5 conv without padding in ``head_groups = 20`` groups (Table 1 says
-  "Group=2.5C"; the authors' code fixes 20 groups, which the published MACs confirm), a biased
-  1x1 conv to 4C, the mean over frequency and time, and a biased 1x1 conv to the classes.
+  shortcut; a normal block has neither, and adds the identity;
+* the head: a 5x5 conv without padding in 20 groups (Table 1 says "Group=2.5C"; the code fixes
+  20), a biased 1x1 conv to 4C (no activation), the mean over frequency and time, and a biased
+  1x1 conv to the classes.
 
-Choices the implementation leaves open: ResNorm is the parameter-free ``lambda * x + FreqIN(x)``
-with lambda 0.1 of Kim et al. (the cited ResNorm; ``norm="resnorm"``, the default), and
-``norm="adaresnorm"`` puts the adaptive variant of the TF-SepNet report (shared/seeds/003,
-Eq. 4; 3 float32 parameters per channel) in the same places, ``norm="none"`` leaves them out;
-stage channels are rounded up to a multiple of ``scale`` (exact for every width divisible by
-8); a block's frequency stride, which the report's network never uses, subsamples in the
-transition's 1x1 conv (a strided conv inside the split would break the hierarchical adds).
-Inputs with fewer than 40 Mel bins (or 20 frames) leave the head less than its 5x5 kernel; such
-maps are zero-padded to the kernel size (a no-op for the report's input).
+Parameters and MACs at C = 24 on ``1 x 256 x 32``: 75,802 and 23,971,450 (Table 3: 23.97 M).
+Table 3's 76,906 parameters also count the official blocks' ``t_ssn``, four BatchNorms per
+block that are built but never called (1,104 at C = 24); this network leaves them out:
+75,802 + 1,104 = 76,906. (Revision 1 of this family lacked the input BatchNorm and had the
+parameter-free ResNorm of Kim et al. in ResNorm's places: 74,266 parameters, 23,969,914 MACs.)
 
-Known gap: Table 3's 76,906 parameters count three things of the authors' quantized submission
-that are not part of the described network: a BatchNorm over the 256 input Mel bins (512
-parameters), "ResNorm" implemented as ``x + BatchNorm`` over the frequency bins after the
-input and the four stages (2 * (256 + 128 + 64 + 32 + 32) = 1,024), and four BatchNorms per
-block built but never called (1,104 at C = 24). This network has 74,266 parameters;
-74,266 + 512 + 1,024 + 1,104 = 76,906.
+Different, by design:
+
+* the input is the log-mel map; the official model computes it itself (torchlibrosa), and
+  adds its training augmentations (SpecAugment, mixup, Freq-MixStyle) in its forward;
+* the output is ``(batch, classes)`` logits; the official ``squeeze()`` drops the batch axis
+  of a single clip;
+* the per-bin BatchNorms need the input's Mel bins (``n_mels``, default 256; the official code
+  fixes 256 bins). An input with fewer bins is accepted and uses the lowest bins' statistics
+  (zero-padded to ``n_mels`` for these layers and cropped back), so that every front end runs;
+  one with more is refused. Set ``n_mels`` to the front end's bins for a network of that size;
+* search options beyond the official code: ``norm="resnorm"`` is the ResNorm the report cites
+  (Kim et al., DCASE 2021: the parameter-free ``lambda * x + FreqIN(x)``, lambda 0.1), the
+  report's variant, without the input BatchNorm; ``norm="adaresnorm"`` puts AdaResNorm
+  (shared/seeds/003, Eq. 4; 3 float32 parameters per channel) in the same places;
+  ``norm="none"`` leaves the normalizations out (the three need no ``n_mels``); ``width``,
+  ``scale``, ``depths``, ``multipliers``, ``sub_bands``, ``dropout`` and the head's knobs are
+  nas-asc's (the defaults are the official values). Stage channels are rounded up to a multiple
+  of ``scale`` (exact for every width divisible by 8, which the 20 head groups require anyway);
+  a block's frequency stride, which the official network never uses, subsamples in the
+  transition's 1x1 conv. Maps smaller than the head's 5x5 kernel (inputs with fewer than 40
+  bins or 20 frames) are zero-padded to it (a no-op for the official input);
+* int8: nas-asc's FX PTQ or QAT (:mod:`nas_asc.train.quantize`); the per-bin BatchNorms become
+  quantized BatchNorms, as in the authors' eager-mode PTQ submission.
+
+Revision 2 (this one) added the input BatchNorm and made the official ResNorm the default;
+checkpoints of revision 1 are refused.
 """
 
 from __future__ import annotations
@@ -57,10 +89,10 @@ from torch import nn
 from nas_asc.models._registry import register_model
 from nas_asc.models.layers import SubSpectralNorm, make_norm
 
-__all__ = ["BCRes2NetConfig", "BCRes2Net", "BCRes2Block", "NORMS"]
+__all__ = ["BCRes2NetConfig", "BCRes2Net", "BCRes2Block", "FreqBatchNorm", "NORMS"]
 
-# residual frequency normalizations a BC-Res2Net can use
-NORMS = ("resnorm", "adaresnorm", "none")
+# residual frequency normalizations a BC-Res2Net can use ("resnorm_bn": the authors' code)
+NORMS = ("resnorm_bn", "resnorm", "adaresnorm", "none")
 
 
 @dataclass
@@ -79,7 +111,8 @@ class BCRes2NetConfig:
     head_groups: int = 20  # groups of that conv (the authors' code; must divide its channels)
     sub_bands: int = 4  # SubSpectralNorm frequency sub-bands (1: plain BatchNorm)
     dropout: float = 0.1  # channel dropout at the end of each transition block
-    norm: str = "resnorm"  # on the input and after every stage: resnorm|adaresnorm|none
+    norm: str = "resnorm_bn"  # on the input and after every stage: a name in NORMS
+    n_mels: int = 256  # Mel bins of the input: sizes the per-bin BatchNorms of "resnorm_bn"
 
     def __post_init__(self) -> None:
         w = self.width
@@ -130,6 +163,9 @@ class BCRes2NetConfig:
             raise ValueError(f"BC-Res2Net dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:
             raise ValueError(f"BC-Res2Net norm must be one of {list(NORMS)}, got {self.norm!r}")
+        m = self.n_mels
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"BC-Res2Net n_mels must be an integer >= 1, got {m!r}")
         last = _stage_channels(self.multipliers[-1], w, s)
         g = self.head_groups
         if isinstance(g, bool) or not isinstance(g, int) or g < 1 or last % g:
@@ -155,6 +191,44 @@ def _pad_to_kernel(x: torch.Tensor, kernel: int) -> torch.Tensor:
     if pad_f == 0 and pad_t == 0:
         return x
     return nn.functional.pad(x, (pad_t // 2, pad_t - pad_t // 2, pad_f // 2, pad_f - pad_f // 2))
+
+
+# A leaf for torch.fx (it branches on the input size); it runs before the first quantize.
+@torch.fx.wrap
+def _check_bins(x: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """Refuse inputs with more Mel bins than the per-bin BatchNorms were built for."""
+    if x.shape[2] > n_mels:
+        raise ValueError(
+            f"BC-Res2Net's per-bin BatchNorms are built for n_mels={n_mels} Mel bins, got an "
+            f"input with {x.shape[2]}; set n_mels to the front end's bins"
+        )
+    return x
+
+
+class FreqBatchNorm(nn.Module):
+    """BatchNorm over frequency: every bin is a channel, with statistics over batch, channels
+    and time (a map ``(N, C, F, T)`` normalized as ``(N, F, C, T)``); ``2 * bins`` parameters.
+
+    ``residual=False`` is the authors' input BatchNorm over the Mel bins, ``residual=True`` their
+    ResNorm ``x + BN(x)``. An input with fewer than ``bins`` bins is zero-padded to ``bins`` for
+    the normalization and cropped back, i.e. uses the statistics of the lowest bins (exact when
+    it has ``bins``; the model refuses inputs with more).
+    """
+
+    def __init__(self, bins: int, residual: bool, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.bins = bins
+        self.residual = residual
+        self.bn = nn.BatchNorm2d(bins, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # padding and cropping are no-ops at ``bins`` bins, and in the int8 model lossless:
+        # they run in float between a dequantize and a quantize whose observer sees the same
+        # values (the zeros are in every uint8 range)
+        f = x.size(2)
+        y = nn.functional.pad(x, (0, 0, 0, self.bins - f))
+        y = self.bn(y.transpose(1, 2)).transpose(1, 2)[:, :, :f]
+        return x + y if self.residual else y
 
 
 class BCRes2Block(nn.Module):
@@ -240,16 +314,26 @@ class BCRes2Block(nn.Module):
 
 
 class BCRes2Net(nn.Module):
-    """BC-Res2Net (report Table 1); input ``(batch, in_channels, n_mels, frames)``."""
+    """BC-Res2Net (report Table 1, the authors' code); input ``(batch, in_channels, n_mels, t)``."""
 
     def __init__(self, cfg: BCRes2NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         cin = _stage_channels(cfg.stem_multiplier, cfg.width, 1)
+        bins = cfg.n_mels  # frequency bins at each point, for the per-bin BatchNorms
+
+        def norm(channels: int) -> nn.Module:
+            if cfg.norm == "resnorm_bn":
+                return FreqBatchNorm(bins, residual=True)
+            return make_norm(cfg.norm, channels)
+
         layers: list[nn.Module] = []
+        if cfg.norm == "resnorm_bn":
+            layers.append(FreqBatchNorm(bins, residual=False))  # the input BatchNorm
         if cfg.norm != "none":
-            layers.append(make_norm(cfg.norm, cfg.in_channels))
+            layers.append(norm(cfg.in_channels))
         layers.append(nn.Conv2d(cfg.in_channels, cin, 5, stride=cfg.stem_stride, padding=2))
+        bins = (bins - 1) // cfg.stem_stride[0] + 1
         for stage, (depth, mult) in enumerate(zip(cfg.depths, cfg.multipliers, strict=True)):
             cout = _stage_channels(mult, cfg.width, cfg.scale)
             for _ in range(depth):
@@ -260,9 +344,10 @@ class BCRes2Net(nn.Module):
                 )
                 cin = cout
             if cfg.norm != "none":
-                layers.append(make_norm(cfg.norm, cout))
+                layers.append(norm(cout))
             if stage in cfg.pool_after:
                 layers.append(nn.MaxPool2d(2, 2))
+                bins = max(1, bins // 2)
         self.features = nn.Sequential(*layers)
         self.head_kernel = cfg.head_kernel
         hidden = _stage_channels(cfg.head_multiplier, cfg.width, 1)
@@ -271,12 +356,14 @@ class BCRes2Net(nn.Module):
         self.classifier = nn.Conv2d(hidden, cfg.n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.norm == "resnorm_bn":
+            x = _check_bins(x, self.cfg.n_mels)
         x = _pad_to_kernel(self.features(x), self.head_kernel)
         x = self.head_pointwise(self.head_conv(x)).mean(dim=(2, 3), keepdim=True)
         return self.classifier(x).flatten(1)
 
 
-@register_model("bcres2net", BCRes2NetConfig)
+@register_model("bcres2net", BCRes2NetConfig, revision=2)
 def bcres2net(cfg: BCRes2NetConfig) -> BCRes2Net:
-    """BC-Res2Net; defaults build the report's C=24 student (Table 1)."""
+    """BC-Res2Net; defaults build the authors' submitted C=24 student (256 Mel bins)."""
     return BCRes2Net(cfg)

@@ -24,6 +24,23 @@ All convolutions are bias-free. The block differs from MobileNetV2's inverted re
 (:class:`~nas_asc.models.mobilenetv2_ca.InvertedResidual`) in its ReLU after the addition, the
 pooled shortcut of strided blocks and the rounding of its widths, so it is its own class here; the
 convolution-BatchNorm-ReLU unit is shared.
+
+Exact against the official code (``Network`` in ``models/baseline.py`` of
+``CPJKU/dcase2024_task1_baseline``), checked by :mod:`nas_asc.fidelity.checks.cpmobile`
+(``python -m nas_asc.fidelity cpmobile --official CLONE``): with random weights and random
+BatchNorm statistics copied into both, eval-mode logits on 256 x 65 inputs agree to 0.0 (max
+absolute difference; logits up to 25) at the baseline and three other configurations. The
+initialization is the baseline's ``initialize_weights`` (:func:`init_weights_`): He normal
+convolutions with the fan-out (std ``sqrt(2 / (out_channels * kh * kw))``), zero biases,
+BatchNorm scale 1 and shift 0, linear layers N(0, 0.01^2); it runs after the whole network is
+built, in module order, so under one seed our initial weights equal the baseline's value for
+value (compared once against the clone). What differs, none of it in the function: the names
+(``in_c``, ``stages.s<i>.b<j>``, ``feed_forward`` there; ``stem``, ``blocks.<j - 1>``,
+``classifier`` here), the strides given as ``(block, freq, time)`` triples instead of a
+``{"b<block>": (freq, time)}`` dict, and the defaults, which are the baseline's training script's
+(``run_training.py``: 1.8 and 2.1), not ``get_model``'s (2.3 and 3.0). The DCASE 2023 CP-Mobile
+(``fschmid56/cpjku_dcase23``, ``models/cp_mobile_clean.py``) initializes the same way but adds a
+global response normalization after every block and has other strides; it is not this family.
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ from torch import nn
 from nas_asc.models._registry import register_model
 from nas_asc.models.mobilenetv2_ca import conv_bn_act
 
-__all__ = ["CPMobileConfig", "CPMobile", "CPMobileBlock", "make_divisible"]
+__all__ = ["CPMobileConfig", "CPMobile", "CPMobileBlock", "make_divisible", "init_weights_"]
 
 # The baseline's strides: (block number counted from 1 over all stages, frequency, time).
 BASELINE_STRIDES: tuple[tuple[int, int, int], ...] = ((3, 1, 2), (4, 2, 1))
@@ -141,6 +158,28 @@ class CPMobileBlock(nn.Module):
         return self.act(self.block(x))
 
 
+def init_weights_(module: nn.Module) -> None:
+    """The baseline's initialization of one module (``Network.apply`` calls it on every one).
+
+    Convolutions: He normal with the fan-out, N(0, 2 / (out_channels * kh * kw)) (the groups of a
+    depthwise conv do not enter the fan-out), biases zero; BatchNorm, GroupNorm and LayerNorm
+    (with scale and shift): scale one, shift zero; linear layers: N(0, 0.01^2), biases zero.
+    """
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.01)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 def stage_channels(cfg: CPMobileConfig) -> list[int]:
     """Channels of the stem followed by those of every stage."""
     base = make_divisible(cfg.base_channels, 8)
@@ -171,6 +210,9 @@ class CPMobile(nn.Module):
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.classifier = conv_bn_act(cin, cfg.n_classes, 1, act=False)
+        # after every layer is built, in module order, as the baseline does: under one seed the
+        # initial weights are the baseline's, value for value
+        self.apply(init_weights_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.blocks(self.stem(x))).mean(dim=(2, 3))

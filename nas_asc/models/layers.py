@@ -20,9 +20,15 @@ __all__ = [
 ]
 
 
-def _freq_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and 1/std of each (sample, frequency bin) over channels and time."""
-    var, mean = torch.var_mean(x, dim=(1, 3), keepdim=True, correction=0)
+def _freq_stats(
+    x: torch.Tensor, eps: float, correction: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std of each (sample, frequency bin) over channels and time.
+
+    ``correction`` 0 is the population variance, 1 the unbiased sample variance (``Tensor.var``'s
+    default, which the TF-SepNet authors' AdaResNorm uses).
+    """
+    var, mean = torch.var_mean(x, dim=(1, 3), keepdim=True, correction=correction)
     return mean, torch.rsqrt(var + eps)
 
 
@@ -64,6 +70,10 @@ class AdaResNorm(nn.Module):
 
     Three parameters per channel. Like ResNorm it runs in float after int8 conversion, so its
     parameters are stored (and counted) as float32.
+
+    FreqIN here divides by the unbiased standard deviation over channels and time
+    (``sqrt(var + eps)`` with ``var`` over ``C * T - 1``), as the authors' ``AdaResNorm``
+    (``yqcai888/DCASE2023``, ``common.py``) does; the report's Eq. 2 leaves the estimator open.
     """
 
     deploy_float = True
@@ -81,7 +91,7 @@ class AdaResNorm(nn.Module):
         # multiply-add over the full map with small (batch, channel, freq, 1) coefficients: the
         # feature maps after the stem are the largest in the network, and this is about 2x
         # faster to train than the literal formula.
-        mean, inv_std = _freq_stats(x, self.freq_in.eps)
+        mean, inv_std = _freq_stats(x, self.freq_in.eps, correction=1)
         norm_weight = (1.0 - self.rho) * inv_std
         scale = self.gamma * (self.rho + norm_weight)
         shift = self.beta - self.gamma * norm_weight * mean
@@ -98,18 +108,22 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     return _NORMS[kind](channels)
 
 
-def shuffle_groups_for(channels: int) -> int:
-    """Channel-shuffle group count for ``channels``: the divisor nearest to a quarter of them.
+def shuffle_groups_for(channels: int, group_size: int = 10) -> int:
+    """``nn.ChannelShuffle`` group count that interleaves ``channels`` in runs of ``group_size``.
 
-    The TF-SepNet report sets the shuffle group to a quarter of the channels (10 for 40 channels).
-    A quarter is not always a divisor (e.g. 30 channels), so the nearest divisor >= 2 is taken,
-    which keeps the shuffle valid for every width.
+    The TF-SepNet authors' ``ShuffleLayer(group=10)`` views the channels as ``(C / 10, 10)`` and
+    transposes: output channel ``g * C/10 + a`` is input channel ``a * 10 + g``, which is
+    ``nn.ChannelShuffle(C // 10)``. Their layer requires ``C % 10 == 0``; for other counts the
+    divisor of ``channels`` nearest to ``group_size`` (the smaller on a tie) takes its place, so
+    that every width has a valid shuffle, and the official one wherever it exists.
     """
     if channels < 2:
         raise ValueError(f"channel shuffle needs at least 2 channels, got {channels}")
-    target = channels / 4
-    divisors = [g for g in range(2, channels + 1) if channels % g == 0 and g < channels] or [1]
-    return min(divisors, key=lambda g: (abs(g - target), g))
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"channel shuffle group size must be an integer >= 1, got {group_size!r}")
+    sizes = [d for d in range(1, channels + 1) if channels % d == 0]
+    size = min(sizes, key=lambda d: (abs(d - group_size), d))
+    return channels // size
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,15 +18,42 @@ report leaves open:
 * the three BatchNorms of the head that Table 2 counts at 2 per channel (the second "BN + ReLU",
   the "BN" after coordinate attention and the "BN" on the class scores) have no scale and shift
   (``affine=False``): Keras counts such a layer at exactly its 2 moving statistics per channel,
-  which is what makes the table's total add up. The two that do not follow a convolution stay in
-  float after int8 conversion (:class:`PlainBatchNorm`); the last one folds into its convolution;
+  which is what makes the table's total add up. All three stay in float after int8 conversion
+  (:class:`PlainBatchNorm`): the two that do not follow a convolution cannot be folded, and
+  PyTorch's QAT fuser refuses to fold one without scale and shift into the class convolution;
 * convolutions pad to keep the size ("same"), so stride 2 halves it rounding up (128 x 36 ->
   64 x 18 -> 32 x 9 -> 16 x 5 -> 8 x 3, Table 2's shapes);
 * coordinate attention follows Hou et al.: average over each axis, a shared 1x1 conv to
   ``max(8, C // r)`` channels with BatchNorm and h-swish, then one 1x1 conv and a sigmoid per axis,
   whose two gates multiply the input (Table 2's 3,280 parameters for C = 64, r = 4);
 * the deltas are computed inside the model (:class:`~nas_asc.models.bsconv.DeltaFeatures`) so
-  that the input is the one-channel log-mel; the report does not give their window.
+  that the input is the one-channel log-mel; the report does not give their window;
+* the activation of the stem, the bottlenecks and the head is ReLU6 (``activation="relu6"``,
+  the default since revision 2), as in the official code of coordinate attention. The report
+  published no code, and its tables write "BN + RELU" without saying whether that is Keras'
+  ``ReLU()`` or the ``ReLU(6.)`` of Keras' own MobileNetV2; ``activation="relu"`` builds the
+  plain ReLU of revision 1. Parameters and MACs are the same either way. In the int8 model a ReLU
+  fuses into its convolution, while a ReLU6 runs as a quantized clamp after the convolution (the
+  BatchNorm is folded in both cases), on the convolution's output scale.
+
+Checked against Hou et al.'s official code (``houqb/CoordAttention``: ``coordatt.py`` and
+``mbv2_ca.py``), on random weights and random BatchNorm statistics in eval mode, outside this
+repository: :class:`CoordAttention` equals ``CoordAtt`` of both files (r = 32 and r = 4, 8 x 3 to
+32 x 9 maps) to 5e-7 on outputs up to 2.6; :class:`InvertedResidual` with coordinate attention
+(``bias=True`` with the bottleneck convolutions' biases set to zero, since the official ones have
+none, ``ca_reduction=32``, ``activation="relu6"``) equals the official ``InvertedResidual``
+(expansion 6 and 2, stride 1 and 2, odd map sizes) to 1e-6 on outputs up to 5.7, and bias-free
+:func:`conv_bn_act` units with ReLU6 equal its stem and head units ``conv_3x3_bn`` and
+``conv_1x1_bn`` exactly; with ``activation="relu"`` the
+blocks differ by up to 1.9. The official h-swish, ``x * relu6(x + 3) / 6``, is ``nn.Hardswish``;
+its gates are plain sigmoids, as here. The whole network has no official counterpart: Hou et
+al.'s is the ImageNet MobileNetV2 (seven stages, expansion 6, a 1280-channel head, a linear
+classifier, coordinate attention in every bottleneck but none in the head), so there is no
+fidelity check for this family. What differs from the official block, and why: the report's
+r = 4 (official default 32), biases on every convolution (the report's Keras layers; official
+bottleneck convolutions have none), coordinate attention in the bottlenecks only with
+``block_attention`` (the report puts it in the head only), and PyTorch's default initialization
+(the official code draws convolutions from N(0, 2 / fan-out)).
 
 Search knobs beyond the report: the base width (stages at 1, 1.5 and 2 times it), the expansion,
 blocks per stage, and coordinate attention inside every bottleneck (after its depthwise conv, as
@@ -50,10 +77,16 @@ __all__ = [
     "CoordAttention",
     "PlainBatchNorm",
     "conv_bn_act",
+    "ACTIVATIONS",
 ]
 
 # Stage widths as multiples of the base width (Table 2: 32, 48, 64 for width 32).
 STAGE_MULTIPLIERS = (1.0, 1.5, 2.0)
+
+# The activation of the stem, the bottlenecks and the head, by config name. "relu6" is the one of
+# Hou et al.'s official MobileNetV2 + coordinate attention (and of MobileNetV2); "relu" is what the
+# report's tables write ("BN + RELU").
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu6": nn.ReLU6, "relu": nn.ReLU}
 
 
 @dataclass
@@ -67,6 +100,7 @@ class MobileNetV2CAConfig:
     deltas: int = 2  # delta orders stacked onto the log-mel (2: deltas and delta-deltas)
     in_channels: int = 1  # log-mel input planes, before the deltas are stacked
     n_classes: int = 10  # acoustic scenes
+    activation: str = "relu6"  # of stem, bottlenecks and head: "relu6" (official CA code), "relu"
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 4:
@@ -91,6 +125,11 @@ class MobileNetV2CAConfig:
             raise ValueError(f"in_channels must be an integer >= 1, got {self.in_channels!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"MobileNetV2-CA activation must be one of {sorted(ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
 
 
 def conv_bn_act(
@@ -101,17 +140,19 @@ def conv_bn_act(
     groups: int = 1,
     bias: bool = False,
     act: bool = True,
+    activation: str = "relu",
 ) -> nn.Sequential:
-    """Convolution ("same" padding), BatchNorm, and optionally ReLU.
+    """Convolution ("same" padding), BatchNorm, and optionally an activation (ReLU by default).
 
-    The int8 quantizer fuses the three into one kernel.
+    ``activation`` names one of :data:`ACTIVATIONS`. The int8 quantizer folds the BatchNorm into
+    the convolution and fuses a ReLU into the same kernel; a ReLU6 follows as a quantized clamp.
     """
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, groups=groups, bias=bias),
         nn.BatchNorm2d(cout),
     ]
     if act:
-        layers.append(nn.ReLU())
+        layers.append(ACTIVATIONS[activation]())
     return nn.Sequential(*layers)
 
 
@@ -161,9 +202,9 @@ class CoordAttention(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 bottleneck (report 002, Tables 3 and 4), optionally with coordinate attention.
 
-    1x1 expansion conv, BatchNorm, ReLU; 3x3 depthwise conv with ``stride``, BatchNorm, ReLU;
-    [coordinate attention]; 1x1 projection conv, BatchNorm; plus the input when the block keeps
-    the shape (stride 1 and ``cin == cout``).
+    1x1 expansion conv, BatchNorm, activation; 3x3 depthwise conv with ``stride``, BatchNorm,
+    activation; [coordinate attention]; 1x1 projection conv, BatchNorm; plus the input when the
+    block keeps the shape (stride 1 and ``cin == cout``).
 
     Args:
         cin: input channels.
@@ -173,6 +214,8 @@ class InvertedResidual(nn.Module):
         coord_attention: insert :class:`CoordAttention` after the depthwise conv.
         ca_reduction: its reduction ``r``.
         bias: biases on the convolutions (the report's Keras layers have them).
+        activation: after the first two BatchNorms, a name in :data:`ACTIVATIONS` (default
+            ReLU, which the ``blocks`` family builds on; :class:`MobileNetV2CA` passes its own).
     """
 
     def __init__(
@@ -184,13 +227,14 @@ class InvertedResidual(nn.Module):
         coord_attention: bool = False,
         ca_reduction: int = 4,
         bias: bool = True,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
         hidden = max(1, round(expansion * cin))
         layers = [
-            conv_bn_act(cin, hidden, 1, bias=bias),
-            conv_bn_act(hidden, hidden, 3, stride, groups=hidden, bias=bias),
+            conv_bn_act(cin, hidden, 1, bias=bias, activation=activation),
+            conv_bn_act(hidden, hidden, 3, stride, groups=hidden, bias=bias, activation=activation),
         ]
         if coord_attention:
             layers.append(CoordAttention(hidden, ca_reduction, bias=bias))
@@ -216,7 +260,8 @@ class MobileNetV2CA(nn.Module):
         self.cfg = cfg
         cin = cfg.in_channels * (1 + cfg.deltas)
         self.deltas = DeltaFeatures(cfg.deltas)
-        self.stem = conv_bn_act(cin, cfg.width, 3, stride=2, bias=True)
+        act = cfg.activation
+        self.stem = conv_bn_act(cin, cfg.width, 3, stride=2, bias=True, activation=act)
         blocks: list[nn.Module] = []
         cin = cfg.width
         for cout in _stage_channels(cfg.width):
@@ -229,20 +274,23 @@ class MobileNetV2CA(nn.Module):
                         expansion=cfg.expansion,
                         coord_attention=cfg.block_attention,
                         ca_reduction=cfg.ca_reduction,
+                        activation=act,
                     )
                 )
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(
-            conv_bn_act(cin, cin, 1, bias=True),
+            conv_bn_act(cin, cin, 1, bias=True, activation=act),
             PlainBatchNorm(cin),
-            nn.ReLU(),
+            ACTIVATIONS[act](),
             nn.Conv2d(cin, cin, 1, bias=False),
             nn.Dropout(cfg.dropout),
             CoordAttention(cin, cfg.ca_reduction),
             PlainBatchNorm(cin),
             nn.Conv2d(cin, cfg.n_classes, 1, bias=False),
-            nn.BatchNorm2d(cfg.n_classes, affine=False),
+            # not folded into the convolution: PyTorch's QAT fuser refuses a BatchNorm without
+            # scale and shift, so the int8 model keeps it in float (10 channels, no parameters)
+            PlainBatchNorm(cfg.n_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,7 +298,8 @@ class MobileNetV2CA(nn.Module):
         return self.head(x).mean(dim=(2, 3))
 
 
-@register_model("mobilenetv2_ca", MobileNetV2CAConfig)
+# revision 2: the default activation became ReLU6 (revision 1 used ReLU throughout)
+@register_model("mobilenetv2_ca", MobileNetV2CAConfig, revision=2)
 def mobilenetv2_ca(cfg: MobileNetV2CAConfig) -> MobileNetV2CA:
     """MobileNetV2 + coordinate attention; defaults build report 002's model (Table 2)."""
     return MobileNetV2CA(cfg)

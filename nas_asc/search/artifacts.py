@@ -122,6 +122,7 @@ class Checkpoint:
     metrics: dict[str, Any] = field(default_factory=dict)  # accuracies measured in the trial
     format: str = CHECKPOINT_FORMAT
     quantization: str = "ptq"  # "ptq" (post-training static) or "qat" (quantization-aware)
+    model_revision: int = 1  # the family's revision when trained (checkpoints before it: 1)
 
     def __post_init__(self) -> None:
         self.model_config = _upgrade_model_config(self.family, self.model_config)
@@ -132,9 +133,22 @@ class Checkpoint:
             )
 
     def build_architecture(self) -> torch.nn.Module:
-        """The untrained float network with the trial's structure (pruned layers cut)."""
-        from nas_asc.models import create_model
+        """The untrained float network with the trial's structure (pruned layers cut).
 
+        A checkpoint of another revision of its family is refused (``NasAscError``): its weights
+        belong to a network that this nas-asc no longer builds.
+        """
+        from nas_asc.models import create_model
+        from nas_asc.models._registry import get_model_revision
+
+        revision = get_model_revision(self.family)
+        if self.model_revision != revision:
+            raise NasAscError(
+                f"this checkpoint holds a {self.family} network of revision "
+                f"{self.model_revision}, but the {self.family} family changed (now revision "
+                f"{revision}: it computes its authors' function); retrain the trial, or use the "
+                f"nas-asc release that trained it"
+            )
         model = create_model(self.family, **self.model_config)
         if self.pruned:
             for layer, kept in self.pruned.items():

@@ -31,6 +31,7 @@ from nas_asc.complexity import Complexity, count
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
 from nas_asc.errors import DatasetError
+from nas_asc.models._registry import get_model_revision
 from nas_asc.progress import ConsoleReporter, Reporter, TrialReport, format_bytes, format_macs
 from nas_asc.search.artifacts import (
     Checkpoint,
@@ -388,6 +389,7 @@ class Objective:
             pruned=fitted.pruned,
             metrics={k: attrs[k] for k in _CHECKPOINT_METRICS},
             quantization=attrs["quantization"],
+            model_revision=get_model_revision(self.ctx.space.model),
         )
         save_checkpoint(trial, self.ctx.artifact_store, checkpoint)
         save_confusion_image(

@@ -161,5 +161,6 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._samplers.pop(number, None)
 
     def reseed_rng(self) -> None:
-        for sampler in self._samplers.values():
+        # a copy: with n_jobs > 1, other threads open and close trials meanwhile
+        for sampler in list(self._samplers.values()):
             sampler.reseed_rng()

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -425,8 +425,30 @@ def _check_same_settings(
             f"study {study.study_name!r} was run on another dataset ({attrs.get('data')}); "
             "continue it with the same --data and --train-split, or choose a new --study name"
         )
+    _check_same_revision(study)
     if protocol is not None:
         _check_same_protocol(study, protocol)
+
+
+def _model_revision(family: Any) -> int | None:
+    from nas_asc.models import MODELS
+    from nas_asc.models._registry import get_model_revision
+
+    return get_model_revision(family) if family in MODELS else None
+
+
+def _check_same_revision(study: optuna.Study) -> None:
+    """Refuse to continue a study whose family has changed since (see ``register_model``):
+    its trials and the new ones would be different networks on one front."""
+    family = (study.user_attrs.get("space_definition") or {}).get("model")
+    now = _model_revision(family)
+    recorded = study.user_attrs.get("model_revision", 1)
+    if now is not None and recorded != now:
+        raise NasAscError(
+            f"study {study.study_name!r} trained {family} revision {recorded}; the {family} "
+            f"family has changed since (now revision {now}: it computes its authors' function); "
+            "choose a new --study name"
+        )
 
 
 def _check_same_protocol(study: optuna.Study, protocol: dict) -> None:
@@ -562,6 +584,7 @@ def prepare_study(
         # of a study that has a space)
         study.set_user_attr("budget", context.budget.to_dict())
         study.set_user_attr("space_definition", context.space.to_dict())
+        study.set_user_attr("model_revision", _model_revision(context.space.model))
         study.set_user_attr("space", context.space.name)
         study.set_user_attr("data", data_label)
         study.set_user_attr("seed", settings.seed)

@@ -123,10 +123,20 @@ class TeacherConfig:
         return cls(members=tuple(TeacherMember(family, model, ps[i % 2], i) for i in range(n)))
 
     def to_dict(self) -> dict:
+        from nas_asc.models._registry import get_model_revision
+
         out = dataclasses.asdict(self)
         # the key holds every member's full configuration, so a family's changed default
-        # trains a new ensemble instead of reusing logits of another network
-        out["members"] = [{**dataclasses.asdict(m), "model": m.resolved()} for m in self.members]
+        # trains a new ensemble instead of reusing logits of another network,
+        # and the family's revision, so a changed network does too
+        out["members"] = [
+            {
+                **dataclasses.asdict(m),
+                "model": m.resolved(),
+                "revision": get_model_revision(m.family),
+            }
+            for m in self.members
+        ]
         return out
 
 

@@ -1,0 +1,250 @@
+"""Checks that a model family computes the function of its authors' public code.
+
+Each family whose official implementation is public has a :class:`OfficialCheck`: where that code
+lives (a GitHub repository and the files in it), the configurations to compare, how to build the
+official model from a clone the user made, and how the official weights' names map onto ours.
+Nothing of the official code is part of nas-asc: a check imports it at run time from the clone.
+
+:func:`compare` builds the official model at one configuration, gives it random weights (and
+random BatchNorm running statistics, so that eval mode is not an identity), copies those weights
+into our model by the mapping (``strict`` loading: every tensor of ours must be set), runs both
+in eval mode on the same random input and returns the largest absolute difference of the logits.
+
+Run it against a clone::
+
+    git clone https://github.com/yqcai888/DCASE2023 /tmp/DCASE2023
+    python -m nas_asc.fidelity tfsepnet --official /tmp/DCASE2023
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nas_asc._registry import Registry
+
+__all__ = [
+    "OfficialModel",
+    "OfficialCheck",
+    "CHECKS",
+    "register_check",
+    "Comparison",
+    "compare",
+    "randomize_",
+    "import_file",
+    "load_checks",
+    "main",
+]
+
+TOLERANCE = 1e-4  # largest absolute logit difference accepted as "the same function"
+
+CHECKS: Registry[type[OfficialCheck]] = Registry("fidelity check")
+
+
+class OfficialModel(abc.ABC):
+    """The official network at one configuration, behind one small interface.
+
+    A PyTorch implementation wraps an ``nn.Module`` (:class:`TorchOfficial`); other frameworks
+    (Keras) implement the two methods themselves.
+    """
+
+    @abc.abstractmethod
+    def randomize(self, seed: int) -> None:
+        """Give every weight and normalization statistic a random value (reproducible by seed)."""
+
+    @abc.abstractmethod
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every weight and statistic by the official name, as float arrays in its own layout."""
+
+    @abc.abstractmethod
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits for ``x`` (``(batch, 1, n_mels, frames)``, float32) in inference mode."""
+
+
+class TorchOfficial(OfficialModel):
+    """An official PyTorch ``nn.Module``."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def randomize(self, seed: int) -> None:
+        randomize_(self.module, seed)
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.module.eval()
+        with torch.no_grad():
+            return self.module(torch.from_numpy(x)).detach().cpu().numpy()
+
+
+class OfficialCheck(abc.ABC):
+    """How one family is compared with its official implementation.
+
+    Subclasses set the class attributes and implement :meth:`official` and :meth:`map_weights`.
+    """
+
+    family: str  # the nas-asc model family (a name in nas_asc.models.MODELS)
+    repo: str  # GitHub owner/name of the official code
+    files: tuple[str, ...]  # the files of that repository the check reads
+    #: configurations compared: name -> our model config fields (the first is the reference)
+    configs: dict[str, dict[str, Any]]
+    input_shape: tuple[int, int, int] = (1, 128, 44)  # (channels, n_mels, frames) of one clip
+
+    @abc.abstractmethod
+    def official(self, clone: Path, config: dict[str, Any]) -> OfficialModel:
+        """The official model at our ``config``, built from the code in ``clone``."""
+
+    @abc.abstractmethod
+    def map_weights(
+        self, weights: Mapping[str, np.ndarray], config: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Our state dict holding the official ``weights`` (names and layouts translated)."""
+
+    def input_for(self, config: dict[str, Any]) -> tuple[int, int, int]:
+        """The input shape of one clip at ``config`` (default: :attr:`input_shape`)."""
+        return self.input_shape
+
+
+def register_check(cls: type[OfficialCheck]) -> type[OfficialCheck]:
+    """Class decorator: register a check under its family's name."""
+    CHECKS.register(cls.family, cls)
+    return cls
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random values for every floating tensor of ``module``'s state, variances kept positive.
+
+    Kernels (two or more dimensions) get He-scaled normal values (std ``sqrt(2 / fan_in)``) so
+    that activations keep their scale through deep networks; per-channel weights ``1 + N(0,
+    0.2^2)``, other vectors (biases, shifts) ``N(0, 0.2^2)``; BatchNorm running means ``N(0,
+    0.1^2)`` and running variances ``U(0.5, 1.5)``. A mismatch anywhere shows in eval mode.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict(keep_vars=True).items():
+            if not tensor.is_floating_point():
+                continue
+            noise = torch.randn(tensor.shape, generator=gen)
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
+            elif name.endswith("running_mean"):
+                tensor.copy_(0.1 * noise)
+            elif tensor.dim() >= 2 and tensor.numel() > tensor.shape[0] and tensor.shape[0] > 1:
+                fan_in = tensor.numel() // tensor.shape[0]
+                tensor.copy_(noise * (2.0 / fan_in) ** 0.5)
+            elif name.endswith("weight"):
+                tensor.copy_(1.0 + 0.2 * noise)
+            else:
+                tensor.copy_(0.2 * noise)
+    return module
+
+
+@contextlib.contextmanager
+def _on_path(folder: Path) -> Iterator[None]:
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+
+
+def import_file(path: Path, name: str) -> Any:
+    """Import the Python file ``path`` as module ``name``, its folder on ``sys.path`` meanwhile."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is the clone of the official code complete?")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with _on_path(path.parent):
+        spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Comparison:
+    family: str
+    config: str
+    max_abs_diff: float
+    logit_scale: float  # largest absolute logit of the official model, for scale
+
+    @property
+    def same(self) -> bool:
+        return self.max_abs_diff <= TOLERANCE
+
+
+def compare(
+    check: OfficialCheck, clone: Path, name: str, seed: int = 0, batch: int = 4
+) -> Comparison:
+    """Official and nas-asc outputs for the same random weights at configuration ``name``."""
+    from nas_asc.models import create_model
+
+    config = check.configs[name]
+    official = check.official(Path(clone), config)
+    official.randomize(seed)
+    ours = create_model(check.family, **config)
+    ours.load_state_dict(check.map_weights(official.weights(), config), strict=True)
+    ours.eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn((batch, *check.input_for(config)), generator=gen)
+    expected = official(x.numpy())
+    with torch.no_grad():
+        got = ours(x).numpy()
+    if got.shape != expected.shape:
+        raise AssertionError(f"output shapes differ: ours {got.shape}, official {expected.shape}")
+    return Comparison(
+        check.family, name, float(np.abs(got - expected).max()), float(np.abs(expected).max())
+    )
+
+
+def load_checks() -> None:
+    """Register every family's check (one module per family, in ``nas_asc.fidelity.checks``)."""
+    from nas_asc.fidelity import checks  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_checks()
+    parser = argparse.ArgumentParser(
+        prog="python -m nas_asc.fidelity",
+        description="Compare a family with its authors' code (a clone you made) on random weights.",
+    )
+    parser.add_argument("family", choices=CHECKS.names())
+    parser.add_argument("--official", required=True, type=Path, help="folder of the clone")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    check = CHECKS.get(args.family)()
+    if not args.official.is_dir():
+        print(
+            f"error: --official {args.official} is not a folder; clone "
+            f"https://github.com/{check.repo} there first",
+            file=sys.stderr,
+        )
+        return 2
+    worst = 0.0
+    print(f"{check.family} against github.com/{check.repo} ({', '.join(check.files)})")
+    width = max(len(name) for name in check.configs)
+    for name in check.configs:
+        try:
+            result = compare(check, args.official, name, seed=args.seed)
+        except (FileNotFoundError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        worst = max(worst, result.max_abs_diff)
+        verdict = "same" if result.same else "DIFFERENT"
+        print(
+            f"  {name:<{width}}  max |ours - official| = {result.max_abs_diff:.2e}"
+            f" (logits up to {result.logit_scale:.2f}): {verdict}"
+        )
+    return 0 if worst <= TOLERANCE else 1

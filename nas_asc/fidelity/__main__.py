@@ -1,0 +1,5 @@
+import sys
+
+from nas_asc.fidelity import main
+
+sys.exit(main())
