@@ -34,10 +34,10 @@ def _quick(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _student(seed: int = 0, **cfg) -> torch.nn.Module:
+def _student(seed: int = 0, width: int = 8, **cfg) -> torch.nn.Module:
     # dropout draws from torch's global generator: seed it, as the search objective does
     torch.manual_seed(seed)
-    return create_model("tfsepnet", width=8, n_classes=3, **cfg)
+    return create_model("tfsepnet", width=width, n_classes=3, **cfg)
 
 
 def _teacher(data) -> torch.Tensor:
@@ -165,7 +165,9 @@ def test_rrs_uses_relational_losses_then_response_kd():
 @pytest.mark.parametrize("strategy", ["rrs", "dml"])
 def test_two_stage_strategies_learn_the_toy_problem(strategy):
     data = toy_set()
-    model = _student()
+    # width 16: since TF-SepNet is the authors' network (revision 2), width 8 learns this toy
+    # problem more slowly (rrs measured 0.58 after 8 epochs)
+    model = _student(width=16)
     cfg = _quick(epochs=8, kd_strategy=strategy, kd_lambda=0.5, kd_temperature=2.0)
     result = train(model, data, cfg, _teacher(data), seed=0)
     assert len(result.history) == 8
