@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import importlib.util
 import sys
+import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = [
     "compare",
     "randomize_",
     "import_file",
+    "stand_in_modules",
     "load_checks",
     "main",
 ]
@@ -171,6 +173,25 @@ def import_file(path: Path, name: str) -> Any:
     with _on_path(path.parent):
         spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def stand_in_modules(modules: Mapping[str, types.ModuleType]) -> Iterator[None]:
+    """``modules`` in ``sys.modules`` meanwhile, by name; what was there before is put back.
+
+    For packages an official file imports but a check does not run (its training helpers,
+    quantization toolkits, a front end that the check bypasses).
+    """
+    saved = {name: sys.modules.get(name) for name in modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
 
 
 @dataclass(frozen=True)

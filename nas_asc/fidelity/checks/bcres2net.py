@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from nas_asc.fidelity import (
     TorchOfficial,
     import_file,
     register_check,
+    stand_in_modules,
 )
 
 # the official model's modules in forward order -> our ``features`` index (None: a max-pool)
@@ -79,19 +79,12 @@ def _not_published(name: str):
 @contextlib.contextmanager
 def _helper_module(clone: Path) -> Iterator[None]:
     """The clone's ``pytorch_utils`` as ``pytorch_utils``, with the names it lacks filled in."""
-    saved = sys.modules.get("pytorch_utils")
     utils = import_file(Path(clone) / "pytorch" / "pytorch_utils.py", "pytorch_utils")
     for name in ("do_mixup", "interpolate", "pad_framewise_output", "mixstyle", "syn_mixstyle"):
         if not hasattr(utils, name):
             setattr(utils, name, _not_published(name))
-    sys.modules["pytorch_utils"] = utils
-    try:
+    with stand_in_modules({"pytorch_utils": utils}):
         yield
-    finally:
-        if saved is None:
-            sys.modules.pop("pytorch_utils", None)
-        else:
-            sys.modules["pytorch_utils"] = saved
 
 
 @contextlib.contextmanager
@@ -108,20 +101,12 @@ def _front_end_modules() -> Iterator[None]:
         yield
         return
     names = ("torchlibrosa", "torchlibrosa.stft", "torchlibrosa.augmentation")
-    saved = {name: sys.modules.get(name) for name in names}
     stubs = {name: types.ModuleType(name) for name in names}
     for cls in ("Spectrogram", "LogmelFilterBank"):
         setattr(stubs["torchlibrosa.stft"], cls, _Placeholder)
     stubs["torchlibrosa.augmentation"].SpecAugmentation = _Placeholder
-    sys.modules.update(stubs)
-    try:
+    with stand_in_modules(stubs):
         yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 @register_check

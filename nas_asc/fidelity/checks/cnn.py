@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_asc.fidelity import OfficialCheck, OfficialModel, import_file, register_check
+from nas_asc.fidelity import (
+    OfficialCheck,
+    OfficialModel,
+    import_file,
+    register_check,
+    stand_in_modules,
+)
 
 MODELS_PY = "dcase_2023/myDCASE/myLiB/models.py"
 PRUNED_SM3 = (20, 22, 22, 24, 24, 16)
@@ -85,7 +90,6 @@ def _tfmot_stand_in() -> Iterator[None]:
         f"{base}.quantize",
         f"{base}.quantize_config",
     ]
-    saved = {name: sys.modules.get(name) for name in names}
     modules = {name: types.ModuleType(name) for name in names}
     for name, module in modules.items():
         parent, _, child = name.rpartition(".")
@@ -95,15 +99,8 @@ def _tfmot_stand_in() -> Iterator[None]:
     modules[f"{base}.quantizers"].MovingAverageQuantizer = object
     modules[f"{base}.quantize"].quantize_annotate_layer = lambda layer, **_: layer
     modules[f"{base}.quantize_config"].QuantizeConfig = type("QuantizeConfig", (), {})
-    sys.modules.update(modules)
-    try:
+    with stand_in_modules(modules):
         yield
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
 
 
 class KerasOfficial(OfficialModel):
