@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from toydata import reestimate_batchnorm
 
 from nas_asc.complexity import count
 from nas_asc.models import create_model, list_models
@@ -91,14 +92,8 @@ def test_int8_model_agrees_with_fp32_after_a_short_fit(name, cfg, shape):
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-    # BatchNorm running statistics after 12 steps lag the weights; re-estimate them on the batch
-    # (cumulative average) so eval-mode predictions are the fitted ones
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        model(x)
+    # BatchNorm running statistics after 12 steps lag the weights: re-estimate them on the batch
+    reestimate_batchnorm(model, x)
     model.eval()
     with torch.no_grad():
         fp32 = model(x).argmax(dim=1)

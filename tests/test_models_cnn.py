@@ -24,6 +24,16 @@ REPORT_INPUT = (1, 1, 140, 8)
 PRUNED_SM3 = (20, 22, 22, 24, 24, 16)  # Sec. 5; the code's BM2_slightly_more_layers_bigger_test
 
 
+def _run_hooked(model: nn.Module, shape, handles: list) -> None:
+    """One eval-mode forward of zeros through ``model``, then remove the forward ``handles``."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(shape))
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _out_shapes(model: nn.Module, shape) -> dict[str, tuple[int, ...]]:
     shapes = {}
     handles = [
@@ -34,12 +44,7 @@ def _out_shapes(model: nn.Module, shape) -> dict[str, tuple[int, ...]]:
         b.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
         for n, b in model.blocks.named_children()
     ]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(shape))
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, shape, handles)
     return shapes
 
 
@@ -151,13 +156,7 @@ def _nessi_tflite(model: nn.Module, shape) -> tuple[int, int]:
         elif isinstance(m, nn.BatchNorm2d) and m is not model.blocks[0].bn:
             macs += output.numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(shape))
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, shape, [m.register_forward_hook(hook) for m in model.modules()])
     return size, macs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from toydata import reestimate_batchnorm
 
 from nas_asc.complexity import count
 from nas_asc.models import (
@@ -236,12 +237,7 @@ def test_qat_trains_and_converts_with_relu6():
         nn.functional.cross_entropy(qat(x), y).backward()
         optimizer.step()
     # running statistics of this batch, so that eval-mode logits have their trained size
-    for m in qat.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        qat(x)
+    reestimate_batchnorm(qat, x)
     qat.eval()
     qat.apply(torch.ao.quantization.disable_observer)
     with torch.no_grad():

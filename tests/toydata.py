@@ -7,6 +7,20 @@ import torch
 from nas_asc.data.features import FeatureSet
 
 
+def reestimate_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``x`` (one cumulative pass).
+
+    After a few training steps the running statistics lag the weights; with these, eval-mode
+    outputs are the fitted ones.
+    """
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        model(x)
+
+
 def toy_set(n: int = 96, seed: int = 0, devices=("a", "b", "s4")) -> FeatureSet:
     """Three classes, each with a pulsing pattern in its own frequency band.
 
