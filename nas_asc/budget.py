@@ -8,6 +8,7 @@ at most 30,000,000 multiply-accumulates for one 1-second clip, counted by
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 
@@ -85,7 +86,13 @@ def _number(key: str, text: str) -> int:
             f"budget {key}={text!r} is not a number; write e.g. {key}=30M, {key}=128k or "
             f"{key}=30000000"
         )
-    value = int(round(float(match.group(1)) * _SUFFIX[match.group(2)]))
+    scaled = float(match.group(1)) * _SUFFIX[match.group(2)]
+    if not math.isfinite(scaled) or scaled >= 1e18:  # 1e999 is inf; no model counts 1e18
+        raise BudgetError(
+            f"budget {key}={text!r} is too large (limits are below 1e18); write e.g. "
+            f"{key}={'30M' if key == 'macs' else '128k'}"
+        )
+    value = int(round(scaled))
     if value <= 0:
         raise BudgetError(
             f"budget {key}={text!r} is not a number above zero (limits must be positive); "

@@ -9,8 +9,10 @@ set ``NAS_ASC_DEBUG=1`` for the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -488,6 +490,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc.search.study import (
         check_existing_study,
         check_storage,
+        check_study_name,
         default_storage,
         safe_url,
         trial_counts,
@@ -506,7 +509,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"--validation-split {args.validation_split} is not a file; pass a TAB-separated "
             "file with a filename column naming clips of the training split"
         )
-    study_name = args.study or space.name
+    study_name = check_study_name(
+        args.study or space.name, "--study" if args.study else f"the space's name in {args.space}"
+    )
     storage = args.storage or default_storage(study_name)
     # the settings, parsed once (sampler and pruner specs become instances) and checked by the
     # backend that will run them, before the data is loaded or a teacher trained
@@ -600,7 +605,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     study = measure_front(study, protocol, progress)
     paths = _write_report(study, args.reports, args.quiet)
     n = trial_counts(study)
-    retried = f", {n.retried} re-queued after a worker died" if n.retried else ""
+    retried = f", {n.retried} re-queued after an interrupt or a dead worker" if n.retried else ""
     this_run = time.perf_counter() - started
     total = study.user_attrs.get("search_seconds", 0.0) + this_run
     runs = study.user_attrs.get("search_runs", 0) + 1
@@ -642,7 +647,14 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     shape = parse_input_shape(args.input)
     model = create_model(args.model, **_parse_set(args.set))
-    c = count(model, shape, budget.weight_dtype)
+    try:
+        c = count(model, shape, budget.weight_dtype)
+    except RuntimeError as exc:  # the model cannot run on that input (a pooling output below 1)
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise NasAscError(
+            f"{args.model} cannot run on --input {args.input} ({detail}); pass a larger input "
+            "CxFxT, e.g. 1x128x44"
+        ) from None
     if args.json:
         print(json.dumps({"params": c.params, "param_bytes": c.param_bytes, "macs": c.macs}))
         return 0
@@ -734,8 +746,9 @@ def _print_ensemble(report: dict) -> None:
 
 
 def _existing_study(name: str, storage: str | None):
-    from nas_asc.search.study import open_existing_study
+    from nas_asc.search.study import check_study_name, open_existing_study
 
+    check_study_name(name)
     return open_existing_study(name, storage)
 
 
@@ -839,15 +852,47 @@ def _debug_traceback(exc: BaseException, scrub) -> None:
     print(scrub(text), file=sys.stderr, end="")
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a batch scheduler's stop) ends the command as Ctrl-C does: the
+    running trial is re-queued at once instead of waiting for its heartbeat to go stale."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave it alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _debug_enabled(value: str) -> bool:
+    """``NAS_ASC_DEBUG``: 1/true/yes/on show tracebacks; unset, empty, 0/false/no/off do not."""
+    return value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
     scrub = _scrubber(args)
-    debug = bool(os.environ.get("NAS_ASC_DEBUG"))
+    debug = _debug_enabled(os.environ.get("NAS_ASC_DEBUG", ""))
     try:
-        return _COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
-        print("nas-asc: interrupted", file=sys.stderr)
+        # a search re-queues the trial it was running (same parameters and seed)
+        detail = (
+            "; finished trials are kept and the running one is re-queued: run the same "
+            "command to continue"
+            if args.command == "search"
+            else ""
+        )
+        print(f"nas-asc: interrupted{detail}", file=sys.stderr)
         return 130
     except (NasAscError, ValueError, TypeError, OSError) as exc:
         if debug:

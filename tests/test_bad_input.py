@@ -624,6 +624,60 @@ CASES = [
         ["complexity", "tfsepnet", "--set", "width"],
         ("--set takes KEY=VALUE", "--set width=40"),
     ),
+    # issue 15: inputs that used to end in "unexpected ... report it" (exit 1) or write files
+    # outside the working folder
+    (
+        "infinite-budget",
+        None,
+        [*SEARCH, "--budget", "macs=1e999"],
+        ("budget macs='1e999' is too large", "macs=30M"),
+    ),
+    (
+        "complexity-infinite-budget",
+        None,
+        ["complexity", "tfsepnet", "--budget", "bytes=1e999"],
+        ("budget bytes='1e999' is too large",),
+    ),
+    (
+        "complexity-input-too-small",
+        None,
+        ["complexity", "tfsepnet", "--input", "1x1x1"],
+        ("tfsepnet cannot run on --input 1x1x1", "Output size is too small", "1x128x44"),
+    ),
+    (
+        "yaml-alias-bomb",  # 394 bytes that expand to 10**9 strings
+        _write(
+            "bomb.yaml",
+            "name: bomb\nmodel: tfsepnet\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 9))
+            + "dimensions: {}\n",
+        ),
+        ["search", "--space", "bomb.yaml", "--data", DATA],
+        ("bomb.yaml", "aliases expand to more than 100,000 values", "write the values out"),
+    ),
+    (
+        "space-name-escapes",
+        _write(
+            "esc.yaml",
+            _space("model.width: {type: int, low: 8, high: 16}").replace(
+                "name: bad", "name: ../../escaped"
+            ),
+        ),
+        ["search", "--space", "esc.yaml", "--data", DATA],
+        ("study name '../../escaped' (from the space's name in esc.yaml)", "--study NAME"),
+    ),
+    (
+        "study-name-absolute",
+        None,
+        ["search", "--space", "cnn", "--study", "/tmp/elsewhere", "--data", DATA],
+        ("study name '/tmp/elsewhere' (from --study) is not a plain name",),
+    ),
+    (
+        "report-study-name-with-folder",
+        None,
+        ["report", "--study", "a/../../b"],
+        ("study name 'a/../../b' (from --study)",),
+    ),
 ]
 
 

@@ -84,3 +84,22 @@ def test_data_synth_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     _one_line_error(run("data", "synth", "--out", str(tmp_path), cwd=tmp_path), "not empty")
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("value", "traceback"),
+    [("0", False), ("false", False), ("off", False), ("", False), ("1", True), ("yes", True)],
+)
+def test_nas_asc_debug_zero_means_off(value, traceback, tmp_path, monkeypatch, capsys):
+    """NAS_ASC_DEBUG=0 (or false, no, off, empty) keeps the one-line error; 1/yes show the
+    traceback (issue 15: any non-empty value used to turn tracebacks on)."""
+    from nas_asc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NAS_ASC_DEBUG", value)
+    code = main(["-q", "complexity", "tfsepnet", "--input", "1x1x1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert ("Traceback" in err) is traceback, err
+    if not traceback:
+        assert err.count("\n") == 1 and err.startswith("nas-asc: error: tfsepnet cannot run")

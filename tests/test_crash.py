@@ -1,5 +1,9 @@
 """Crash drill: kill -9 a search mid-trial three times, restart it each time, lose nothing.
 
+The same drill with Ctrl-C (SIGINT) and SIGTERM: the search stops at once with exit 130 and one
+line, the interrupted trial is re-queued then and there (none is left RUNNING), and the restarted
+search ends with the requested number of completed trials.
+
 Each restart is the same ``nas-asc search`` command. The drill checks that the study reaches its
 trial count exactly, that every trial completed before a kill is still there unchanged, that each
 killed trial was re-queued (same parameters, same seed) and completed once, that the SQLite file
@@ -77,7 +81,9 @@ def _fresh_running(db: Path, leftovers: set[int]) -> bool:
     return any(number not in leftovers for (number,) in rows)
 
 
-def _kill_mid_trial(proc: subprocess.Popen, db: Path, min_complete: int) -> None:
+def _kill_mid_trial(
+    proc: subprocess.Popen, db: Path, min_complete: int, sig: int = signal.SIGKILL
+) -> str:
     """Wait until ``min_complete`` trials are complete and a fresh one is running, then kill -9.
 
     Three kills hit three different trials. (Killing the retry of a killed trial again and
@@ -91,9 +97,9 @@ def _kill_mid_trial(proc: subprocess.Popen, db: Path, min_complete: int) -> None
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         states = [s for _, s in _states(db)]
         if states.count("COMPLETE") >= min_complete and _fresh_running(db, leftovers):
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+            return err
         time.sleep(0.1)
     raise AssertionError("the search never reached the point to kill it")
 
@@ -107,19 +113,29 @@ def _completed(db: Path) -> dict[int, tuple]:
 
 
 @pytest.mark.slow  # minutes: a search killed three times, each restart a new process
-def test_kill_nine_three_times_then_finish(tiny_root, tmp_path):
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name
+)
+def test_kill_three_times_then_finish(sig, tiny_root, tmp_path):
     space = tmp_path / "crash.yaml"
     space.write_text(SPACE_YAML)
     db = tmp_path / "drill.db"
     seen: dict[int, tuple] = {}
     for kill in range(3):
         proc = _start(tmp_path, space, tiny_root, db)
-        _kill_mid_trial(proc, db, min_complete=kill + 1)
+        err = _kill_mid_trial(proc, db, min_complete=kill + 1, sig=sig)
         now = _completed(db)
         for number, record in seen.items():
             assert now[number] == record, f"completed trial {number} changed after a kill"
         seen.update(now)
-        assert any(s == "RUNNING" for _, s in _states(db))  # the killed trial is left behind
+        states = [s for _, s in _states(db)]
+        if sig == signal.SIGKILL:
+            assert "RUNNING" in states  # the killed trial is left behind
+        else:  # stopped cleanly: the trial re-queued at once, one line, exit 130
+            assert proc.returncode == 130, err[-3000:]
+            assert err.strip().splitlines()[-1].startswith("nas-asc: interrupted; "), err
+            assert "Traceback" not in err, err
+            assert "RUNNING" not in states and "WAITING" in states, states
     proc = _start(tmp_path, space, tiny_root, db)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -148,7 +164,7 @@ def test_kill_nine_three_times_then_finish(tiny_root, tmp_path):
             ]
             assert len(retries) == 1, f"killed trial {t.number} was not completed exactly once"
             assert retries[0].params == by_number[t.number].params
-    assert "re-queued after a worker died" in out
+    assert "re-queued after an interrupt or a dead worker" in out
 
     # the caches the killed runs were using still verify
     from nas_asc._cache import cache_root

@@ -24,7 +24,7 @@ from nas_asc.search.backend import run_search
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
-from nas_asc.search.study import prepare_study, trial_counts
+from nas_asc.search.study import prepare_study, retry_history, trial_counts
 
 # "none" last: after every fault the study still trains a healthy candidate
 FAULTS = ("nan", "explode", "oom", "build", "shape", "untraceable", "none")
@@ -57,7 +57,12 @@ class Faulty(nn.Module):
         # do not compose): the first forward pass, the complexity count, raises
         self.head = nn.Linear(cfg.width + (cfg.fault == "shape"), 10)
 
+    interrupts = 0  # "interrupt": Ctrl-C arrives during this many trainings (then none)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fault == "interrupt" and self.training and Faulty.interrupts > 0:
+            Faulty.interrupts -= 1
+            raise KeyboardInterrupt
         if self.fault == "untraceable" and x.mean() > 1e9:
             # data-dependent control flow: JIT tracing (the complexity count) records one
             # branch and training runs it, but FX symbolic tracing (int8 quantization) cannot
@@ -89,7 +94,9 @@ def _space() -> dict:
             "frontend": {"n_mels": 32},
             "train": {"batch_size": 32, "epochs": 1, "kd_lambda": 0.0},
         },
-        "dimensions": {"model.fault": {"type": "categorical", "choices": [*FAULTS, "assert"]}},
+        "dimensions": {
+            "model.fault": {"type": "categorical", "choices": [*FAULTS, "assert", "interrupt"]}
+        },
     }
 
 
@@ -192,6 +199,57 @@ def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_se
     study.enqueue_trial({"model.fault": "none"})
     with pytest.raises(OSError):
         run_search(context, settings, data_label="tiny")
-    (trial,) = optuna.load_study(study_name="os", storage=settings.storage).trials
-    assert trial.state == optuna.trial.TrialState.FAIL
-    assert trial.user_attrs["fail_reason"].startswith(("NotADirectoryError", "FileExistsError"))
+    # not the candidate's fault: the trial is re-queued (same parameters), not failed for good
+    stopped, queued = optuna.load_study(study_name="os", storage=settings.storage).trials
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert list(queued.user_attrs) == ["requeued_after"]  # none of the stopped run's figures
+    assert queued.user_attrs["requeued_after"].startswith(
+        ("trial 0 was stopped by NotADirectoryError", "trial 0 was stopped by FileExistsError")
+    )
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.params == stopped.params
+    assert retry_history(queued) == [stopped.number]
+    counts = trial_counts(optuna.load_study(study_name="os", storage=settings.storage))
+    assert (counts.done, counts.retried, counts.waiting) == (0, 1, 1)
+
+
+def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
+    faulty_family, tiny_search, tmp_path
+):
+    """Ctrl-C (KeyboardInterrupt; the CLI turns SIGTERM into one too) in the middle of a
+    trial: the trial is re-queued with its parameters and seed, and the continued search ends
+    with the requested number of finished trials, none left running."""
+    Faulty.interrupts = 1
+    study = prepare_study(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
+    study.enqueue_trial({"model.fault": "interrupt"})
+    with pytest.raises(KeyboardInterrupt):
+        run_search(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
+    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'c.db'}")
+    stopped, queued = study.trials
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert queued.user_attrs["requeued_after"] == "trial 0 was interrupted (Ctrl-C or SIGTERM)"
+    assert (queued.state, queued.params) == (optuna.trial.TrialState.WAITING, stopped.params)
+    assert trial_counts(study).done == 0
+
+    study = run_search(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
+    counts = trial_counts(study)
+    assert (counts.done, counts.trained, counts.retried) == (2, 2, 1)
+    assert counts.running == counts.waiting == counts.failed == 0
+    retry = study.trials[1]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.user_attrs["seed"] != study.trials[2].user_attrs["seed"]
+    assert "fail_reason" not in retry.user_attrs
+
+
+def _faults_setup(tiny_search, tmp_path):
+    context = SearchContext(
+        SearchSpace.from_dict(_space()),
+        DEFAULT_BUDGET,
+        tiny_search,
+        torch.ones(tiny_search.n_meta_rows, 10),
+        progress=False,
+    )
+    settings = SearchSettings(
+        "ctrl-c", f"sqlite:///{tmp_path / 'c.db'}", n_trials=2, pruner="none", seed=3
+    )
+    return context, settings

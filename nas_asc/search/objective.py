@@ -173,8 +173,10 @@ class Objective:
     def __init__(self, context: SearchContext, pruner: EpochPruner | None = None) -> None:
         self.ctx = context
         self.pruner = pruner
+        self.trial_id: int | None = None  # the storage id of the trial last started
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+        self.trial_id = trial._trial_id  # the backend re-queues it if the machine stops it
         try:
             candidate = self.propose(trial)
             if not self.gate(trial, candidate):
@@ -187,11 +189,13 @@ class Objective:
         except Exception as exc:
             # Optuna keeps no exception text; record it so reports and the dashboard show it
             reason = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, (OSError, DatasetError)):
+                # the machine or the data: every trial would fail alike, so the search stops;
+                # not the candidate's fault, so the backend re-queues the trial (requeue_trial)
+                raise
             trial.set_user_attr("status", "failed")
             trial.set_user_attr("fail_reason", reason)
             self._report(trial, "failed", f"failed ({reason}); the study goes on")
-            if isinstance(exc, (OSError, DatasetError)):
-                raise  # the machine or the data: every trial would fail alike, stop the search
             raise TrialError(reason) from exc
 
     # -- stages -----------------------------------------------------------------------------

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import signal
 import time
 from collections.abc import Iterator
 
 import optuna
 
-from nas_asc.errors import NasAscError
+from nas_asc.errors import DatasetError, NasAscError
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
 from nas_asc.search.objective import Objective, SearchContext, TrialError
 from nas_asc.search.samplers import TrialSeededSampler
@@ -33,6 +34,7 @@ from nas_asc.search.study import (
     is_sqlite,
     open_study,
     prepare_study,
+    requeue_trial,
     scrub,
     trial_counts,
 )
@@ -95,8 +97,16 @@ class OptunaBackend(SearchBackend):
         ]
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every worker re-queues its trial, exits
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()  # SIGTERM: the worker takes it as an interrupt
+            for p in procs:
+                p.join(60)
+            raise
         reasons = []
         while not errors.empty():
             reasons.append(errors.get())
@@ -117,6 +127,11 @@ def _worker_main(
 
     optuna.logging.set_verbosity(verbosity)  # a spawned process starts at Optuna's default
 
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # as in the parent: the running trial re-queued
+
     # each worker its share of the cores: more threads per process only oversubscribe the CPU
     accel.configure_threads(parallel_trials=settings.workers)
     try:
@@ -127,6 +142,8 @@ def _worker_main(
             max_retry=settings.max_retry,
         )
         optimize(study, context, settings, stop=stop)
+    except KeyboardInterrupt:  # its trial was re-queued; the parent prints the one line
+        raise SystemExit(130) from None
     except Exception as exc:  # reported by the parent in one line; the other workers stop
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         message = scrub(message, settings.storage)  # a driver's error may quote the URL
@@ -188,11 +205,26 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
                 # is found dead and they are re-queued here
                 time.sleep(min(settings.heartbeat, 5))
                 continue
-        study.optimize(
-            objective,
-            n_trials=1,
-            catch=(TrialError,),  # the trial is failed with its reason; the study goes on
-            callbacks=[streak],
-            gc_after_trial=True,
-        )
+        objective.trial_id = None
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(TrialError,),  # the trial is failed with its reason; the study goes on
+                callbacks=[streak],
+                gc_after_trial=True,
+            )
+        except (KeyboardInterrupt, OSError, DatasetError) as exc:
+            # Ctrl-C, or the machine or the data failing: not the candidate's fault, so the
+            # trial runs again (same parameters and seed) when the search is continued
+            if objective.trial_id is not None:
+                requeue_trial(study, objective.trial_id, _interruption(exc))
+            raise
         streak.check()
+
+
+def _interruption(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "was interrupted (Ctrl-C or SIGTERM)"
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"was stopped by {type(exc).__name__}: {text}"

@@ -75,6 +75,7 @@ from nas_asc.search.study import (
     open_storage,
     open_study,
     prepare_study,
+    requeue_trial,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -536,6 +537,9 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
             # as the optuna backend: the trial is failed (the objective reported it), the
             # study goes on
             return {**nan, "state": "FAIL", "error": "", "reason": reason}
+        # the machine or the data (OSError, DatasetError): the search stops, the trial re-runs
+        # when it is continued (as with the optuna backend)
+        requeue_trial(study, trial._trial_id, f"was stopped by {reason.splitlines()[0][:200]}")
         return {**nan, "state": "ERROR", "error": reason}
     study.tell(trial, list(values))
     return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}

@@ -100,8 +100,56 @@ def _type_label(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+#: Most values a space file may expand to. A real space has a few hundred; YAML aliases can make
+#: a file of a few hundred bytes expand to billions (an "alias bomb"), which every later step
+#: (checking, hashing, an error message quoting a value) would walk through.
+MAX_YAML_NODES = 100_000
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last one)."""
+    """Safe loader that refuses duplicate mapping keys (PyYAML silently keeps the last one) and
+    documents whose aliases expand to more than :data:`MAX_YAML_NODES` values."""
+
+    def compose_document(self):  # type: ignore[override]
+        node = super().compose_document()
+        _check_expanded_size(node)
+        return node
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Raise ``ComposerError`` if ``root`` with every alias expanded has too many nodes.
+
+    Aliases share node objects, so the expanded size of each node is computed once (memo by
+    identity): linear in the file, whatever it expands to.
+    """
+    sizes: dict[int, int] = {}
+    # post-order walk without recursion: (node, children pushed?)
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            sizes[id(node)] = 1
+            continue
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        total = 1 + sum(sizes.get(id(c), 1) for c in children)
+        sizes[id(node)] = total
+        if total > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"its aliases expand to more than {MAX_YAML_NODES:,} values (a space needs a "
+                "few hundred)",
+                node.start_mark,
+            )
 
 
 def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
@@ -683,6 +731,8 @@ class SearchSpace:
             fix = "fix the YAML syntax at that line (indentation, colons, brackets, quotes)"
             if "duplicate key" in detail:
                 fix = "keep only one of the two entries"
+            elif "aliases expand" in detail:
+                fix = "write the values out instead of repeating anchors (&name / *name)"
             raise _fail(source, line, f"not valid YAML ({detail})", fix) from None
         return cls.from_dict(data, source=source)
 

@@ -17,6 +17,7 @@ Every command that names a study goes through this module, whichever backend run
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -53,11 +54,15 @@ __all__ = [
     "parse_storage_url",
     "prepare_study",
     "retry_history",
+    "requeue_trial",
     "safe_url",
+    "check_study_name",
     "scrub",
     "sqlite_path",
     "trial_counts",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -127,11 +132,35 @@ def is_sqlite(url: str) -> bool:
     return parse_storage_url(url).drivername.startswith("sqlite")
 
 
+#: What a study name may be: it names files and folders (``studies/<study>.db``,
+#: ``reports/<study>/``, ``studies/<study>/artifacts``), so one path component, no ``..``.
+_STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def check_study_name(name: str, source: str = "--study") -> str:
+    """Return ``name`` if it is a safe study name, else raise a one-line ``NasAscError``.
+
+    A study name becomes file and folder names, so it must be one plain path component:
+    letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit, at most 100
+    characters (so ``../x``, ``/tmp/x`` and ``a/b`` never decide where files go).
+    """
+    text = str(name)
+    if not _STUDY_NAME.fullmatch(text) or ".." in text:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise NasAscError(
+            f"study name {shown!r} (from {source}) is not a plain name: it names files and "
+            "folders, so use letters, digits, '.', '_' and '-' (starting with a letter or "
+            "digit, at most 100 characters, no '..'); pass --study NAME"
+        )
+    return text
+
+
 def default_storage(study_name: str, studies_dir: str | Path = "studies") -> str:
     """SQLite storage ``studies/<study>.db`` (relative to the working directory).
 
     Creates nothing: the folder is made when the study is (:func:`open_storage`).
     """
+    check_study_name(study_name)
     return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
 
 
@@ -644,6 +673,50 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
         else:
             counts["trained"] += 1
     return TrialCounts(**counts)
+
+
+def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None:
+    """Fail the trial ``trial_id`` if it is still running and queue a copy to run again.
+
+    For a trial stopped by something that is not its candidate's fault (Ctrl-C, SIGTERM, a full
+    disk, a broken data file): the copy has the same parameters and, through its retry
+    history, the same seed, and it is what counts towards ``--trials``; the stopped trial
+    counts as re-queued, like a dead worker's. A trial that already finished is left alone.
+    Nothing is raised: when the storage itself refuses writes (a full disk) the trial stays as
+    it is, and a running one is re-queued by its stale heartbeat on the next run.
+
+    Returns:
+        The number of the queued copy, or None if nothing was queued.
+    """
+    try:
+        storage = study._storage
+        frozen = storage.get_trial(trial_id)
+        if frozen.state == TrialState.RUNNING:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        elif frozen.state != TrialState.FAIL or frozen.user_attrs.get("status") == "failed":
+            return None  # finished, or failed for a reason of its own
+        history = [*retry_history(frozen), frozen.number]
+        # the copy starts clean (the stopped run's partial figures are not its results) and
+        # says why it runs
+        attrs = {"requeued_after": f"trial {frozen.number} {reason}"}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                params=frozen.params,
+                distributions=frozen.distributions,
+                user_attrs=attrs,
+                system_attrs={
+                    # not the stopped run's constraints: the copy computes its own
+                    **{k: v for k, v in frozen.system_attrs.items() if k == "fixed_params"},
+                    "failed_trial": history[0],
+                    "retry_history": history,
+                },
+            )
+        )
+        return max(t.number for t in study.get_trials(deepcopy=False))
+    except Exception as exc:  # the storage refusing writes: the heartbeat path takes over
+        _LOG.debug("could not re-queue trial %s: %r", trial_id, exc)
+        return None
 
 
 def fail_stale_trials(study: optuna.Study) -> TrialCounts:
