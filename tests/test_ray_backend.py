@@ -31,7 +31,7 @@ from nas_asc.search.ray_backend import (
     run_ray_search,
 )
 from nas_asc.search.settings import SearchSettings
-from nas_asc.search.study import open_study, trial_counts
+from nas_asc.search.study import open_study, retry_history, trial_counts
 
 # width 96 is over the 128,000-byte budget (counted, recorded infeasible, never trained)
 SPACE = {
@@ -233,14 +233,18 @@ def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
     assert failed["state"] == "FAIL" and failed["error"] == ""
     assert last.state == TrialState.FAIL and "nope" in last.user_attrs["fail_reason"]
 
-    # an error outside the trial (the artifact folder became a file): FAIL, and it stops the search
+    # an error outside the trial (the artifact folder became a file): it stops the search, and
+    # the trial (not its candidate's fault) is failed and re-queued to run again
     broken = artifact_context(context.dataset, SPACE, tmp_path / "a3")
     (tmp_path / "a3").rmdir()
     (tmp_path / "a3").write_text("the folder replaced by a file mid-search")
     study.enqueue_trial({"model.width": 8, "train.kd_lambda": 0.2})
     stopped = _run_and_tell(Objective(broken), study, study.ask())
     assert stopped["state"] == "ERROR" and "NotADirectoryError" in stopped["error"]
-    assert study.get_trials()[-1].state == TrialState.FAIL
+    *_, told, queued = study.get_trials()
+    assert told.state == TrialState.FAIL and queued.state == TrialState.WAITING
+    assert queued.params == told.params and retry_history(queued) == [told.number]
+    assert "was stopped by NotADirectoryError" in queued.user_attrs["requeued_after"]
 
 
 # --- run_ray_search and the CLI: a real local Ray instance with two workers ---------------------
