@@ -492,6 +492,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         check_storage,
         check_study_name,
         default_storage,
+        load_lowered_threads,
         safe_url,
         trial_counts,
     )
@@ -623,6 +624,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         f"         {paths.pareto_csv}\n"
         f"         {paths.trials_csv}"
     )
+    lowered = load_lowered_threads(study)
+    if lowered:
+        print(
+            f"note: {lowered} trained trial(s) ran epochs on fewer threads than their share "
+            "because other processes kept cores busy (--threads auto), which changes how "
+            "gradients are summed: their figures repeat exactly only under the same load; "
+            "--threads N fixes them"
+        )
     return 0
 
 

