@@ -9,17 +9,15 @@ set ``NAS_ASC_DEBUG=1`` for the traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from nas_asc import __version__
-from nas_asc.errors import NasAscError
+from nas_asc.errors import NasAscError, sigterm_as_interrupt
 
 DEFAULT_VALIDATION = 0.2  # nas_asc.data.protocol.DEFAULT_VALIDATION, without importing pandas
 
@@ -861,25 +859,6 @@ def _debug_traceback(exc: BaseException, scrub) -> None:
     print(scrub(text), file=sys.stderr, end="")
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``kill``, a batch scheduler's stop) ends the command as Ctrl-C does: the
-    running trial is re-queued at once instead of waiting for its heartbeat to go stale."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (an embedding application): leave it alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _debug_enabled(value: str) -> bool:
     """``NAS_ASC_DEBUG``: 1/true/yes/on show tracebacks; unset, empty, 0/false/no/off do not."""
     return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -891,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scrub = _scrubber(args)
     debug = _debug_enabled(os.environ.get("NAS_ASC_DEBUG", ""))
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # a search re-queues the trial it was running (same parameters and seed)

@@ -100,15 +100,24 @@ def _space() -> dict:
     }
 
 
-def _run_faults(faults, tiny_search, tmp_path):
-    # no artifact store: checkpoints would only add seconds to what is tested here
-    teacher = torch.randn(tiny_search.n_meta_rows, 10)
+def _setup(tiny_search, tmp_path, name: str, n_trials: int, space=None, store=None, **settings):
+    """The search context (random teacher logits) and settings (a SQLite study ``name`` in
+    ``tmp_path``, no early stopping) that the fault tests run; no artifact store unless given:
+    checkpoints would only add seconds to what most of them test."""
     context = SearchContext(
-        SearchSpace.from_dict(_space()), DEFAULT_BUDGET, tiny_search, teacher, progress=False
+        SearchSpace.from_dict(space or _space()),
+        DEFAULT_BUDGET,
+        tiny_search,
+        torch.randn(tiny_search.n_meta_rows, 10, generator=torch.Generator().manual_seed(0)),
+        progress=False,
+        artifact_store=store,
     )
-    settings = SearchSettings(
-        "faults", f"sqlite:///{tmp_path / 'faults.db'}", n_trials=len(faults), pruner="none"
-    )
+    storage = f"sqlite:///{tmp_path / f'{name}.db'}"
+    return context, SearchSettings(name, storage, n_trials=n_trials, pruner="none", **settings)
+
+
+def _run_faults(faults, tiny_search, tmp_path):
+    context, settings = _setup(tiny_search, tmp_path, "faults", len(faults))
     # one trial per fault, in this order, through the real search loop
     study = prepare_study(context, settings, data_label="tiny")
     for fault in faults:
@@ -160,15 +169,9 @@ def test_failure_after_failure_stops_the_search_with_the_last_reason(
 ):
     """A setup that fails every trial (here: every candidate overflows) is not searched to the
     end: ``max_failures`` failed trials in a row stop it with one clear error."""
-    teacher = torch.randn(tiny_search.n_meta_rows, 10)
     space = {**_space(), "dimensions": {"model.width": {"type": "int", "low": 4, "high": 12}}}
     space["fixed"] = {**space["fixed"], "model": {"fault": "explode"}}
-    context = SearchContext(
-        SearchSpace.from_dict(space), DEFAULT_BUDGET, tiny_search, teacher, progress=False
-    )
-    settings = SearchSettings(
-        "streak", f"sqlite:///{tmp_path / 's.db'}", n_trials=20, pruner="none", max_failures=3
-    )
+    context, settings = _setup(tiny_search, tmp_path, "streak", 20, space, max_failures=3)
     with pytest.raises(
         NasAscError,
         match=r"3 trials in a row failed, the last with "
@@ -186,15 +189,7 @@ def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_se
     store = open_artifact_store(tmp_path / "artifacts")
     (tmp_path / "artifacts").rmdir()
     (tmp_path / "artifacts").write_text("the folder replaced by a file mid-search")
-    context = SearchContext(
-        SearchSpace.from_dict(_space()),
-        DEFAULT_BUDGET,
-        tiny_search,
-        torch.randn(tiny_search.n_meta_rows, 10),
-        progress=False,
-        artifact_store=store,
-    )
-    settings = SearchSettings("os", f"sqlite:///{tmp_path / 'o.db'}", n_trials=3, pruner="none")
+    context, settings = _setup(tiny_search, tmp_path, "os", 3, store=store)
     study = prepare_study(context, settings, data_label="tiny")
     study.enqueue_trial({"model.fault": "none"})
     with pytest.raises(OSError):
@@ -220,18 +215,19 @@ def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
     trial: the trial is re-queued with its parameters and seed, and the continued search ends
     with the requested number of finished trials, none left running."""
     Faulty.interrupts = 1
-    study = prepare_study(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
+    context, settings = _setup(tiny_search, tmp_path, "ctrl-c", 2, seed=3)
+    study = prepare_study(context, settings, data_label="tiny")
     study.enqueue_trial({"model.fault": "interrupt"})
     with pytest.raises(KeyboardInterrupt):
-        run_search(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
-    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'c.db'}")
+        run_search(context, settings, data_label="tiny")
+    study = optuna.load_study(study_name="ctrl-c", storage=settings.storage)
     stopped, queued = study.trials
     assert stopped.state == optuna.trial.TrialState.FAIL
     assert queued.user_attrs["requeued_after"] == "trial 0 was interrupted (Ctrl-C or SIGTERM)"
     assert (queued.state, queued.params) == (optuna.trial.TrialState.WAITING, stopped.params)
     assert trial_counts(study).done == 0
 
-    study = run_search(*_faults_setup(tiny_search, tmp_path), data_label="tiny")
+    study = run_search(context, settings, data_label="tiny")
     counts = trial_counts(study)
     assert (counts.done, counts.trained, counts.retried) == (2, 2, 1)
     assert counts.running == counts.waiting == counts.failed == 0
@@ -239,17 +235,3 @@ def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
     assert retry.state == optuna.trial.TrialState.COMPLETE
     assert retry.user_attrs["seed"] != study.trials[2].user_attrs["seed"]
     assert "fail_reason" not in retry.user_attrs
-
-
-def _faults_setup(tiny_search, tmp_path):
-    context = SearchContext(
-        SearchSpace.from_dict(_space()),
-        DEFAULT_BUDGET,
-        tiny_search,
-        torch.ones(tiny_search.n_meta_rows, 10),
-        progress=False,
-    )
-    settings = SearchSettings(
-        "ctrl-c", f"sqlite:///{tmp_path / 'c.db'}", n_trials=2, pruner="none", seed=3
-    )
-    return context, settings

@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import signal
 import time
 from collections.abc import Iterator
 
 import optuna
 
-from nas_asc.errors import DatasetError, NasAscError
+from nas_asc.errors import DatasetError, NasAscError, sigterm_as_interrupt
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
 from nas_asc.search.objective import Objective, SearchContext, TrialError
 from nas_asc.search.samplers import TrialSeededSampler
@@ -127,21 +126,17 @@ def _worker_main(
 
     optuna.logging.set_verbosity(verbosity)  # a spawned process starts at Optuna's default
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)  # as in the parent: the running trial re-queued
-
     # each worker its share of the cores: more threads per process only oversubscribe the CPU
     accel.configure_threads(parallel_trials=settings.workers)
     try:
-        study = open_study(
-            settings.study_name,
-            settings.storage,
-            heartbeat=settings.heartbeat,
-            max_retry=settings.max_retry,
-        )
-        optimize(study, context, settings, stop=stop)
+        with sigterm_as_interrupt():  # as in the parent: the running trial re-queued at once
+            study = open_study(
+                settings.study_name,
+                settings.storage,
+                heartbeat=settings.heartbeat,
+                max_retry=settings.max_retry,
+            )
+            optimize(study, context, settings, stop=stop)
     except KeyboardInterrupt:  # its trial was re-queued; the parent prints the one line
         raise SystemExit(130) from None
     except Exception as exc:  # reported by the parent in one line; the other workers stop
