@@ -859,6 +859,11 @@ def _debug_traceback(exc: BaseException, scrub) -> None:
     print(scrub(text), file=sys.stderr, end="")
 
 
+def _is_storage_error(exc: BaseException) -> bool:
+    optuna = sys.modules.get("optuna")  # only a command that opened a study can meet one
+    return optuna is not None and isinstance(exc, optuna.exceptions.StorageInternalError)
+
+
 def _debug_enabled(value: str) -> bool:
     """``NAS_ASC_DEBUG``: 1/true/yes/on show tracebacks; unset, empty, 0/false/no/off do not."""
     return value.strip().lower() not in ("", "0", "false", "no", "off")
@@ -895,6 +900,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nas-asc: error: {scrub(message)}", file=sys.stderr)
         return 2
     except Exception as exc:
+        if _is_storage_error(exc):  # the study's database refused a write (locked, full disk)
+            if debug:
+                _debug_traceback(exc, scrub)
+                return 2
+            from nas_asc.search.objective import machine_error_text
+
+            detail = (
+                "; finished trials are kept and the running one is re-queued: run the same "
+                "command again once the database is free"
+                if args.command == "search"
+                else "; run the command again once the database is free"
+            )
+            print(
+                scrub(f"nas-asc: error: the study's database failed ({machine_error_text(exc)})")
+                + detail,
+                file=sys.stderr,
+            )
+            return 2
         # not a problem with the input but a bug or an unforeseen failure: still one line, with
         # the way to the traceback, never a traceback the user has to read past
         if debug:

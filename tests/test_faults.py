@@ -235,3 +235,64 @@ def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
     assert retry.state == optuna.trial.TrialState.COMPLETE
     assert retry.user_attrs["seed"] != study.trials[2].user_attrs["seed"]
     assert "fail_reason" not in retry.user_attrs
+
+
+def test_a_database_locked_past_its_timeout_stops_the_search_and_requeues(
+    faulty_family, tiny_search, tmp_path, monkeypatch
+):
+    """Another process holds the SQLite study's write lock longer than the busy timeout while a
+    trial records its results: not the candidate's fault, so the search stops and the trial is
+    re-queued; the continued search finishes it."""
+    import sqlite3
+
+    import nas_asc.search.study as study_module
+    from nas_asc.search.objective import Objective
+
+    monkeypatch.setattr(study_module, "SQLITE_BUSY_TIMEOUT", 0.2)
+    context, settings = _setup(tiny_search, tmp_path, "locked", 1)
+    record = Objective.record
+
+    def record_while_locked(self, trial, *args):
+        holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # a real lock, released once the write has failed
+        try:
+            return record(self, trial, *args)
+        finally:
+            holder.rollback()
+            holder.close()
+
+    monkeypatch.setattr(Objective, "record", record_while_locked)
+    prepare_study(context, settings, data_label="tiny").enqueue_trial({"model.fault": "none"})
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        run_search(context, settings, data_label="tiny")
+    study = optuna.load_study(study_name="locked", storage=settings.storage)
+    stopped, queued = study.trials
+    assert stopped.state == optuna.trial.TrialState.FAIL
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.user_attrs["requeued_after"] == (
+        "trial 0 was stopped by OperationalError: (sqlite3.OperationalError) database is locked"
+    )
+
+    monkeypatch.setattr(Objective, "record", record)
+    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    assert (counts.done, counts.trained, counts.retried, counts.failed) == (1, 1, 1, 0)
+
+
+def test_the_cli_reports_a_failing_database_in_one_line(monkeypatch, capsys):
+    import sqlite3
+
+    from nas_asc import cli
+
+    def locked(args):
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised") from exc
+
+    monkeypatch.setitem(cli._COMMANDS, "report", locked)
+    monkeypatch.delenv("NAS_ASC_DEBUG", raising=False)
+    assert cli.main(["report", "--study", "s"]) == 2
+    assert capsys.readouterr().err == (
+        "nas-asc: error: the study's database failed (OperationalError: database is locked); "
+        "run the command again once the database is free\n"
+    )

@@ -48,6 +48,8 @@ from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
 from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
 
 __all__ = [
+    "MACHINE_ERRORS",
+    "machine_error_text",
     "Candidate",
     "SearchContext",
     "Objective",
@@ -65,6 +67,20 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
+#: Errors of the machine, the data or the study's storage (a full disk, a broken audio file, a
+#: database locked past its busy timeout): every later trial would meet them too, and none is
+#: the candidate's fault, so they stop the search and the backend re-queues the trial.
+MACHINE_ERRORS = (OSError, DatasetError, optuna.exceptions.StorageInternalError)
+
+
+def machine_error_text(exc: BaseException) -> str:
+    """``Type: first line`` of a machine error; for a storage error, of the driver's error under
+    it (Optuna's own text only says a commit failed)."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 class TrialError(Exception):
     """A failure inside one trial: the candidate's config, training, quantization or memory.
@@ -72,8 +88,8 @@ class TrialError(Exception):
     The objective raises it (chained to the original exception) for any error of the candidate,
     whatever its type (families from elsewhere check configs with ``assert`` as often as with
     ``ValueError``); the trial is failed with its reason and the search goes on. Errors of the
-    machine or the data (``OSError``, :class:`~nas_asc.errors.DatasetError`) are raised as they
-    are and stop the search, since every later trial would meet them too.
+    machine, the data or the storage (:data:`MACHINE_ERRORS`) are raised as they are and stop
+    the search, since every later trial would meet them too.
     """
 
 
@@ -189,7 +205,7 @@ class Objective:
         except Exception as exc:
             # Optuna keeps no exception text; record it so reports and the dashboard show it
             reason = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, (OSError, DatasetError)):
+            if isinstance(exc, MACHINE_ERRORS):
                 # the machine or the data: every trial would fail alike, so the search stops;
                 # not the candidate's fault, so the backend re-queues the trial (requeue_trial)
                 raise

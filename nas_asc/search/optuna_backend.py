@@ -23,9 +23,15 @@ from collections.abc import Iterator
 
 import optuna
 
-from nas_asc.errors import DatasetError, NasAscError, sigterm_as_interrupt
+from nas_asc.errors import NasAscError, sigterm_as_interrupt
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
-from nas_asc.search.objective import Objective, SearchContext, TrialError
+from nas_asc.search.objective import (
+    MACHINE_ERRORS,
+    Objective,
+    SearchContext,
+    TrialError,
+    machine_error_text,
+)
 from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.study import (
@@ -209,7 +215,7 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
                 callbacks=[streak],
                 gc_after_trial=True,
             )
-        except (KeyboardInterrupt, OSError, DatasetError) as exc:
+        except (KeyboardInterrupt, *MACHINE_ERRORS) as exc:
             # Ctrl-C, or the machine or the data failing: not the candidate's fault, so the
             # trial runs again (same parameters and seed) when the search is continued
             if objective.trial_id is not None:
@@ -221,5 +227,4 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
 def _interruption(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "was interrupted (Ctrl-C or SIGTERM)"
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"was stopped by {type(exc).__name__}: {text}"
+    return f"was stopped by {machine_error_text(exc)}"

@@ -62,7 +62,7 @@ from optuna.trial import TrialState
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
-from nas_asc.search.objective import Objective, SearchContext, TrialError
+from nas_asc.search.objective import Objective, SearchContext, TrialError, machine_error_text
 from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -531,15 +531,18 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
         study.tell(trial, state=TrialState.PRUNED)
         return {**nan, "state": "PRUNED", "error": ""}
     except Exception as exc:
-        study.tell(trial, state=TrialState.FAIL)
+        try:
+            study.tell(trial, state=TrialState.FAIL)
+        except optuna.exceptions.StorageInternalError:
+            pass  # the storage refuses writes: the trial's stale heartbeat re-queues it later
         reason = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, TrialError):
             # as the optuna backend: the trial is failed (the objective reported it), the
             # study goes on
             return {**nan, "state": "FAIL", "error": "", "reason": reason}
-        # the machine or the data (OSError, DatasetError): the search stops, the trial re-runs
-        # when it is continued (as with the optuna backend)
-        requeue_trial(study, trial._trial_id, f"was stopped by {reason.splitlines()[0][:200]}")
-        return {**nan, "state": "ERROR", "error": reason}
+        # the machine, the data or the storage: the search stops, the trial re-runs when it is
+        # continued (as with the optuna backend)
+        requeue_trial(study, trial._trial_id, f"was stopped by {machine_error_text(exc)}")
+        return {**nan, "state": "ERROR", "error": machine_error_text(exc)}
     study.tell(trial, list(values))
     return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}

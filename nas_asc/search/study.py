@@ -41,6 +41,7 @@ __all__ = [
     "DIRECTIONS",
     "HEARTBEAT_GRACE",
     "OBJECTIVE_NAMES",
+    "SQLITE_BUSY_TIMEOUT",
     "TrialCounts",
     "absolute_storage",
     "check_existing_study",
@@ -64,6 +65,11 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+
+#: Seconds an SQLite write waits for another process's lock before it fails. A write that still
+#: fails (StorageInternalError) is an error of the machine, not of the trial: the search stops
+#: with one line and the trial is re-queued (see ``MACHINE_ERRORS`` in objective.py).
+SQLITE_BUSY_TIMEOUT = 30.0
 
 OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
@@ -309,7 +315,7 @@ def open_storage(
                 "writable folder or pass --storage"
             ) from None
     if parsed.drivername.startswith("sqlite"):
-        engine_kwargs: dict = {"connect_args": {"timeout": 30}}
+        engine_kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     else:  # pool_pre_ping: a worker that idles past the server's timeout reconnects cleanly
         engine_kwargs = {"pool_pre_ping": True}
     try:
