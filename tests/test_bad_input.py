@@ -237,6 +237,26 @@ def _logits(shape_of, suffix: str = ".pt", fill: float = 0.0) -> Callable[[Path,
     return setup
 
 
+def _npy_header_only(shape: tuple[int, ...]) -> Callable[[Path, Path], None]:
+    """Write ``work/logits.npy``: a valid header declaring ``shape`` (float32), no data."""
+
+    def setup(work: Path, data: Path) -> None:
+        with open(work / "logits.npy", "wb") as fh:
+            header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(fh, header)
+
+    return setup
+
+
+def _pickled_logits(work: Path, data: Path) -> None:
+    """Write ``work/logits.pt`` with plain pickle (not torch.save): torch warns, then refuses."""
+    import pickle
+
+    rows = len((data / "meta.csv").read_text().splitlines()) - 1
+    with open(work / "logits.pt", "wb") as fh:
+        pickle.dump(torch.zeros(rows, 10), fh, protocol=4)
+
+
 DATA = "{data}"  # replaced by the path of the broken dataset copy
 SEARCH = ["search", "--space", "cnn", "--study", "s", "--data", DATA]
 
@@ -487,6 +507,19 @@ CASES = [
         None,
         [*SEARCH, "--teacher-logits", "nope.pt"],
         ("teacher logits file nope.pt does not exist",),
+    ),
+    (
+        # 100 M x 10 float32 = 4 GB declared by a 128-byte file: refused from the header alone
+        "teacher-logits-npy-header-declares-gigabytes",
+        _npy_header_only((100_000_000, 10)),
+        [*SEARCH, "--teacher-logits", "logits.npy"],
+        ("cannot read teacher logits file logits.npy",),
+    ),
+    (
+        "teacher-logits-pickled-not-torch-saved",
+        _pickled_logits,
+        [*SEARCH, "--teacher-logits", "logits.pt"],
+        ("cannot read teacher logits file logits.pt", "UnpicklingError"),
     ),
     (
         "teacher-logits-not-a-tensor-file",

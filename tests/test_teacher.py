@@ -234,3 +234,23 @@ def test_cli_reports_the_accuracy_of_an_external_file(search_ensemble, tiny_root
     assert code == 0, err
     assert f"{search_ensemble.report['ensemble_accuracy']:.1%}" in out
     assert "ens.pt" in out
+
+
+def test_a_large_npy_of_the_wrong_shape_is_refused_from_its_header(tiny_dataset, tmp_path):
+    """A 1.2 GB array (a sparse file here) of the wrong shape: refused without reading it."""
+    import tracemalloc
+
+    from toydata import sparse_npy
+
+    from nas_asc.errors import NasAscError
+
+    path = tmp_path / "logits.npy"
+    sparse_npy(path, (30_000_000, 10))
+    tracemalloc.start()
+    try:
+        with pytest.raises(NasAscError, match=r"got \(30000000, 10\)"):
+            load_teacher_logits(path, tiny_dataset)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000  # bytes: the header, not the 1.2 GB of data

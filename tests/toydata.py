@@ -72,3 +72,16 @@ def record_data(study, protocol, root) -> None:
         },
     )
     study.set_user_attr("protocol", protocol.to_dict())
+
+
+def sparse_npy(path, shape: tuple[int, ...]) -> None:
+    """A complete float32 ``.npy`` of ``shape`` whose data is a hole (no disk used)."""
+    import math
+
+    import numpy as np
+
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(
+            fh, {"descr": "<f4", "fortran_order": False, "shape": shape}
+        )
+        fh.truncate(fh.tell() + 4 * math.prod(shape))

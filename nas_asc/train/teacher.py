@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,10 +318,16 @@ def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
             f"{suffix or 'no suffix'!r}; save the {expected} logits with torch.save or np.save"
         )
     try:
-        if suffix == ".npy":
-            raw: Any = np.load(path, allow_pickle=False)
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns on a legacy (non-zip) file it still reads: the one line below or
+            # none, never a warning on top
+            warnings.simplefilter("ignore")
+            if suffix == ".npy":
+                # memory-mapped: only the header is read until the shape below is accepted, so
+                # a header declaring gigabytes is refused without loading them
+                raw: Any = np.load(path, mmap_mode="r", allow_pickle=False)
+            else:
+                raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and format errors differ by file and version
         raise NasAscError(
             f"cannot read teacher logits file {path}: {type(exc).__name__}: "
@@ -334,14 +341,7 @@ def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
                 f"{sorted(map(str, raw))[:8]}); save {{'logits': tensor}} or the tensor itself"
             )
         raw = raw["logits"]
-    if isinstance(raw, np.ndarray):
-        if not (np.issubdtype(raw.dtype, np.floating)):
-            raise NasAscError(
-                f"teacher logits in {path} must be floating point, got dtype {raw.dtype}; "
-                "save the logits (not class indices or probabilities as integers)"
-            )
-        raw = torch.from_numpy(np.ascontiguousarray(raw))
-    if not isinstance(raw, torch.Tensor):
+    if not isinstance(raw, (np.ndarray, torch.Tensor)):
         raise NasAscError(
             f"teacher logits file {path} must hold a tensor or {{'logits': tensor}}, got "
             f"{type(raw).__name__}"
@@ -352,6 +352,13 @@ def load_teacher_logits(path: str | Path, dataset) -> TeacherEnsemble:
             f"{expected}, got {tuple(raw.shape)}; index them by meta.csv row, one column "
             "per scene"
         )
+    if isinstance(raw, np.ndarray):
+        if not (np.issubdtype(raw.dtype, np.floating)):
+            raise NasAscError(
+                f"teacher logits in {path} must be floating point, got dtype {raw.dtype}; "
+                "save the logits (not class indices or probabilities as integers)"
+            )
+        raw = torch.from_numpy(np.array(raw))  # read from the memory map, now that it fits
     if not raw.is_floating_point():
         raise NasAscError(
             f"teacher logits in {path} must be floating point, got dtype {raw.dtype}; save the "
