@@ -33,6 +33,7 @@ __all__ = [
     "atomic_dir",
     "atomic_file",
     "save_torch",
+    "torch_save",
     "load_torch",
     "discard",
     "write_manifest",
@@ -119,6 +120,34 @@ def discard(path: str | Path) -> None:
     _checksum_path(path).unlink(missing_ok=True)
 
 
+def torch_save(obj: Any, path: str | Path, fh=None) -> None:
+    """``torch.save`` ``obj`` to ``path`` (or the open binary file ``fh`` named ``path``), with
+    the write's own ``OSError`` raised on failure.
+
+    torch reports a failed write (a full disk) as a ``RuntimeError`` from its zip writer
+    ("unexpected pos"), which reads as a bug of the caller; the ``OSError`` under it (ENOSPC,
+    EIO, ...) is what happened, and it is raised with the file's name instead, so that callers
+    tell the machine's faults from their own.
+    """
+    import torch
+
+    try:
+        if fh is None:
+            with open(path, "wb") as out:  # a Python file: its write errors surface as OSError
+                torch.save(obj, out)
+        else:
+            torch.save(obj, fh)
+    except RuntimeError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+        raise
+    except OSError as exc:  # the final flush on closing, unnamed
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
+
+
 def save_torch(obj: Any, path: str | Path) -> None:
     """``torch.save`` ``obj`` to the cache entry ``path``, atomically and with a checksum.
 
@@ -132,15 +161,13 @@ def save_torch(obj: Any, path: str | Path) -> None:
         obj: What to save (tensors, and containers of tensors, numbers and strings).
         path: The entry's final path.
     """
-    import torch
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+            torch_save(obj, path, fh)
             fh.flush()
             os.fsync(fh.fileno())
         with atomic_file(_checksum_path(path), "w") as fh:

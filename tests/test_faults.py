@@ -10,6 +10,7 @@ fault plus a healthy one and must reach its trial count with every fault recorde
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import optuna
@@ -296,3 +297,35 @@ def test_the_cli_reports_a_failing_database_in_one_line(monkeypatch, capsys):
         "nas-asc: error: the study's database failed (OperationalError: database is locked); "
         "run the command again once the database is free\n"
     )
+
+
+def test_a_full_disk_while_saving_a_checkpoint_requeues_the_trial(
+    faulty_family, tiny_search, tmp_path, monkeypatch
+):
+    """The checkpoint is written to /dev/full (a real ENOSPC): torch's RuntimeError is the
+    write's OSError again, so the search stops and the trial is re-queued, not failed for
+    good; with room again, the continued search completes it."""
+    import nas_asc.search.artifacts as artifacts
+    from nas_asc.search.artifacts import open_artifact_store
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this platform")
+    store = open_artifact_store(tmp_path / "artifacts")
+    context, settings = _setup(tiny_search, tmp_path, "full", 1, store=store)
+    prepare_study(context, settings, data_label="tiny").enqueue_trial({"model.fault": "none"})
+    room = artifacts._checkpoint_file
+    monkeypatch.setattr(artifacts, "_checkpoint_file", lambda folder, number: "/dev/full")
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        run_search(context, settings, data_label="tiny")
+    assert raised.value.filename == "/dev/full"
+    study = optuna.load_study(study_name="full", storage=settings.storage)
+    stopped, queued = study.trials
+    assert "fail_reason" not in stopped.user_attrs
+    assert queued.user_attrs["requeued_after"] == (
+        "trial 0 was stopped by OSError: [Errno 28] No space left on device: '/dev/full'"
+    )
+
+    monkeypatch.setattr(artifacts, "_checkpoint_file", room)
+    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    assert (counts.done, counts.trained, counts.retried, counts.failed) == (1, 1, 1, 0)
+    assert study.trials[1].user_attrs.get("checkpoint_artifact")

@@ -43,6 +43,7 @@ from typing import Any
 import optuna
 import torch
 
+from nas_asc._cache import torch_save
 from nas_asc.errors import NasAscError
 
 __all__ = ["ExportResult", "ExportError", "export_study", "EXPORT_FORMAT"]
@@ -367,7 +368,7 @@ def _export_trial(
         "calibration": _plain(ckpt.calibration),
     }
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({**config, "state_dict": state}, workdir / "model.pt")
+    torch_save({**config, "state_dict": state}, workdir / "model.pt")
     (workdir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     metadata = {

@@ -36,6 +36,7 @@ import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
+from nas_asc._cache import torch_save
 from nas_asc.errors import NasAscError
 
 __all__ = [
@@ -232,6 +233,11 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+def _checkpoint_file(folder: str, number: int) -> str:
+    """Where a trial's checkpoint is written before it is uploaded to the artifact store."""
+    return os.path.join(folder, f"trial-{number}-checkpoint.pt")
+
+
 def save_checkpoint(
     trial: optuna.Trial, store: FileSystemArtifactStore, checkpoint: Checkpoint
 ) -> str:
@@ -239,8 +245,8 @@ def save_checkpoint(
     payload = _to_plain({k: v for k, v in asdict(checkpoint).items() if k != "state_dict"})
     payload["state_dict"] = {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()}
     with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
-        path = os.path.join(tmp, f"trial-{trial.number}-checkpoint.pt")
-        torch.save(payload, path)
+        path = _checkpoint_file(tmp, trial.number)
+        torch_save(payload, path)  # a full disk: OSError, the machine's fault, not the trial's
         artifact_id = upload_artifact(
             artifact_store=store,
             file_path=path,
