@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -237,3 +239,32 @@ def test_default_dataset_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_config_validation(change: dict) -> None:
     with pytest.raises(DatasetError):
         SynthConfig(**change)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_a_full_disk_is_one_line_naming_the_clip_and_leaves_nothing(tmp_path: Path) -> None:
+    """``data synth`` with writes capped at 50 kB per file (RLIMIT_FSIZE, a real write error
+    the way a full disk is one): exit 2, one line naming the clip, no folder left behind."""
+    import resource
+    import signal
+    import subprocess
+
+    def cap_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    out = tmp_path / "synth"
+    r = subprocess.run(
+        [sys.executable, "-m", "nas_asc", "data", "synth", "--out", str(out)],
+        preexec_fn=cap_file_size,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NAS_ASC_DEBUG="0"),
+    )
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]  # the lines before are the progress bar
+    assert last.startswith("nas-asc: error: File too large: ") and last.count("\n") == 0
+    assert ".wav; check that path" in last
+    assert "worker processes failed" not in r.stderr  # not retried in one process
+    assert not out.exists() and list(tmp_path.iterdir()) == []

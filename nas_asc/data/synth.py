@@ -70,6 +70,7 @@ the number of worker processes (on a given platform).
 from __future__ import annotations
 
 import concurrent.futures
+import io
 import json
 import logging
 import math
@@ -1116,14 +1117,24 @@ def _render(config: SynthConfig, root: str, clip: _Clip) -> int:
         out, samples = _record(source, device, strength, rng, config.seed)
         if device == "a":
             reference = out
+        # encoded in memory, written by Python: a full disk is an OSError naming the file, not
+        # libsndfile's "System error."
+        wav = io.BytesIO()
         soundfile.write(
-            os.path.join(root, name),
-            samples.astype(np.float32),
-            SAMPLE_RATE,
-            subtype="PCM_24",
-            format="WAV",
+            wav, samples.astype(np.float32), SAMPLE_RATE, subtype="PCM_24", format="WAV"
         )
+        path = os.path.join(root, name)
+        try:
+            with open(path, "wb") as fh:
+                fh.write(wav.getbuffer())
+        except OSError as exc:
+            raise _ClipWriteError(exc.errno, exc.strerror or str(exc), path) from None
     return len(clip.devices)
+
+
+class _ClipWriteError(OSError):
+    """A clip could not be written (a full disk, a quota): the disk's fault, not the workers',
+    so generation stops instead of starting over in one process."""
 
 
 def _render_batch(config: SynthConfig, root: str, clips: list[_Clip]) -> int:
@@ -1349,6 +1360,8 @@ def _render_all(
                 for future in concurrent.futures.as_completed(futures):
                     bar.update(future.result())
             return
+        except _ClipWriteError:
+            raise
         except (OSError, BrokenProcessPool) as exc:
             # Output does not depend on the worker count: redo everything in this process.
             _LOG.warning("worker processes failed (%s); generating in one process", exc)
