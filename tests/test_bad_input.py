@@ -306,6 +306,26 @@ CASES = [
         ("choices is empty", "list at least one value"),
     ),
     (
+        # values the trainer refuses in every trial: refused when the space loads
+        "fixed-batch-size-1",
+        _write(
+            "bs.yaml",
+            _space("model.width: {type: int, low: 8, high: 16}")
+            + "fixed: {train: {batch_size: 1}}\n",
+        ),
+        ["search", "--space", "bs.yaml", "--data", DATA],
+        ("fixed train", "batch_size must be an integer >= 2, got batch_size=1"),
+    ),
+    (
+        "fixed-negative-lr",
+        _write(
+            "lr.yaml",
+            _space("train.epochs: {type: int, low: 1, high: 2}") + "fixed: {train: {lr: -1}}\n",
+        ),
+        ["search", "--space", "lr.yaml", "--data", DATA],
+        ("fixed train", "lr must be > 0", "change the value in fixed.train"),
+    ),
+    (
         "unknown-field",
         _write("field.yaml", _space("model.depth: {type: int, low: 1, high: 3}")),
         ["search", "--space", "field.yaml", "--data", DATA],

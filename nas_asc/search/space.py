@@ -37,7 +37,7 @@ import os
 import reprlib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -594,6 +594,35 @@ def _parse_range(
     return Dimension(section, field, kind, low=low, high=high, step=step, log=spec.log)
 
 
+def _check_fixed_values(
+    source: str, fixed: Mapping[str, Mapping[str, Any]], dimensions: Sequence[Dimension]
+) -> None:
+    """Refuse, at load time, fixed train and front-end values the trainer would refuse in every
+    trial (``batch_size: 1``, ``lr: -1``): their config is built at both corners of the space,
+    and a space that neither corner makes valid fails here, not in each of its trials."""
+    from nas_asc.data.features import FrontEnd
+    from nas_asc.train.loop import TrainConfig
+
+    for section, build in (("train", TrainConfig), ("frontend", FrontEnd)):
+        if not fixed.get(section):
+            continue
+        problems = []
+        for index in (0, 1):
+            values = dict(fixed[section])
+            values.update({d.field: d.bounds()[index] for d in dimensions if d.section == section})
+            try:
+                build(**values)
+            except (ValueError, TypeError) as exc:
+                problems.append(" ".join(str(exc).split())[:200])
+        if len(problems) == 2:
+            raise _fail(
+                source,
+                f"fixed {section}",
+                problems[0],
+                f"change the value in fixed.{section} (every trial would fail with it)",
+            )
+
+
 def _parse_fixed(source: str, fixed: Mapping | None, model: str) -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
     for section, values in (fixed or {}).items():
@@ -689,6 +718,7 @@ class SearchSpace:
                     f"{_short(fixed[dim.section][dim.field])}) and searched",
                     f"remove it from fixed.{dim.section} or from dimensions",
                 )
+        _check_fixed_values(source, fixed, dimensions)
         return cls(
             name=top.name,
             description=(top.description or "").strip(),
