@@ -146,6 +146,12 @@ def _wav_without_samples(work: Path, data: Path) -> None:
     soundfile.write(str(_first_clip(data)), np.zeros(0, np.float32), 44100, subtype="PCM_24")
 
 
+def _wav_with_nan(work: Path, data: Path) -> None:
+    samples = np.zeros(44100, np.float32)
+    samples[100:110] = np.nan  # a float WAV can hold NaN samples
+    soundfile.write(str(_first_clip(data)), samples, 44100, subtype="FLOAT")
+
+
 def _file_named(name: str) -> Callable[[Path, Path], None]:
     def setup(work: Path, data: Path) -> None:
         (work / name).write_text("a regular file, not a folder\n")
@@ -398,6 +404,7 @@ CASES = [
     ("corrupt-wav", _corrupt_wav, SEARCH, ("cannot be decoded", "re-download or regenerate")),
     ("empty-wav-0-bytes", _truncate_wav, SEARCH, ("is empty (0 bytes)", "re-download")),
     ("wav-without-samples", _wav_without_samples, SEARCH, ("holds no samples", "re-download")),
+    ("wav-with-nan", _wav_with_nan, SEARCH, ("holds 10 non-finite samples", "re-download")),
     # outputs
     (
         "reports-folder-below-a-file",

@@ -472,7 +472,8 @@ def read_audio(path: Path, notes: set[str] | None = None) -> tuple[np.ndarray, i
         ``(samples, sample_rate)``; multi-channel files are averaged to mono.
 
     Raises:
-        DatasetError: The file is missing, unreadable, corrupt or empty.
+        DatasetError: The file is missing, unreadable, corrupt, empty or holds NaN or infinite
+            samples.
     """
     path = Path(path)
     if not path.is_file():
@@ -492,6 +493,12 @@ def read_audio(path: Path, notes: set[str] | None = None) -> tuple[np.ndarray, i
         ) from exc
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise DatasetError(f"audio file {path} holds no samples; re-download or regenerate it")
+    if not np.isfinite(data).all():  # float WAVs can hold them; every feature would be NaN
+        bad = int(data.size - np.isfinite(data).sum())
+        raise DatasetError(
+            f"audio file {path} holds {bad} non-finite samples (NaN or infinity); re-download "
+            "or regenerate it"
+        )
     samples = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     if notes is not None and data.shape[1] != 1:
         notes.add(f"{data.shape[1]} channels")
