@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nas_asc.errors import NasAscError
+
 __all__ = [
     "cache_root",
     "content_key",
@@ -49,14 +51,27 @@ _CHUNK = 1 << 20  # bytes read at a time while hashing
 
 
 def cache_root() -> Path:
-    """Return the cache root, creating it if needed."""
+    """Return the cache root, creating it if needed.
+
+    Raises:
+        NasAscError: the root is a file, or cannot be created (one line naming it).
+    """
     env = os.environ.get("NAS_ASC_CACHE")
     if env:
         root = Path(env).expanduser()
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         root = Path(base) / "nas-asc"
-    root.mkdir(parents=True, exist_ok=True)
+    where = f"$NAS_ASC_CACHE={env}" if env else f"the cache folder {root}"
+    if root.exists() and not root.is_dir():
+        raise NasAscError(f"{where} is a file, not a folder; point NAS_ASC_CACHE at a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NasAscError(
+            f"cannot create {where}: {exc.strerror or exc}; point NAS_ASC_CACHE at a writable "
+            "folder"
+        ) from None
     return root
 
 

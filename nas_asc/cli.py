@@ -475,6 +475,7 @@ def _protocol(dataset, args: argparse.Namespace):
 def cmd_search(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from nas_asc._cache import cache_root
     from nas_asc._paths import check_creatable, writable_dir
     from nas_asc.budget import parse_budget
     from nas_asc.data.protocol import ValidationSpec
@@ -503,6 +504,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
     ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed fails now
+    cache_root()  # $NAS_ASC_CACHE naming a file fails now, not inside a trial
     if args.validation_split is not None and not args.validation_split.is_file():
         raise NasAscError(
             f"--validation-split {args.validation_split} is not a file; pass a TAB-separated "

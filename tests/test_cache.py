@@ -213,3 +213,24 @@ def test_a_damaged_synthetic_dataset_is_regenerated(cache, caplog):
     assert clip.read_bytes() == original
     assert check_manifest(root, hashes=True) is None
     assert not list(root.parent.glob(".*"))  # no temporary or trash folder left
+
+
+def test_a_cache_root_that_is_a_file_stops_the_search_before_any_file(
+    tiny_root, tmp_path, monkeypatch, capsys
+):
+    """``NAS_ASC_CACHE`` naming a file: one line that names the variable and its fix, exit 2,
+    checked before anything is written (no study, no reports)."""
+    from nas_asc.cli import main
+
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("a file\n")
+    monkeypatch.setenv("NAS_ASC_CACHE", str(afile))
+    monkeypatch.delenv("NAS_ASC_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", "--space", "cnn", "--data", str(tiny_root), "--trials", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"nas-asc: error: $NAS_ASC_CACHE={afile} is a file, not a folder; point NAS_ASC_CACHE "
+        "at a folder\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
