@@ -132,6 +132,25 @@ def _fold_names_unknown_clip(work: Path, data: Path) -> None:
         fh.write("audio/airport-lisbon-99-99-0-a.wav\tairport\n")
 
 
+def _meta_names(outside: str) -> Callable[[Path, Path], None]:
+    """meta.csv's first clip renamed to ``outside`` (a path that leaves the dataset root)."""
+
+    def setup(work: Path, data: Path) -> None:
+        meta = data / "meta.csv"
+        header, first, *rows = meta.read_text().splitlines()
+        first = "\t".join([outside, *first.split("\t")[1:]])
+        meta.write_text("\n".join([header, first, *rows]) + "\n")
+
+    return setup
+
+
+def _clip_in_both_lists(work: Path, data: Path) -> None:
+    setup = data / "evaluation_setup"
+    first_train = (setup / "fold1_train.csv").read_text().splitlines()[1]
+    with (setup / "fold1_evaluate.csv").open("a") as fh:
+        fh.write(first_train + "\n")
+
+
 def _corrupt_wav(work: Path, data: Path) -> None:
     path = _first_clip(data)
     path.write_bytes(b"RIFF\x24\x00\x00\x00WAVEjunk" + bytes(range(256)) * 8)
@@ -400,6 +419,24 @@ CASES = [
         _fold_names_unknown_clip,
         SEARCH,
         ("absent from meta.csv", "airport-lisbon-99-99-0-a.wav"),
+    ),
+    (
+        "meta-path-climbs-out-of-the-root",
+        _meta_names("../../outside.wav"),
+        SEARCH,
+        ("names '../../outside.wav' outside the dataset root", "relative paths below it"),
+    ),
+    (
+        "meta-path-is-absolute",
+        _meta_names("/etc/passwd"),
+        SEARCH,
+        ("names '/etc/passwd' outside the dataset root",),
+    ),
+    (
+        "clip-in-train-and-evaluate-lists",
+        _clip_in_both_lists,
+        SEARCH,
+        ("is in both fold1_train.csv and fold1_evaluate.csv", "held out of training"),
     ),
     ("corrupt-wav", _corrupt_wav, SEARCH, ("cannot be decoded", "re-download or regenerate")),
     ("empty-wav-0-bytes", _truncate_wav, SEARCH, ("is empty (0 bytes)", "re-download")),

@@ -279,6 +279,16 @@ def _find_evaluate_file(root: Path) -> Path:
     )
 
 
+def _inside_root(name: str) -> bool:
+    """A meta.csv filename that stays below the root: relative, no ``..``, no drive."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and ":" not in parts[0] and ".." not in parts
+
+
+def _clip_name(name: str) -> str:
+    return repr(name if len(name) <= 80 else name[:77] + "...")
+
+
 def _check_meta(meta: pd.DataFrame, path: Path) -> pd.DataFrame:
     """Validate meta.csv rows and index them by filename."""
     if meta.empty:
@@ -300,6 +310,13 @@ def _check_meta(meta: pd.DataFrame, path: Path) -> pd.DataFrame:
         raise DatasetError(
             f"meta file {path} has identifier {bad.iloc[0]!r} without a dash; "
             "identifiers must be city-location, e.g. lisbon-1000"
+        )
+    outside = meta.loc[~meta["filename"].map(_inside_root), "filename"]
+    if len(outside):
+        raise DatasetError(
+            f"meta file {path} names {_clip_name(outside.iloc[0])} outside the dataset root "
+            f"({len(outside)} row(s)); filenames must be relative paths below it, e.g. "
+            "audio/airport-lisbon-1000-40000-0-a.wav"
         )
     dup = meta.loc[meta["filename"].duplicated(), "filename"]
     if len(dup):
@@ -443,6 +460,12 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
     evaluate = _build_split(
         _read_tsv(eval_path, _FOLD_COLUMNS, "split file"), meta, eval_path, root, check_audio
     )
+    both = sorted(set(train["filename"]) & set(evaluate["filename"]))
+    if both:
+        raise DatasetError(
+            f"{_clip_name(both[0])} is in both {train_path.name} and {eval_path.name} "
+            f"({len(both)} clip(s)); the evaluated clips must be held out of training"
+        )
     train_sizes = _sizes(root, train["filename"].to_list())
     eval_sizes = _sizes(root, evaluate["filename"].to_list())
     names = train["filename"].to_list() + evaluate["filename"].to_list()
