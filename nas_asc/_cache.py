@@ -40,6 +40,8 @@ __all__ = [
     "discard",
     "write_manifest",
     "check_manifest",
+    "file_digests",
+    "DIGESTS",
     "MANIFEST",
 ]
 
@@ -122,6 +124,49 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+#: Folder of the per-dataset indexes of file digests (:func:`file_digests`).
+DIGESTS = "file-digests"
+
+
+def file_digests(root: Path, names: list[str]) -> list[str]:
+    """``"<size>:<SHA-256 prefix>"`` of each file ``root/name``, or ``"-1"`` for one that is
+    missing, for cache keys that follow the files' contents.
+
+    Keys of names and sizes alone would keep feeding a search the features and teacher of audio
+    that was since replaced by other audio of the same size. Hashing every clip on every run
+    costs a pass over the dataset (about 30 GB for TAU22), so each digest is computed once and
+    kept in an index under the cache root (one JSON file per dataset root, written atomically),
+    keyed by the file's name, size and modification time in nanoseconds: a file that changes
+    gets a new modification time (``cp``, an extraction, a rewrite) and is hashed again.
+    """
+    root = Path(root).resolve()
+    index_path = cache_root() / DIGESTS / f"{content_key(str(root))}.json"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}  # none yet, or unreadable: rebuilt from the files
+    digests, changed = [], False
+    for name in names:
+        try:
+            st = (root / name).stat()
+        except OSError:
+            digests.append("-1")
+            continue
+        stamp = [st.st_size, st.st_mtime_ns]
+        known = index.get(name)
+        if not (isinstance(known, list) and len(known) == 3 and known[:2] == stamp):
+            known = [*stamp, _sha256(root / name)[:16]]
+            index[name] = known
+            changed = True
+        digests.append(f"{known[0]}:{known[2]}")
+    if changed:
+        with atomic_file(index_path, "w") as fh:
+            json.dump(index, fh, separators=(",", ":"))
+    return digests
 
 
 def _checksum_path(path: Path) -> Path:

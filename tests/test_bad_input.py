@@ -31,13 +31,16 @@ UNREACHABLE_DB = "postgresql://nas@127.0.0.1:9/x"  # port 9 (discard): nothing l
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Size and modification time of every file below ``root``."""
+    """Size and modification time of every file below ``root``, but for the index of audio
+    file digests (facts about files on disk that loading a dataset records, not results)."""
+    from nas_asc._cache import DIGESTS
+
     if not root.exists():
         return {}
     return {
         str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in root.rglob("*")
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != DIGESTS
     }
 
 

@@ -314,3 +314,37 @@ def test_read_audio_zero_frames(tmp_path: Path) -> None:
 def test_read_audio_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not found"):
         read_audio(tmp_path / "missing.wav")
+
+
+def test_audio_replaced_by_other_audio_of_the_same_size_changes_the_cache_keys(
+    tiny_root, tmp_path, monkeypatch
+):
+    """The fingerprint and the clip groups' keys follow the audio's contents, not only its
+    names and sizes; each file is hashed once, then found in the digest index by its name,
+    size and modification time."""
+    import nas_asc._cache as cache
+    from nas_asc.data.tau22 import load_tau22
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    hashed = []
+    sha256 = cache._sha256
+    monkeypatch.setattr(cache, "_sha256", lambda path: hashed.append(path) or sha256(path))
+
+    before = load_tau22(root)
+    n_clips = len(before.train) + len(before.evaluate)
+    assert len(hashed) == n_clips  # every clip hashed on first sight
+    hashed.clear()
+    assert load_tau22(root).fingerprint == before.fingerprint
+    assert hashed == []  # nothing changed: every digest comes from the index
+
+    clip = root / before.train.filename.iloc[0]
+    samples, rate = soundfile.read(clip, dtype="float32")
+    size = clip.stat().st_size
+    soundfile.write(clip, np.zeros_like(samples), rate, subtype="PCM_24")  # silence
+    assert clip.stat().st_size == size
+    after = load_tau22(root)
+    assert len(hashed) == 1  # only the replaced clip is hashed again
+    assert after.fingerprint != before.fingerprint
+    assert after.sources["train"][0] != before.sources["train"][0]
+    assert after.sources["evaluate"] == before.sources["evaluate"]

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import soundfile
 
+from nas_asc._cache import file_digests
 from nas_asc.errors import DatasetError
 
 __all__ = [
@@ -383,31 +384,23 @@ def _build_split(
     )
 
 
-def _sizes(root: Path, filenames: list[str]) -> list[int]:
-    sizes = []
-    for name in filenames:
-        try:
-            sizes.append((root / name).stat().st_size)
-        except OSError:
-            sizes.append(-1)
-    return sizes
-
-
-def _fingerprint(files: list[Path], filenames: list[str], sizes: list[int]) -> str:
-    """Hash metadata bytes and each referenced audio file's name and size."""
+def _fingerprint(files: list[Path], filenames: list[str], digests: list[str]) -> str:
+    """Hash metadata bytes and each referenced audio file's name, size and content digest."""
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
-    for name, size in zip(filenames, sizes, strict=True):
-        digest.update(f"{name}\t{size}\n".encode())
+    for name, stamp in zip(filenames, digests, strict=True):
+        digest.update(f"{name}\t{stamp}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def _group(frame: pd.DataFrame, sizes: list[int], files: list[Path]) -> tuple[str, tuple[str, ...]]:
+def _group(
+    frame: pd.DataFrame, digests: list[str], files: list[Path]
+) -> tuple[str, tuple[str, ...]]:
     """A clip group's content hash (the metadata ``files`` that define it, its audio files'
-    names and sizes in sorted order) and its sorted clip names."""
-    pairs = sorted(zip(frame["filename"], sizes, strict=True))
+    names, sizes and content digests in sorted order) and its sorted clip names."""
+    pairs = sorted(zip(frame["filename"], digests, strict=True))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.read_bytes())
@@ -466,10 +459,14 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
             f"{_clip_name(both[0])} is in both {train_path.name} and {eval_path.name} "
             f"({len(both)} clip(s)); the evaluated clips must be held out of training"
         )
-    train_sizes = _sizes(root, train["filename"].to_list())
-    eval_sizes = _sizes(root, evaluate["filename"].to_list())
+    # each clip's size and content digest (cached by name, size and mtime): a clip replaced by
+    # other audio of the same size gets new feature and teacher cache keys
+    train_digests = file_digests(root, train["filename"].to_list())
+    eval_digests = file_digests(root, evaluate["filename"].to_list())
     names = train["filename"].to_list() + evaluate["filename"].to_list()
-    fingerprint = _fingerprint([meta_path, train_path, eval_path], names, train_sizes + eval_sizes)
+    fingerprint = _fingerprint(
+        [meta_path, train_path, eval_path], names, train_digests + eval_digests
+    )
     return TAU22(
         root=root,
         train=train,
@@ -477,8 +474,8 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
         fingerprint=fingerprint,
         n_meta_rows=len(meta),
         sources={
-            "train": _group(train, train_sizes, [meta_path, train_path]),
-            "evaluate": _group(evaluate, eval_sizes, [meta_path, eval_path]),
+            "train": _group(train, train_digests, [meta_path, train_path]),
+            "evaluate": _group(evaluate, eval_digests, [meta_path, eval_path]),
         },
     )
 
