@@ -280,3 +280,36 @@ def test_dashboard_api_marks_exactly_the_over_budget_trials_infeasible(budget_st
     trials = optuna.load_study(study_name="budget", storage=storage).trials
     assert "constraints" not in trials[2].system_attrs
     assert trials[2].constraints == {"macs": -0.9, "param_bytes": 4.0}
+
+
+@pytest.mark.parametrize(
+    ("host", "port_in_use", "expected"),
+    [
+        ("127.0.0.1", True, "Address already in use; choose another --port"),
+        ("no-such-host.invalid", False, "the host does not resolve"),
+        ("192.0.2.1", False, "pass an address of this machine as --host"),  # TEST-NET-1
+    ],
+    ids=["busy-port", "unresolvable-host", "address-of-another-machine"],
+)
+def test_a_dashboard_that_cannot_listen_is_one_line_and_writes_nothing(
+    budget_study, host, port_in_use, expected, monkeypatch, capsys
+):
+    """Checked before the plots are published into the study: one line, exit 2, the study
+    unchanged (was: bottle's banner and a traceback line, after writing the plots)."""
+    from nas_asc.cli import main
+
+    study, storage, _ = budget_study
+    monkeypatch.delenv("NAS_ASC_DEBUG", raising=False)
+    with contextlib.ExitStack() as stack:
+        port = _free_port()
+        if port_in_use:
+            holder = stack.enter_context(socket.socket())
+            holder.bind(("127.0.0.1", port))
+            holder.listen()
+        argv = ["dashboard", "--study", "budget", "--storage", storage]
+        assert main([*argv, "--host", host, "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"nas-asc: error: cannot serve the dashboard on {host}:{port}: ")
+    assert expected in err
+    assert _plot_ids(study) == set()

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import abc
 import copy
+import errno
 import json
 import re
+import socket
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -265,6 +267,34 @@ def dashboard_app(storage: BaseStorage, artifact_store: Any = None) -> Callable[
     return _feasible_best_trials(app)
 
 
+def check_listenable(host: str, port: int) -> None:
+    """Refuse, in one line, a host that does not resolve or an address that cannot be listened
+    on (a port in use, an address of another machine), before anything is written."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError, OverflowError) as exc:
+        raise NasAscError(
+            f"cannot serve the dashboard on {host}:{port}: the host does not resolve "
+            f"({getattr(exc, 'strerror', None) or exc}); pass --host 127.0.0.1 (this machine) "
+            "or 0.0.0.0 (every interface)"
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            fix = (
+                "choose another --port"
+                if exc.errno == errno.EADDRINUSE
+                else "pass an address of this machine as --host (127.0.0.1, 0.0.0.0)"
+            )
+            raise NasAscError(
+                f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; {fix}"
+            ) from None
+
+
 def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bool = True) -> None:
     """Serve optuna-dashboard for ``storage`` until interrupted.
 
@@ -280,6 +310,7 @@ def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bo
 
     from nas_asc.search.study import open_storage
 
+    check_listenable(host, port)  # before the plots are written into the study
     store = None
     if artifacts and study.user_attrs.get("artifact_dir"):
         from nas_asc.search.artifacts import study_artifact_store
@@ -290,7 +321,8 @@ def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bo
     print(f"optuna-dashboard for study {study.study_name!r}: {study_url(study, host, port)}")
     print("press Ctrl+C to stop", flush=True)
     try:
-        bottle.run(app, host=host, port=port)  # what optuna_dashboard.run_server does
+        # what optuna_dashboard.run_server does, without bottle's banner (the lines above say it)
+        bottle.run(app, host=host, port=port, quiet=True)
     except OSError as exc:
         raise NasAscError(
             f"cannot serve the dashboard on {host}:{port}: {exc.strerror or exc}; choose another "
