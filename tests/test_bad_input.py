@@ -847,10 +847,12 @@ def _rewrite_first_clip(data: Path, convert) -> Path:
             lambda w, r: (np.interp(np.arange(48000) * r / 48000, np.arange(len(w)), w), 48000),
             "1 at 48000 Hz resampled to 32000 Hz",
         ),
+        (lambda w, r: (w[: len(w) // 2], r), "1 shorter than 1 s padded with silence"),
+        (lambda w, r: (np.tile(w, 10), r), "1 longer than 1 s cut to their first second"),
     ],
-    ids=["stereo", "48kHz"],
+    ids=["stereo", "48kHz", "half-a-second", "ten-seconds"],
 )
-def test_stereo_or_48khz_clips_are_converted_with_a_note(
+def test_unusual_clips_are_converted_with_a_note(
     convert, note, tiny_root, tmp_path, caplog, monkeypatch
 ):
     # Tested on the loader (load_tau22 + load_features), where the conversion happens: through

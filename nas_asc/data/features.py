@@ -142,6 +142,10 @@ def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) 
             wave, rate = read_audio(dataset.path(name), notes)
             if rate != SAMPLE_RATE:
                 notes.add(f"{rate} Hz")
+            if len(wave) < 0.99 * seconds * rate:  # TAU22 clips are 1 s: tolerate 10 ms
+                notes.add("short")
+            elif len(wave) > 1.01 * seconds * rate:
+                notes.add("long")
             for note in notes:
                 converted[note] = converted.get(note, 0) + 1
             by_rate.setdefault(rate, []).append((start + i, wave))
@@ -157,15 +161,20 @@ def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) 
     if converted:
         # not an error: the clips are usable, but the user should know their data is unusual
         _LOG.warning(
-            "note: converted clips that are not 44.1 kHz mono as in TAU22: %s",
-            ", ".join(
-                f"{n} at {k} resampled to {frontend.sample_rate} Hz"
-                if k.endswith("Hz")
-                else f"{n} with {k} averaged to mono"
-                for k, n in sorted(converted.items())
-            ),
+            "note: converted clips that are not 1 s of 44.1 kHz mono as in TAU22: %s",
+            ", ".join(_conversion(k, n, frontend) for k, n in sorted(converted.items())),
         )
     return out
+
+
+def _conversion(kind: str, n: int, frontend: FrontEnd) -> str:
+    if kind == "short":
+        return f"{n} shorter than 1 s padded with silence"
+    if kind == "long":
+        return f"{n} longer than 1 s cut to their first second"
+    if kind.endswith("Hz"):
+        return f"{n} at {kind} resampled to {frontend.sample_rate} Hz"
+    return f"{n} with {kind} averaged to mono"
 
 
 def _fits(blob, filenames: list[str], frontend: FrontEnd) -> bool:
