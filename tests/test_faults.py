@@ -329,3 +329,40 @@ def test_a_full_disk_while_saving_a_checkpoint_requeues_the_trial(
     counts = trial_counts(run_search(context, settings, data_label="tiny"))
     assert (counts.done, counts.trained, counts.retried, counts.failed) == (1, 1, 1, 0)
     assert study.trials[1].user_attrs.get("checkpoint_artifact")
+
+
+def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
+    faulty_family, tiny_search, tmp_path, monkeypatch
+):
+    """The study database fills up as Optuna records a finished trial: Optuna raises
+    ``AssertionError("Should not reach.")`` on top of the storage error and leaves the trial
+    RUNNING. The search stops with the storage error itself, and the trial is re-queued."""
+    import sqlite3
+
+    from optuna.study import _optimize
+
+    context, settings = _setup(tiny_search, tmp_path, "tell", 1)
+    prepare_study(context, settings, data_label="tiny").enqueue_trial({"model.fault": "none"})
+    tell = _optimize._tell_with_warning
+
+    def full_disk_at_commit(**kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised") from exc
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", full_disk_at_commit)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        run_search(context, settings, data_label="tiny")
+    stopped, queued = optuna.load_study(study_name="tell", storage=settings.storage).trials
+    assert (stopped.state, queued.state) == (
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.WAITING,
+    )
+    assert queued.user_attrs["requeued_after"] == (
+        "trial 0 was stopped by OperationalError: database or disk is full"
+    )
+
+    monkeypatch.setattr(_optimize, "_tell_with_warning", tell)
+    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    assert (counts.done, counts.trained, counts.retried, counts.running) == (1, 1, 1, 0)

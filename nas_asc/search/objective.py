@@ -49,6 +49,7 @@ from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_pt
 
 __all__ = [
     "MACHINE_ERRORS",
+    "machine_error_in",
     "machine_error_text",
     "Candidate",
     "SearchContext",
@@ -71,6 +72,19 @@ _LOG = logging.getLogger(__name__)
 #: database locked past its busy timeout): every later trial would meet them too, and none is
 #: the candidate's fault, so they stop the search and the backend re-queues the trial.
 MACHINE_ERRORS = (OSError, DatasetError, optuna.exceptions.StorageInternalError)
+
+
+def machine_error_in(exc: BaseException) -> BaseException | None:
+    """``exc`` if it is a machine error, else the first one it was raised from or while
+    handling: Optuna turns a storage error during its own bookkeeping of a trial into an
+    ``AssertionError("Should not reach.")`` raised on top of it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MACHINE_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def machine_error_text(exc: BaseException) -> str:

@@ -26,10 +26,10 @@ import optuna
 from nas_asc.errors import NasAscError, sigterm_as_interrupt
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
 from nas_asc.search.objective import (
-    MACHINE_ERRORS,
     Objective,
     SearchContext,
     TrialError,
+    machine_error_in,
     machine_error_text,
 )
 from nas_asc.search.samplers import TrialSeededSampler
@@ -215,12 +215,18 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
                 callbacks=[streak],
                 gc_after_trial=True,
             )
-        except (KeyboardInterrupt, *MACHINE_ERRORS) as exc:
-            # Ctrl-C, or the machine or the data failing: not the candidate's fault, so the
-            # trial runs again (same parameters and seed) when the search is continued
+        except BaseException as exc:
+            # Ctrl-C, or the machine, the data or the storage failing (also under an error of
+            # Optuna's own bookkeeping): not the candidate's fault, so the trial runs again (same
+            # parameters and seed) when the search is continued
+            cause = exc if isinstance(exc, KeyboardInterrupt) else machine_error_in(exc)
+            if cause is None:
+                raise
             if objective.trial_id is not None:
-                requeue_trial(study, objective.trial_id, _interruption(exc))
-            raise
+                requeue_trial(study, objective.trial_id, _interruption(cause))
+            if cause is exc:
+                raise
+            raise cause from None
         streak.check()
 
 
