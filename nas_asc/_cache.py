@@ -164,8 +164,11 @@ def file_digests(root: Path, names: list[str]) -> list[str]:
             changed = True
         digests.append(f"{known[0]}:{known[2]}")
     if changed:
-        with atomic_file(index_path, "w") as fh:
-            json.dump(index, fh, separators=(",", ":"))
+        try:
+            with atomic_file(index_path, "w") as fh:
+                json.dump(index, fh, separators=(",", ":"))
+        except OSError as exc:  # a full or read-only cache: the digests hold, only uncached
+            _LOG.debug("could not write the digest index %s: %s", index_path, exc)
     return digests
 
 

@@ -348,3 +348,20 @@ def test_audio_replaced_by_other_audio_of_the_same_size_changes_the_cache_keys(
     assert after.fingerprint != before.fingerprint
     assert after.sources["train"][0] != before.sources["train"][0]
     assert after.sources["evaluate"] == before.sources["evaluate"]
+
+
+def test_a_digest_index_that_cannot_be_written_does_not_stop_loading(tiny_root, monkeypatch):
+    """A full cache disk: the digests are still computed (the same fingerprint), only not kept."""
+    import errno
+
+    import nas_asc._cache as cache
+    from nas_asc.data.tau22 import load_tau22
+
+    expected = load_tau22(tiny_root).fingerprint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache, "atomic_file", full)
+    monkeypatch.setattr(cache, "DIGESTS", "file-digests-unwritable")  # nothing cached to reuse
+    assert load_tau22(tiny_root).fingerprint == expected
