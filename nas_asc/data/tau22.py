@@ -461,12 +461,10 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
         )
     # each clip's size and content digest (cached by name, size and mtime): a clip replaced by
     # other audio of the same size gets new feature and teacher cache keys
-    train_digests = file_digests(root, train["filename"].to_list())
-    eval_digests = file_digests(root, evaluate["filename"].to_list())
     names = train["filename"].to_list() + evaluate["filename"].to_list()
-    fingerprint = _fingerprint(
-        [meta_path, train_path, eval_path], names, train_digests + eval_digests
-    )
+    digests = file_digests(root, names)  # one pass over the index for both lists
+    train_digests, eval_digests = digests[: len(train)], digests[len(train) :]
+    fingerprint = _fingerprint([meta_path, train_path, eval_path], names, digests)
     return TAU22(
         root=root,
         train=train,

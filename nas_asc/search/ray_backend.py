@@ -542,7 +542,8 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
             return {**nan, "state": "FAIL", "error": "", "reason": reason}
         # the machine, the data or the storage: the search stops, the trial re-runs when it is
         # continued (as with the optuna backend)
-        requeue_trial(study, trial._trial_id, f"was stopped by {machine_error_text(exc)}")
-        return {**nan, "state": "ERROR", "error": machine_error_text(exc)}
+        error = machine_error_text(exc)
+        requeue_trial(study, trial._trial_id, f"was stopped by {error}")
+        return {**nan, "state": "ERROR", "error": error}
     study.tell(trial, list(values))
     return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}
