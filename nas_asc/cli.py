@@ -899,6 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{exc.strerror or exc}: {exc.filename}; check that path (a folder, writable, "
                 "with free space) or choose another"
             )
+        if isinstance(exc, OSError) and args.command == "search":
+            # the machine's fault, met before or inside a trial (which is then re-queued)
+            message += "; finished trials are kept: run the same command again to continue"
         print(f"nas-asc: error: {scrub(message)}", file=sys.stderr)
         return 2
     except Exception as exc:
@@ -908,11 +911,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 2
             from nas_asc.search.objective import machine_error_text
 
+            when = "once the database is free (not locked, its disk not full)"
             detail = (
                 "; finished trials are kept and the running one is re-queued: run the same "
-                "command again once the database is free"
+                f"command again {when}"
                 if args.command == "search"
-                else "; run the command again once the database is free"
+                else f"; run the command again {when}"
             )
             print(
                 scrub(f"nas-asc: error: the study's database failed ({machine_error_text(exc)})")

@@ -255,3 +255,76 @@ def test_checkpoint_of_an_earlier_family_revision_is_refused():
     old = Checkpoint("tfsepnet", {"width": 8}, {}, {}, {}, 0, {}, {})
     with pytest.raises(NasAscError, match=r"tfsepnet network of revision 1, but the tfsepnet "):
         old.build_model()
+
+
+def _artifact_study(tmp_path):
+    """A study with an artifact folder and one running trial that uploads a file."""
+    from nas_asc.search.artifacts import open_artifact_store
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'a.db'}", study_name="a")
+    study.set_user_attr("artifact_dir", str(tmp_path / "artifacts"))
+    store = open_artifact_store(tmp_path / "artifacts")
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"weights")
+    return study, store, payload
+
+
+def test_an_upload_whose_record_fails_takes_its_file_back(tmp_path, monkeypatch):
+    """The file is written, then the database refuses the trial's record of it (a full disk):
+    the upload raises and the artifact folder is as it was, with no file nothing points to."""
+    from nas_asc.search import artifacts
+
+    study, store, payload = _artifact_study(tmp_path)
+    trial = study.ask()
+
+    def refused(*args, **kwargs):
+        raise optuna.exceptions.StorageInternalError("database or disk is full")
+
+    monkeypatch.setattr(study._storage, "set_trial_system_attr", refused)
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        artifacts._upload(trial, store, str(payload), "application/octet-stream")
+    assert list((tmp_path / "artifacts").iterdir()) == []
+
+
+def test_an_upload_that_fills_the_disk_names_the_folder_and_leaves_no_part(tmp_path):
+    """The store's write fails halfway (ENOSPC, raised by the file copy without a file name):
+    the error names the artifact folder and the partial file is removed."""
+    import errno
+
+    from nas_asc.search import artifacts
+
+    study, store, payload = _artifact_study(tmp_path)
+    trial = study.ask()
+
+    class FillsUp:
+        def read(self, n=-1):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    write = store.write
+    store.write = lambda artifact_id, body: write(artifact_id, FillsUp())
+    with pytest.raises(OSError) as raised:
+        artifacts._upload(trial, store, str(payload), "application/octet-stream")
+    assert (raised.value.errno, raised.value.filename) == (
+        errno.ENOSPC,
+        str(tmp_path / "artifacts"),
+    )
+    assert list((tmp_path / "artifacts").iterdir()) == []
+    assert not any(k.startswith("artifacts:") for k in study.trials[0].system_attrs)
+
+
+def test_failed_trials_lose_their_artifact_files_and_completed_ones_keep_theirs(tmp_path):
+    from nas_asc.search import artifacts
+    from nas_asc.search.artifacts import remove_artifacts_of_failed_trials
+
+    study, store, payload = _artifact_study(tmp_path)
+    kept, stopped, gone = study.ask(), study.ask(), study.ask()
+    ids = {
+        t.number: artifacts._upload(t, store, str(payload), "x/y") for t in (kept, stopped, gone)
+    }
+    (tmp_path / "artifacts" / ids[gone.number]).unlink()  # already removed: fine
+    study.tell(kept, 1.0)
+    study.tell(stopped, state=optuna.trial.TrialState.FAIL)
+    study.tell(gone, state=optuna.trial.TrialState.FAIL)
+    assert remove_artifacts_of_failed_trials(study, study.get_trials()) == 1
+    assert [p.name for p in (tmp_path / "artifacts").iterdir()] == [ids[kept.number]]
+    assert remove_artifacts_of_failed_trials(study, study.get_trials()) == 0  # idempotent

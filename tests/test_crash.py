@@ -13,6 +13,7 @@ passes its integrity check, and that the feature and teacher caches still verify
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import signal
 import sqlite3
@@ -41,16 +42,25 @@ dimensions:
 """
 
 
-def _start(cwd: Path, space: Path, root: Path, db: Path) -> subprocess.Popen:
+def _start(
+    cwd: Path,
+    space: Path,
+    root: Path,
+    db: Path,
+    n_trials: int = N_TRIALS,
+    prefix: tuple[str, ...] = (),
+    env: dict | None = None,
+    extra: tuple[str, ...] = (),
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "nas_asc", "search", "--space", str(space), "--data", str(root)]
-        + ["--storage", f"sqlite:///{db}", "--study", "drill", "--trials", str(N_TRIALS)]
-        + ["--heartbeat", "1", "--pruner", "none"],
+        [*prefix, sys.executable, "-m", "nas_asc", "search", "--space", str(space)]
+        + ["--data", str(root), "--storage", f"sqlite:///{db}", "--study", "drill"]
+        + ["--trials", str(n_trials), "--heartbeat", "1", "--pruner", "none", *extra],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
     )
 
 
@@ -176,6 +186,153 @@ def test_kill_three_times_then_finish(sig, tiny_root, tmp_path):
     verify = _cache_verifier()
     for path in cached:
         verify(path)
+
+
+class _SmallDisk:
+    """A 64 MiB tmpfs at ``path``, mounted in a mount namespace of its own (an unprivileged user
+    namespace: no root needed, nothing mounted on the host). Commands run in it through
+    ``prefix``; this process reaches its files through ``/proc/<pid>/root``."""
+
+    SIZE = "64m"
+
+    def __init__(self, path: Path) -> None:
+        import shutil
+
+        if not (shutil.which("unshare") and shutil.which("nsenter")):
+            pytest.skip("no unshare/nsenter (util-linux) on this machine")
+        path.mkdir()
+        self.path = path
+        self._holder = subprocess.Popen(
+            ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c"]
+            + [f'mount -t tmpfs -o size={self.SIZE} tmpfs "{path}" && echo mounted; exec sleep 1h'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if self._holder.stdout.readline().strip() != "mounted":
+            err = self._holder.communicate()[1].strip()
+            pytest.skip(f"cannot mount a tmpfs in a user namespace here: {err}")
+        pid = str(self._holder.pid)
+        self.prefix = ("nsenter", "-t", pid, "-U", "-m", "--preserve-credentials")
+        self.view = Path(f"/proc/{pid}/root{path}")  # the tmpfs, seen from this process
+        self._copies = path.parent / "copies"
+        self._copies.mkdir()
+
+    def copy_out(self, name: str) -> Path:
+        """A copy of the file ``name`` on this process's side (SQLite resolves the
+        ``/proc/<pid>/root`` link to the host's path, so it cannot open the file in place)."""
+        import shutil
+
+        copy = self._copies / name
+        shutil.copyfile(self.view / name, copy)
+        return copy
+
+    def fill(self) -> None:
+        """Write a file until the disk is full (ENOSPC)."""
+        with pytest.raises(OSError) as full, open(self.view / "filler", "wb") as f:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        assert full.value.errno == errno.ENOSPC
+
+    def free(self) -> None:
+        (self.view / "filler").unlink()
+
+    def close(self) -> None:
+        self._holder.kill()
+        self._holder.wait()
+
+
+def _artifact_files_and_references(study: optuna.Study, folder: Path) -> tuple[set, set]:
+    referenced = {
+        key.removeprefix("artifacts:")
+        for t in study.get_trials(states=(TrialState.COMPLETE,))
+        for key in t.system_attrs
+        if key.startswith("artifacts:")
+    }
+    return {p.name for p in folder.iterdir()}, referenced
+
+
+@pytest.mark.slow  # a minute each: a search stopped by a full disk, then rerun
+@pytest.mark.parametrize("on_disk", ["everything", "artifacts"])
+def test_a_full_disk_mid_trial_then_freed_and_rerun_finishes(on_disk, tiny_root, tmp_path):
+    """A small disk is filled while a trial trains. On it: the study's SQLite file, its
+    artifacts, the caches and the temporary files (``everything``: the database's next write
+    fails), or only the artifact folder (``artifacts``: the trial trains to its end and its
+    checkpoint's upload fails). The search stops with one line and exit 2 and leaves the trial
+    re-runnable; once the disk is freed the same command finishes the study, and no file of the
+    stopped trial is left behind."""
+    n_trials = 3
+    space = tmp_path / "crash.yaml"
+    space.write_text(SPACE_YAML)
+    disk = _SmallDisk(tmp_path / "disk")
+    try:
+        if on_disk == "everything":
+            cwd, db, artifacts = (
+                disk.path,
+                disk.path / "drill.db",
+                disk.view / "drill" / "artifacts",
+            )
+            env = {"NAS_ASC_CACHE": str(disk.path / "cache"), "TMPDIR": str(disk.path)}
+            extra: tuple[str, ...] = ()
+
+            def readable_db() -> Path:
+                return disk.copy_out(db.name)
+
+        else:
+            cwd, db, artifacts, env = tmp_path, tmp_path / "drill.db", disk.view / "artifacts", {}
+            extra = ("--artifacts", str(disk.path / "artifacts"))
+
+            def readable_db() -> Path:
+                return db
+
+        run = dict(n_trials=n_trials, prefix=disk.prefix, env=env, extra=extra)
+        proc = _start(cwd, space, tiny_root, db, **run)
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the search never reached its second trial"
+            time.sleep(0.1)
+            try:  # a copy taken mid-write can be torn: the next one will do
+                copy = readable_db()
+                states = [s for _, s in _states(copy)]
+                if states.count("COMPLETE") >= 1 and _fresh_running(copy, set()):
+                    break
+            except (OSError, sqlite3.DatabaseError):
+                continue
+        completed_before = _completed(copy)
+        disk.fill()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        # one line (after the feature progress bars), no traceback from any thread
+        last = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and "Exception in thread" not in err, err[-3000:]
+        assert last.startswith("nas-asc: error: "), err[-3000:]
+        assert "disk is full" in last or "No space left on device" in last, last
+        assert "run the same command again" in last, last
+        print("DRILL", last)
+
+        disk.free()
+        proc = _start(cwd, space, tiny_root, db, **run)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        copy = readable_db()
+        with sqlite3.connect(copy) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        study = optuna.load_study(study_name="drill", storage=f"sqlite:///{copy}")
+        counts = trial_counts(study)
+        assert counts.done == n_trials == counts.trained + counts.infeasible
+        assert counts.running == counts.waiting == counts.failed == 0
+        assert counts.retried >= 1  # the trial the full disk stopped, run again
+        final = _completed(copy)
+        assert all(final[n] == record for n, record in completed_before.items())
+        # the stopped trial's files went with it: the artifact folder holds the completed
+        # trials' files, every one of them, and nothing else
+        files, referenced = _artifact_files_and_references(study, artifacts)
+        assert files == referenced and referenced
+        assert not [p for p in disk.view.iterdir() if p.name.startswith("nas-asc-")]
+    finally:
+        disk.close()
 
 
 def _cache_verifier():

@@ -295,7 +295,7 @@ def test_the_cli_reports_a_failing_database_in_one_line(monkeypatch, capsys):
     assert cli.main(["report", "--study", "s"]) == 2
     assert capsys.readouterr().err == (
         "nas-asc: error: the study's database failed (OperationalError: database is locked); "
-        "run the command again once the database is free\n"
+        "run the command again once the database is free (not locked, its disk not full)\n"
     )
 
 
@@ -341,7 +341,13 @@ def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
 
     from optuna.study import _optimize
 
-    context, settings = _setup(tiny_search, tmp_path, "tell", 1)
+    from nas_asc.search.artifacts import open_artifact_store
+
+    artifacts = tmp_path / "artifacts"
+    store = open_artifact_store(artifacts)
+    context, settings = _setup(
+        tiny_search, tmp_path, "tell", 1, store=store, artifact_dir=artifacts
+    )
     prepare_study(context, settings, data_label="tiny").enqueue_trial({"model.fault": "none"})
     tell = _optimize._tell_with_warning
 
@@ -352,9 +358,14 @@ def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
             raise optuna.exceptions.StorageInternalError("An exception is raised") from exc
 
     monkeypatch.setattr(_optimize, "_tell_with_warning", full_disk_at_commit)
-    with pytest.raises(optuna.exceptions.StorageInternalError):
+    with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
         run_search(context, settings, data_label="tiny")
+    # the storage error keeps the driver's error under it: the one line the CLI prints says why
+    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
     stopped, queued = optuna.load_study(study_name="tell", storage=settings.storage).trials
+    # the stopped trial had uploaded its checkpoint and image: they went with it
+    assert sum(k.startswith("artifacts:") for k in stopped.system_attrs) == 2
+    assert list(artifacts.iterdir()) == []
     assert (stopped.state, queued.state) == (
         optuna.trial.TrialState.FAIL,
         optuna.trial.TrialState.WAITING,
@@ -364,5 +375,30 @@ def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
     )
 
     monkeypatch.setattr(_optimize, "_tell_with_warning", tell)
-    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    study = run_search(context, settings, data_label="tiny")
+    counts = trial_counts(study)
     assert (counts.done, counts.trained, counts.retried, counts.running) == (1, 1, 1, 0)
+    done = study.trials[1].user_attrs
+    assert {p.name for p in artifacts.iterdir()} == {
+        done["checkpoint_artifact"],
+        done["confusion_artifact"],
+    }
+
+
+def test_a_heartbeat_the_database_refuses_is_skipped_not_fatal(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread dies at its first failed write (printing a traceback) and
+    leaves a live trial without heartbeats; nas-asc's storage skips that beat instead."""
+    from nas_asc.search.study import open_storage
+
+    store = open_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat=1)
+    study = optuna.create_study(storage=store, study_name="hb")
+    trial = study.ask()
+    beats = []
+
+    def refused(self, trial_id):
+        beats.append(trial_id)
+        raise optuna.exceptions.StorageInternalError("database or disk is full")
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "record_heartbeat", refused)
+    store.record_heartbeat(trial._trial_id)  # no exception: the next beat follows
+    assert beats == [trial._trial_id]

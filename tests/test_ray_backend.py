@@ -246,6 +246,28 @@ def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
     assert queued.params == told.params and retry_history(queued) == [told.number]
     assert "was stopped by NotADirectoryError" in queued.user_attrs["requeued_after"]
 
+    # the storage refuses the finished trial's result (a full disk at the commit): the search
+    # stops with the driver's error and the trial is re-queued, not left running
+    import sqlite3
+
+    tell = study.tell
+
+    def full_at_commit(trial, values=None, **kwargs):
+        if values is None:
+            return tell(trial, values, **kwargs)
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as exc:
+            raise optuna.exceptions.StorageInternalError("An exception is raised") from exc
+
+    study.tell = full_at_commit
+    unsaved = _run_and_tell(Objective(context), study, study.ask())  # runs the re-queued copy
+    assert unsaved["state"] == "ERROR"
+    assert unsaved["error"] == "OperationalError: database or disk is full"
+    *_, told, requeued = study.get_trials()
+    assert told.number == queued.number and told.state == TrialState.FAIL
+    assert requeued.state == TrialState.WAITING and requeued.params == told.params
+
 
 # --- run_ray_search and the CLI: a real local Ray instance with two workers ---------------------
 

@@ -23,6 +23,7 @@ machines must share that folder (or pass the same ``--artifacts`` path on a shar
 
 from __future__ import annotations
 
+import contextlib
 import io
 import numbers
 import os
@@ -35,6 +36,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts.exceptions import ArtifactNotFound
 
 from nas_asc._cache import torch_save
 from nas_asc.errors import NasAscError
@@ -46,6 +48,7 @@ __all__ = [
     "calibration_indices",
     "default_artifact_dir",
     "open_artifact_store",
+    "remove_artifacts_of_failed_trials",
     "study_artifact_store",
     "save_checkpoint",
     "load_checkpoint",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "nas-asc-checkpoint/1"
+_ARTIFACT_ATTR = "artifacts:"  # Optuna's key prefix of a trial's artifact records
 
 
 def default_artifact_dir(storage: str, study_name: str) -> Path:
@@ -233,6 +237,68 @@ def _to_plain(value: Any) -> Any:
     return value
 
 
+class _Recorder:
+    """An artifact store that hands writes on to ``store`` and remembers what it wrote, so that
+    an upload that fails halfway (a full disk in the store or under the study's database)
+    takes its file back; a write that fails names the store's folder."""
+
+    def __init__(self, store: FileSystemArtifactStore, folder: str) -> None:
+        self.store, self.folder, self.written = store, folder, []
+
+    def write(self, artifact_id: str, content_body) -> None:
+        self.written.append(artifact_id)
+        try:
+            self.store.write(artifact_id, content_body)
+        except OSError as exc:
+            if exc.filename is None:  # shutil's copy names no file
+                raise OSError(exc.errno, exc.strerror, self.folder) from exc
+            raise
+
+    def take_back(self) -> None:
+        for artifact_id in self.written:
+            with contextlib.suppress(ArtifactNotFound, OSError):
+                self.store.remove(artifact_id)
+
+
+def _upload(trial: optuna.Trial, store: FileSystemArtifactStore, path: str, mimetype: str) -> str:
+    """:func:`optuna.artifacts.upload_artifact`, all or nothing: either the file is in the store
+    and the trial records it, or neither."""
+    recorder = _Recorder(store, str(getattr(store, "_base_path", "the artifact folder")))
+    try:
+        return upload_artifact(
+            artifact_store=recorder, file_path=path, study_or_trial=trial, mimetype=mimetype
+        )
+    except BaseException:
+        recorder.take_back()
+        raise
+
+
+def remove_artifacts_of_failed_trials(
+    study: optuna.Study, trials: Sequence[optuna.trial.FrozenTrial]
+) -> int:
+    """Delete the files of the artifacts that failed trials among ``trials`` uploaded: a trial
+    stopped after its upload (a full disk at its last write, a killed worker) is re-run as a new
+    trial that uploads its own, and nothing reads a failed trial's. Files already gone are fine;
+    a file that cannot be deleted is left (this is clean-up, never a reason to stop). Returns
+    the number of files deleted."""
+    ids = [
+        key.removeprefix(_ARTIFACT_ATTR)
+        for t in trials
+        if t.state == optuna.trial.TrialState.FAIL
+        for key in t.system_attrs
+        if key.startswith(_ARTIFACT_ATTR)
+    ]
+    folder = study.user_attrs.get("artifact_dir") if ids else None
+    if not folder:
+        return 0
+    store, removed = FileSystemArtifactStore(folder), 0
+    for artifact_id in ids:
+        with contextlib.suppress(ArtifactNotFound, OSError, ValueError):
+            store.remove(artifact_id)
+            removed += 1
+    return removed
+
+
 def _checkpoint_file(folder: str, number: int) -> str:
     """Where a trial's checkpoint is written before it is uploaded to the artifact store."""
     return os.path.join(folder, f"trial-{number}-checkpoint.pt")
@@ -247,12 +313,7 @@ def save_checkpoint(
     with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
         path = _checkpoint_file(tmp, trial.number)
         torch_save(payload, path)  # a full disk: OSError, the machine's fault, not the trial's
-        artifact_id = upload_artifact(
-            artifact_store=store,
-            file_path=path,
-            study_or_trial=trial,
-            mimetype="application/octet-stream",
-        )
+        artifact_id = _upload(trial, store, path, "application/octet-stream")
     trial.set_user_attr("checkpoint_artifact", artifact_id)
     return artifact_id
 
@@ -336,9 +397,7 @@ def save_confusion_image(
     with tempfile.TemporaryDirectory(prefix="nas-asc-cm-") as tmp:
         path = os.path.join(tmp, f"trial-{trial.number}-confusion.png")
         Path(path).write_bytes(png)
-        artifact_id = upload_artifact(
-            artifact_store=store, file_path=path, study_or_trial=trial, mimetype="image/png"
-        )
+        artifact_id = _upload(trial, store, path, "image/png")
     trial.set_user_attr("confusion_artifact", artifact_id)
     return artifact_id
 

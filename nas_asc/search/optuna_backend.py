@@ -226,7 +226,7 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
                 requeue_trial(study, objective.trial_id, _interruption(cause))
             if cause is exc:
                 raise
-            raise cause from None
+            raise cause from cause.__cause__  # its own cause kept: the driver's text is there
         streak.check()
 
 

@@ -62,7 +62,13 @@ from optuna.trial import TrialState
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
 from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
-from nas_asc.search.objective import Objective, SearchContext, TrialError, machine_error_text
+from nas_asc.search.objective import (
+    Objective,
+    SearchContext,
+    TrialError,
+    machine_error_in,
+    machine_error_text,
+)
 from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -542,8 +548,22 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
             return {**nan, "state": "FAIL", "error": "", "reason": reason}
         # the machine, the data or the storage: the search stops, the trial re-runs when it is
         # continued (as with the optuna backend)
-        error = machine_error_text(exc)
-        requeue_trial(study, trial._trial_id, f"was stopped by {error}")
-        return {**nan, "state": "ERROR", "error": error}
-    study.tell(trial, list(values))
+        return _stopped(study, trial, exc)
+    try:
+        study.tell(trial, list(values))
+    except Exception as exc:  # the storage refusing the result (a full disk at the commit)
+        cause = machine_error_in(exc)
+        if cause is None:
+            raise
+        return _stopped(study, trial, cause)
     return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}
+
+
+def _stopped(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> dict:
+    """The Ray result of a trial that an error of the machine, the data or the storage stopped:
+    the trial is re-queued (or, if the storage refuses that too, left to its stale heartbeat)
+    and the driver stops the search with ``error``."""
+    error = machine_error_text(exc)
+    requeue_trial(study, trial._trial_id, f"was stopped by {error}")
+    nan = {name: math.nan for name in OBJECTIVE_NAMES}
+    return {**nan, "state": "ERROR", "error": error}

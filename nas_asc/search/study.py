@@ -277,6 +277,22 @@ def _advisory_lock(url: str, key: int) -> Iterator[None]:
         engine.dispose()
 
 
+class _Storage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeats outlive a write the database refuses.
+
+    Optuna beats in a thread of its own that dies at the first failed write (a locked database,
+    a full disk), printing its traceback, and leaves the trial without heartbeats although its
+    worker lives on. Here a failed beat is skipped: the next one follows an interval later, and
+    the trial's own next write meets the same failure and stops the search in one line.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except optuna.exceptions.StorageInternalError as exc:
+            _LOG.debug("heartbeat of trial %s not recorded: %r", trial_id, exc)
+
+
 def open_storage(
     url: str, heartbeat: int | None = None, max_retry: int = 2
 ) -> optuna.storages.RDBStorage:
@@ -321,7 +337,7 @@ def open_storage(
     try:
         with warnings.catch_warnings(), _advisory_lock(url, _SCHEMA_LOCK_KEY):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(str(url), engine_kwargs=engine_kwargs, **kwargs)
+            return _Storage(str(url), engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as exc:
         raise NasAscError(
             f"cannot open study storage {safe_url(url)}: {exc}; install the database driver "
@@ -661,7 +677,10 @@ def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
     """Count the study's trials by outcome (a re-queued crash counts once, as its retry)."""
-    trials = study.get_trials(deepcopy=False)
+    return _count(study.get_trials(deepcopy=False))
+
+
+def _count(trials: list[optuna.trial.FrozenTrial]) -> TrialCounts:
     retried_numbers = {n for t in trials for n in retry_history(t)}
     counts = dict.fromkeys(
         ("trained", "infeasible", "pruned", "failed", "retried", "running", "waiting"), 0
@@ -732,14 +751,20 @@ def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None
                 },
             )
         )
-        return max(t.number for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
     except Exception as exc:  # the storage refusing writes: the heartbeat path takes over
         _LOG.debug("could not re-queue trial %s: %r", trial_id, exc)
         return None
+    from nas_asc.search.artifacts import remove_artifacts_of_failed_trials
+
+    with contextlib.suppress(Exception):  # clean-up (room on a full disk), never a reason to stop
+        remove_artifacts_of_failed_trials(study, [t for t in trials if t._trial_id == trial_id])
+    return max(t.number for t in trials)
 
 
 def fail_stale_trials(study: optuna.Study) -> TrialCounts:
-    """Fail and re-queue the trials of dead workers (stale heartbeats), then count.
+    """Fail and re-queue the trials of dead workers (stale heartbeats), delete the artifact
+    files of failed trials, then count.
 
     A trial is running from the moment Optuna starts it, but its heartbeat thread beats only
     once its parameters are sampled; a worker killed in between leaves a trial that Optuna
@@ -752,7 +777,11 @@ def fail_stale_trials(study: optuna.Study) -> TrialCounts:
         # Optuna flags its heartbeat and retry helpers experimental; they are stable since 3.0
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    return trial_counts(study)
+    from nas_asc.search.artifacts import remove_artifacts_of_failed_trials
+
+    trials = study.get_trials(deepcopy=False)
+    remove_artifacts_of_failed_trials(study, trials)  # a killed trial's; its retry makes its own
+    return _count(trials)
 
 
 def _beat_for_unbeaten_trials(study: optuna.Study) -> None:
