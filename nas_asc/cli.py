@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials",
         type=_positive_int,
         default=DEFAULT_TRIALS,
-        help=f"finished trials the study should reach (default: {DEFAULT_TRIALS})",
+        help="trained candidates the study should reach; proposals over budget are rejected "
+        f"untrained and do not count (default: {DEFAULT_TRIALS})",
     )
     p.add_argument("--timeout", type=_positive_float, help="stop starting trials after SECONDS")
     p.add_argument(
@@ -616,8 +617,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if runs > 1:
         timing += f" over {runs} runs (this one {format_duration(this_run)})"
     print(
-        f"\n{n.done} trials ({n.trained} trained, {n.infeasible} over budget, {n.pruned} "
-        f"stopped early, {n.failed} failed{retried}) in {timing}\n"
+        f"\n{n.done} trials ({n.trained} trained, {n.pruned} stopped early, {n.failed} "
+        f"failed{retried}; {n.infeasible} proposals over budget rejected untrained) in "
+        f"{timing}\n"
         f"study:   {safe_url(storage)} (study {study_name!r})\n"
         f"reports: {paths.index_html}\n"
         f"         {paths.pareto_html}\n"

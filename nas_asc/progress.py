@@ -40,7 +40,8 @@ class TrialReport:
         state: ``trained``, ``infeasible``, ``pruned`` or ``failed``.
         params: the searched dimensions' values (dotted names), nothing fixed.
         summary: the outcome in words (accuracy and complexity, or the reason).
-        done: finished trials of the study, this one included.
+        done: trials of the study that count towards ``--trials``, this one included (a
+            rejected over-budget proposal does not count); -1 when it could not be read.
     """
 
     number: int
@@ -189,7 +190,7 @@ class ConsoleReporter(Reporter):
 
     def trial_finished(self, report: TrialReport) -> None:
         where = ""
-        if self.total and report.done > 0:  # 0: the count could not be read
+        if self.total and report.done >= 0:  # -1: the count could not be read
             where = f" [{min(report.done, self.total)}/{self.total}]"
         timing = ""
         if self._started is not None:

@@ -2,8 +2,9 @@
 
 The same small search runs on every backend of :data:`~nas_asc.search.backend.BACKENDS` (and on
 the optuna backend's parallel workers when a PostgreSQL server is given): first two trials, a
-candidate over budget and one whose config its recipe refuses (failed, the study goes on), then
-continued to four, so that two trials are sampled and trained after a resume. Every backend must
+candidate over budget (rejected untrained, not counted) and one whose config its recipe refuses
+(failed, the study goes on), then continued to four, so that sampled trials, some over budget,
+run before and after a resume. Every backend must
 leave the same records as the one-process reference: trial numbers, states, parameters,
 objectives, statuses, reasons and the measured figures, bit for bit (one thread per trial, so the
 float rounding is the same wherever a trial runs).
@@ -43,7 +44,9 @@ SPACE = {
 }
 OVER_BUDGET = {"model.width": 4.0, "model.dropout": 0.1, "train.batch_size": 32}
 REFUSED = {"model.width": 0.5, "model.dropout": 0.1, "train.batch_size": 1}
-SEED = 28  # a study seed whose two sampled trials are trainable (width <= 1, batch 32)
+# a study seed whose sampled trials mix proposals over budget (rejected, uncounted) with
+# trainable ones, before and after the resume
+SEED = 17
 # wall-clock times, where a trial ran, artifact ids: the only attributes allowed to differ
 _CLOCK = ("seconds", "time", "worker", "datetime", "artifact", "accel")
 
@@ -105,7 +108,16 @@ def _search(
         reporter=reporter,
     )
     settings = SearchSettings(
-        study, storage, n_trials=n_trials, seed=SEED, pruner="none", workers=workers, threads=1
+        study,
+        storage,
+        n_trials=n_trials,
+        seed=SEED,
+        # every trial of this study a random one: what TPE proposes depends on the trials
+        # finished when it asks, which differs between one process and parallel workers
+        sampler="tpe:n_startup_trials=10",
+        pruner="none",
+        workers=workers,
+        threads=1,
     )
     if n_trials == 2:
         created = open_study(study, storage, create=True)
@@ -128,29 +140,34 @@ def reference(tiny_search, tmp_path_factory):
 def test_the_reference_search_fails_one_trial_and_goes_on(reference):
     records, first, second = reference
     states = [(r[1], r[4]["status"]) for r in records]
-    assert states == [
+    # proposals over budget are rejected untrained and take no slot: the first search (2
+    # trials) runs on to its second counted trial, the continued one (4) to its fourth
+    infeasible, failed, trained = (
         (TrialState.COMPLETE, "infeasible"),
         (TrialState.FAIL, "failed"),
         (TrialState.COMPLETE, "trained"),
-        (TrialState.COMPLETE, "trained"),
-    ]
+    )
+    assert states == [infeasible, failed, failed, infeasible, infeasible, trained, trained]
     assert "batch_size" in records[1][4]["fail_reason"]
     assert records[0][4]["infeasible_reason"] == (
         "725,578 parameter bytes > 128,000; 181,415,402 MACs > 30,000,000"
     )
     # the reporter heard every trial, with the searched values and the study's count
     assert [(t.number, t.state, t.done) for t in first.trials()] == [
-        (0, "infeasible", 1),
-        (1, "failed", 2),
+        (0, "infeasible", 0),
+        (1, "failed", 1),
+        (2, "failed", 2),
     ]
     assert [(t.number, t.state, t.done) for t in second.trials()] == [
-        (2, "trained", 3),
-        (3, "trained", 4),
+        (3, "infeasible", 2),
+        (4, "infeasible", 2),
+        (5, "trained", 3),
+        (6, "trained", 4),
     ]
     assert second.events[0] == ("search_started", {"total": 4, "done": 2})
     assert set(first.trials()[0].params) == {"model.width", "model.dropout", "train.batch_size"}
     assert [e for e in second.events if e[0] == "epoch"][0][1] == {
-        "number": 2,
+        "number": 5,
         "epoch": 1,
         "epochs": 1,
     }

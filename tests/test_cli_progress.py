@@ -62,17 +62,24 @@ TRIAL_LINE = re.compile(
 def test_each_trial_is_one_line_with_its_searched_values_count_elapsed_and_eta(runs):
     out = runs[0].stdout.splitlines()
     lines = [m for m in map(TRIAL_LINE.match, out) if m]
-    assert [int(m.group(2)) for m in lines] == [1, 2, 3], out
-    assert sorted(int(m.group(1)) for m in lines) == [0, 1, 2]
+    assert sorted(int(m.group(1)) for m in lines) == list(range(len(lines))), out
+    rejected = [m.group(4).startswith("over budget") for m in lines]
+    # --trials 3: three trained; a proposal over budget is rejected and takes no slot, so its
+    # line repeats the count before it
+    assert [int(m.group(2)) for m, r in zip(lines, rejected, strict=True) if not r] == [1, 2, 3], (
+        out
+    )
+    counts = [0] + [int(m.group(2)) for m in lines]
+    assert all(counts[i + 1] == counts[i] for i, r in enumerate(rejected) if r), out
     # an ETA once a trial that took time has finished (an over-budget one takes none), and
     # none after the last trial
-    took_time = [not m.group(4).startswith("over budget") for m in lines]
+    took_time = [not r for r in rejected]
     expected = [any(took_time[: i + 1]) for i in range(len(lines))]
     expected[-1] = False
     assert [m.group(6) is not None for m in lines] == expected
     for m in lines:
         summary = m.group(4)
-        if m.group(3) == "4.0":  # the widest CNN is over budget: counted, never trained
+        if m.group(3) == "4.0":  # the widest CNN is over budget: recorded, never trained
             assert summary.startswith("over budget (") and summary.endswith("not trained")
         else:
             assert re.fullmatch(

@@ -290,7 +290,8 @@ def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path
     assert study.user_attrs["space"] == "tiny-ray" and study.user_attrs["data"] == "tiny"
     assert study.user_attrs["budget"] == DEFAULT_BUDGET.to_dict()
     trials = study.get_trials()
-    assert [t.number for t in trials] == [0, 1, 2, 3]
+    # the over-budget proposal is rejected untrained and takes no slot: four trained
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     over = trials[0]
     assert over.user_attrs["status"] == "infeasible" and over.params == OVER_BUDGET
@@ -306,11 +307,11 @@ def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path
 
     paths = write_report(study, tmp_path / "report")
     assert paths.index_html.is_file() and paths.pareto_csv.is_file()
-    assert len(paths.trials_csv.read_text().strip().splitlines()) == 1 + 4
+    assert len(paths.trials_csv.read_text().strip().splitlines()) == 1 + 5
 
     # re-running continues to the trial count: nothing left to do, so Ray is not even started
     again = run_ray_search(context, settings, "tiny")
-    assert len(again.get_trials()) == 4 and not ray.is_initialized()
+    assert len(again.get_trials()) == 5 and not ray.is_initialized()
 
 
 @pytest.fixture()
@@ -333,7 +334,10 @@ def test_cli_ray_backend_continues_a_study_the_optuna_backend_began(
     ray_args = ["--trials", "3", "--backend", "ray", "--workers", "2"]
     assert main(["-q", "search", *common, *ray_args]) == 0
     out = capsys.readouterr().out
-    assert "3 trials (3 trained, 0 over budget, 0 stopped early, 0 failed)" in out
+    assert (
+        "3 trials (3 trained, 0 stopped early, 0 failed; 0 proposals over budget rejected "
+        "untrained)" in out
+    )
 
     study = optuna.load_study(study_name="tiny-ray-cli", storage="sqlite:///s.db")
     trials = study.get_trials()

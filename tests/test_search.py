@@ -150,3 +150,72 @@ def test_a_candidate_that_cannot_be_pruned_into_budget_is_never_trained(tiny_sea
     assert a["status"] == "infeasible"
     assert "even pruned to 4 filters per layer" in a["infeasible_reason"]
     assert a["prune_floor"]["param_bytes"] == 12_010
+
+
+WIDE = 96  # TF-SepNet at width 96 is over the 128,000-byte budget
+
+
+def test_over_budget_proposals_take_no_slot_of_trials(context, tmp_path):
+    """``--trials 2`` means two trained candidates: the proposals over budget before them are
+    recorded (complexity, constraints) but not counted."""
+    from nas_asc.search.study import prepare_study, trial_counts
+
+    wide = {**TINY_SPACE["dimensions"], "model.width": {"type": "int", "low": 8, "high": WIDE}}
+    context.space = SearchSpace.from_dict({**TINY_SPACE, "dimensions": wide})
+    settings = SearchSettings("slots", f"sqlite:///{tmp_path / 's.db'}", n_trials=2, pruner="none")
+    study = prepare_study(context, settings, data_label="tiny")
+    for width in (WIDE, WIDE, 8, WIDE, 8):
+        study.enqueue_trial({"model.width": width, "train.epochs": 1, "train.kd_lambda": 0.1})
+    study = run_search(context, settings, data_label="tiny")
+    statuses = [t.user_attrs["status"] for t in study.trials]
+    assert statuses == ["infeasible", "infeasible", "trained", "infeasible", "trained"]
+    counts = trial_counts(study)
+    assert (counts.done, counts.trained, counts.infeasible) == (2, 2, 3)
+    assert all(study.trials[i].constraints["param_bytes"] > 0 for i in (0, 1, 3))
+
+
+def test_a_space_that_never_fits_stops_after_max_rejections_naming_the_smallest(
+    context, tmp_path, monkeypatch
+):
+    import nas_asc.search.objective as objective
+    from nas_asc.errors import NasAscError
+
+    def boom(*args, **kwargs):
+        raise AssertionError("an over-budget candidate must not be trained")
+
+    monkeypatch.setattr(objective, "train", boom)
+    context.budget = parse_budget("bytes=1000")
+    settings = SearchSettings(
+        "never", f"sqlite:///{tmp_path / 'n.db'}", n_trials=3, pruner="none", max_rejections=4
+    )
+    with pytest.raises(NasAscError) as raised:
+        run_search(context, settings, data_label="tiny")
+    study = optuna.load_study(study_name="never", storage=settings.storage)
+    assert len(study.trials) == 4  # the streak, then nothing more
+    smallest = min(
+        study.trials,
+        key=lambda t: max(t.user_attrs["param_bytes"] / 1000, t.user_attrs["macs"] / 30e6),
+    )
+    assert str(raised.value) == (
+        "4 proposals in a row were over budget (1,000 parameter bytes, 30,000,000 MACs); the "
+        f"smallest had {smallest.user_attrs['param_bytes']:,} parameter bytes and "
+        f"{smallest.user_attrs['macs']:,} MACs: narrow the space to smaller models or raise "
+        "--budget; the study keeps every finished trial"
+    )
+
+
+def test_the_rejection_streak_restarts_at_a_trained_trial():
+    from nas_asc.search.backend import RejectionStreak
+
+    def trial(status, n_bytes=0, macs=0):
+        attrs = {"status": status, "param_bytes": n_bytes, "macs": macs}
+        return optuna.trial.create_trial(values=[0.0, 1.0, 1.0], user_attrs=attrs)
+
+    streak = RejectionStreak(2, parse_budget("bytes=1000,macs=1M"))
+    streak.record(trial("infeasible", 1500, 10))
+    streak.check()
+    streak.record(trial("trained", 500, 10))
+    streak.record(trial("infeasible", 3000, 10))  # share 3.0
+    streak.record(trial("infeasible", 900, 2_000_000))  # share 2.0: the smallest
+    with pytest.raises(Exception, match="the smallest had 900 parameter bytes and 2,000,000 MACs"):
+        streak.check()

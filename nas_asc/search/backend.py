@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "FailureStreak",
+    "RejectionStreak",
     "SearchBackend",
     "already_done",
     "create_backend",
@@ -134,10 +135,56 @@ def already_done(counts: TrialCounts, settings: SearchSettings, reporter: Report
     if counts.done < settings.n_trials or counts.waiting:
         return False
     reporter.message(
-        f"study {settings.study_name!r} already has {counts.done} finished trials "
-        f"(asked for {settings.n_trials}); raise --trials to run more"
+        f"study {settings.study_name!r} already has {counts.done} trials (asked for "
+        f"{settings.n_trials}; proposals over budget do not count); raise --trials to run more"
     )
     return True
+
+
+class RejectionStreak:
+    """Counts over-budget proposals in a row; :meth:`check` stops the search at ``limit``.
+
+    A proposal over budget is rejected in milliseconds, untrained, and takes no slot of
+    ``--trials``; a space whose candidates almost never fit would propose for ever. The error
+    names the smallest candidate the streak saw (closest to fitting) and the limits.
+    """
+
+    def __init__(self, limit: int, budget) -> None:
+        self.limit = limit
+        self.budget = budget
+        self.count = 0
+        self.smallest: tuple[float, int, int] | None = None  # (largest share, bytes, MACs)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Optuna callback: record the finished trial's outcome."""
+        self.record(trial)
+
+    def record(self, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.user_attrs.get("status") != "infeasible":
+            if trial.state.is_finished():
+                self.count = 0
+                self.smallest = None
+            return
+        self.count += 1
+        n_bytes, macs = trial.user_attrs.get("param_bytes"), trial.user_attrs.get("macs")
+        if isinstance(n_bytes, int) and isinstance(macs, int):
+            share = max(n_bytes / self.budget.max_param_bytes, macs / self.budget.max_macs)
+            if self.smallest is None or share < self.smallest[0]:
+                self.smallest = (share, n_bytes, macs)
+
+    def check(self) -> None:
+        """Raise ``NasAscError`` once ``limit`` proposals in a row were over budget."""
+        if self.count < self.limit:
+            return
+        smallest = ""
+        if self.smallest is not None:
+            _, n_bytes, macs = self.smallest
+            smallest = f"; the smallest had {n_bytes:,} parameter bytes and {macs:,} MACs"
+        raise NasAscError(
+            f"{self.count} proposals in a row were over budget ({self.budget.max_param_bytes:,} "
+            f"parameter bytes, {self.budget.max_macs:,} MACs){smallest}: narrow the space to "
+            "smaller models or raise --budget; the study keeps every finished trial"
+        )
 
 
 class FailureStreak:

@@ -368,9 +368,10 @@ class Objective:
         dims = self.ctx.space.dimensions
         params = {d.name: trial.params[d.name] for d in dims if d.name in trial.params}
         try:
-            done = _done_count(trial) + 1  # this trial is still running in the storage
+            # this trial is still running in the storage; a rejected proposal does not count
+            done = _done_count(trial) + (state != "infeasible")
         except Exception:  # the storage itself failing: the line still goes out, uncounted
-            done = 0
+            done = -1
         self.ctx.reporter.trial_finished(TrialReport(trial.number, state, params, summary, done))
 
     def _epoch_callback(self, trial: optuna.Trial, candidate: Candidate, eval_set: FeatureSet):

@@ -24,7 +24,13 @@ from collections.abc import Iterator
 import optuna
 
 from nas_asc.errors import NasAscError, sigterm_as_interrupt
-from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
+from nas_asc.search.backend import (
+    BACKENDS,
+    FailureStreak,
+    RejectionStreak,
+    SearchBackend,
+    already_done,
+)
 from nas_asc.search.objective import (
     Objective,
     SearchContext,
@@ -165,9 +171,12 @@ def optimize(
     """
     objective = Objective(context, settings.pruner)
     study.sampler = TrialSeededSampler(settings.sampler, settings.seed)
-    streak = FailureStreak(settings.max_failures)
+    streaks = (
+        FailureStreak(settings.max_failures),
+        RejectionStreak(settings.max_rejections, context.budget),
+    )
     with _failed_trial_logs_dropped(), settings.thread_options():
-        _optimize_loop(study, objective, settings, streak, stop)
+        _optimize_loop(study, objective, settings, streaks, stop)
 
 
 class _DropFailedTrialLogs(logging.Filter):
@@ -192,7 +201,7 @@ def _failed_trial_logs_dropped() -> Iterator[None]:
             handler.removeFilter(drop)
 
 
-def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> None:
+def _optimize_loop(study, objective, settings: SearchSettings, streaks, stop) -> None:
     started = time.monotonic()
     while stop is None or not stop.is_set():
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
@@ -212,7 +221,7 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
                 objective,
                 n_trials=1,
                 catch=(TrialError,),  # the trial is failed with its reason; the study goes on
-                callbacks=[streak],
+                callbacks=list(streaks),
                 gc_after_trial=True,
             )
         except BaseException as exc:
@@ -227,7 +236,8 @@ def _optimize_loop(study, objective, settings: SearchSettings, streak, stop) -> 
             if cause is exc:
                 raise
             raise cause from cause.__cause__  # its own cause kept: the driver's text is there
-        streak.check()
+        for streak in streaks:
+            streak.check()
 
 
 def _interruption(exc: BaseException) -> str:

@@ -59,9 +59,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas_asc.budget import DEFAULT_BUDGET, Budget
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
-from nas_asc.search.backend import BACKENDS, FailureStreak, SearchBackend, already_done
+from nas_asc.search.backend import (
+    BACKENDS,
+    FailureStreak,
+    RejectionStreak,
+    SearchBackend,
+    already_done,
+)
 from nas_asc.search.objective import (
     Objective,
     SearchContext,
@@ -185,7 +192,7 @@ def run_ray_search(
     searcher = None
     try:
         searcher = _searcher_class(optuna_search_cls)(
-            study, context.space, settings, context.reporter
+            study, context.space, settings, context.reporter, context.budget
         )
         with (
             tempfile.TemporaryDirectory(prefix="nas-asc-ray-", ignore_cleanup_errors=True) as tmp,
@@ -351,6 +358,7 @@ def _searcher_class(optuna_search_cls: type) -> type:
             space: SearchSpace,
             settings: SearchSettings,
             reporter: Reporter | None = None,
+            budget: Budget = DEFAULT_BUDGET,
         ):
             # a storage without heartbeat settings: the driver asks, workers write heartbeats
             self._store = open_storage(settings.storage)
@@ -376,6 +384,7 @@ def _searcher_class(optuna_search_cls: type) -> type:
             self._numbers: dict[str, int] = {}  # Ray trial id -> Optuna trial number
             self.stop_reason = ""  # set when a trial hits an error that stops the search
             self._streak = FailureStreak(settings.max_failures)
+            self._rejections = RejectionStreak(settings.max_rejections, budget)
             self._next_poll = 0.0
 
         def suggest(self, trial_id: str):
@@ -433,8 +442,13 @@ def _searcher_class(optuna_search_cls: type) -> type:
             self._sampler.forget(number)  # the trainable told the outcome, not this sampler
             trial_id_ = self._trial_id(number)
             frozen = self._store.get_trial(trial_id_)
-            if frozen.state.is_finished():
-                return  # the trainable told the outcome
+            if frozen.state.is_finished():  # the trainable told the outcome
+                self._rejections.record(frozen)
+                try:
+                    self._rejections.check()
+                except NasAscError as exc:
+                    self.stop_reason = self.stop_reason or str(exc)
+                return
             _orphaned(self._study, self._store, trial_id_, frozen, self._settings.max_retry)
             self._reporter.message(
                 f"trial {frozen.number}: its Ray worker stopped before the trial finished (node "

@@ -27,7 +27,8 @@ class SearchSettings:
 
     study_name: str
     storage: str
-    n_trials: int  # finished trials the study should reach (retried crashes do not count)
+    n_trials: int  # trained candidates the study should reach (over-budget proposals and
+    # retried crashes do not count)
     timeout: float | None = None  # stop starting trials after this many seconds
     seed: int = 0  # study seed; every trial's sampler and training seeds derive from it
     artifact_dir: str | None = None  # checkpoint/image artifact store; None: keep no artifacts
@@ -38,6 +39,7 @@ class SearchSettings:
     # HEARTBEAT_GRACE x heartbeat seconds belongs to a dead worker and is re-queued
     max_retry: int = 2  # times a trial of a dead worker is re-queued before it stays failed
     max_failures: int = 10  # failed trials in a row that stop the search
+    max_rejections: int = 200  # over-budget proposals in a row that stop the search
     artifact_dir_explicit: bool = True  # False: artifact_dir is only the default folder, and a
     # study that records another one keeps it (workers started from other working folders)
     threads: int | None = None  # torch threads per trial; None: the trial's share of the cores
@@ -61,6 +63,8 @@ class SearchSettings:
             raise NasAscError(f"heartbeat must be >= 1 second, got {self.heartbeat}")
         if self.max_failures < 1:
             raise NasAscError(f"max_failures must be >= 1, got {self.max_failures}")
+        if self.max_rejections < 1:
+            raise NasAscError(f"max_rejections must be >= 1, got {self.max_rejections}")
 
     def thread_options(self):
         """The training's thread options for the ``with`` block of a worker running trials."""

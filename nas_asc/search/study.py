@@ -655,7 +655,7 @@ class TrialCounts:
     """Where a study stands; ``done`` is what counts towards ``--trials``."""
 
     trained: int
-    infeasible: int
+    infeasible: int  # over-budget proposals, rejected untrained: not counted in ``done``
     pruned: int
     failed: int  # failed for good (an error in the trial, or a dead worker's trial out of retries)
     retried: int  # abandoned by a dead worker and re-queued: not counted, their retry is
@@ -664,7 +664,10 @@ class TrialCounts:
 
     @property
     def done(self) -> int:
-        return self.trained + self.infeasible + self.pruned + self.failed
+        """Trials that count towards ``--trials``: the candidates that trained (to the end,
+        stopped early, or failing). Over-budget proposals are recorded but cost no training
+        and do not count."""
+        return self.trained + self.pruned + self.failed
 
 
 def retry_history(trial: optuna.trial.FrozenTrial) -> list[int]:
