@@ -659,7 +659,7 @@ def cmd_complexity(args: argparse.Namespace) -> int:
     shape = parse_input_shape(args.input)
     model = create_model(args.model, **_parse_set(args.set))
     try:
-        c = count(model, shape, budget.weight_dtype)
+        c = count(model, shape, budget.weight_dtype, activations=True)
     except RuntimeError as exc:  # the model cannot run on that input (a pooling output below 1)
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise NasAscError(
@@ -667,7 +667,8 @@ def cmd_complexity(args: argparse.Namespace) -> int:
             "CxFxT, e.g. 1x128x44"
         ) from None
     if args.json:
-        print(json.dumps({"params": c.params, "param_bytes": c.param_bytes, "macs": c.macs}))
+        figures = {"params": c.params, "param_bytes": c.param_bytes, "macs": c.macs}
+        print(json.dumps({**figures, "peak_activation_bytes": c.peak_activation_bytes}))
         return 0
     violations = budget.violations(c)
     verdict = "within budget" if not violations else "OVER budget: " + "; ".join(violations)
@@ -676,9 +677,16 @@ def cmd_complexity(args: argparse.Namespace) -> int:
         f"  parameters       {c.params:>12,}\n"
         f"  parameter bytes  {c.param_bytes:>12,}  (limit {budget.max_param_bytes:,})\n"
         f"  MACs             {c.macs:>12,}  (limit {budget.max_macs:,})\n"
+        f"  peak activations {_peak_text(c.peak_activation_bytes)}\n"
         f"  {verdict} ({budget.name})"
     )
     return 0
+
+
+def _peak_text(peak: int | None) -> str:
+    if peak is None:
+        return f"{'—':>12}  (the model cannot be traced with torch.fx)"
+    return f"{peak:>12,}  (int8 bytes alive at once)"
 
 
 def cmd_data(args: argparse.Namespace) -> int:

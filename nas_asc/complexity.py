@@ -54,6 +54,8 @@ class Complexity:
     param_bytes: int  # bytes of all parameters at their deployed dtype
     macs: int  # multiply-accumulates for one inference (DCASE rule)
     input_shape: tuple[int, ...]  # the input the count was measured on (batch first)
+    # int8 activation bytes alive at once at the peak (nas_asc.memory); None: not counted
+    peak_activation_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +166,10 @@ def _param_bytes(model: nn.Module, weight_bytes: int) -> int:
 
 
 def count(
-    model: nn.Module, input_shape: str | Sequence[int], weight_dtype: str = "int8"
+    model: nn.Module,
+    input_shape: str | Sequence[int],
+    weight_dtype: str = "int8",
+    activations: bool = False,
 ) -> Complexity:
     """Count parameters, parameter bytes and MACs of ``model`` under the DCASE rule.
 
@@ -173,6 +178,9 @@ def count(
         input_shape: the shape the model sees after the front end, e.g. ``(1, 128, 44)``.
         weight_dtype: dtype of quantized weights when deployed: ``int8``, ``float16`` or
             ``float32``.
+        activations: also count ``peak_activation_bytes``, the int8 activation memory the
+            inference needs at once (:func:`nas_asc.memory.peak_activation_bytes`; a trace and
+            one more forward pass, about a third of the count's time).
 
     Returns:
         A :class:`Complexity`.
@@ -200,9 +208,15 @@ def count(
             macs = int(analysis.total())
     finally:
         model.train(was_training)
+    peak = None
+    if activations:
+        from nas_asc.memory import peak_activation_bytes
+
+        peak = peak_activation_bytes(model, shape)
     return Complexity(
         params=params,
         param_bytes=_param_bytes(model, DTYPE_BYTES[weight_dtype]),
         macs=macs,
         input_shape=shape,
+        peak_activation_bytes=peak,
     )

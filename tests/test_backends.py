@@ -74,7 +74,12 @@ def _records(study) -> list[tuple]:
 
 
 def _cases() -> list:
-    cases = [pytest.param(name, 1, False, id=name) for name in list_backends()]
+    # Ray starts a local cluster (half a minute on 2 cores): with the slow tests, which also
+    # run a two-worker Ray search (tests/test_ray_backend.py)
+    cases = [
+        pytest.param(name, 1, False, id=name, marks=[pytest.mark.slow] if name == "ray" else [])
+        for name in list_backends()
+    ]
     cases.append(pytest.param("optuna", 2, True, id="optuna-2-workers-postgresql"))
     return cases
 

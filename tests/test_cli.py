@@ -26,7 +26,13 @@ def run(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
 def test_complexity_json_reproduces_the_report_c40_count():
     r = run("complexity", "tfsepnet", "--set", "width=40", "--input", "1x128x44", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout) == {"params": 54270, "param_bytes": 57510, "macs": 10220340}
+    assert json.loads(r.stdout) == {
+        "params": 54270,
+        "param_bytes": 57510,
+        "macs": 10220340,
+        # the stem's 80 x 64 x 22 output and the AdaResNorm (deployed in float) output beside it
+        "peak_activation_bytes": 2 * 80 * 64 * 22,
+    }
 
 
 def test_complexity_text_says_whether_it_fits():

@@ -272,7 +272,7 @@ def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
 # --- run_ray_search and the CLI: a real local Ray instance with two workers ---------------------
 
 
-@pytest.mark.slow  # a local Ray instance with two workers; tests/test_backends.py runs Ray fast
+@pytest.mark.slow  # a local Ray instance with two workers (as the Ray case of test_backends.py)
 def test_ray_search_fills_the_same_study_as_the_optuna_backend(context, tmp_path):
     import ray
 

@@ -61,6 +61,7 @@ def _trained(
         "params": param_bytes,
         "param_bytes": param_bytes,
         "macs": macs,
+        "peak_activation_bytes": 4 * param_bytes,
         "feasible": True,
         "fp32_accuracy": acc + 0.01,
         "int8_accuracy": acc,
@@ -145,6 +146,7 @@ def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
         "macs",
         "param_bytes",
         "params",
+        "peak_activation_bytes",
         "seen_accuracy",
         "unseen_accuracy",
         "int8_log_loss",
@@ -161,6 +163,8 @@ def test_trials_frame_columns_and_values(study: optuna.Study) -> None:
     assert row["int8_accuracy"] == pytest.approx(0.55)
     assert row["fp32_accuracy"] == pytest.approx(0.56)
     assert row["macs"] == 10_220_340 and row["param_bytes"] == 57_500
+    assert row["peak_activation_bytes"] == 4 * 57_500
+    assert pd.isna(frame.set_index("trial").loc[4]["peak_activation_bytes"])  # not recorded
     assert row["acc_a"] == pytest.approx(0.55) and row["acc_s6"] == pytest.approx(0.542)
     assert row["model.width"] == 40 and row["model.block"] == "tfsep"
 

@@ -136,6 +136,14 @@ def test_an_over_budget_prunable_candidate_is_trained_pruned_and_recorded_pruned
     assert t.values[2] == a["param_bytes"] and t.values[1] == a["macs"]
     assert all(v <= 0 for v in t.constraints.values())
     assert any(h.get("phase") == "finetune" for h in a["history"])
+    # the activation memory recorded is the pruned network's
+    from nas_asc.memory import peak_activation_bytes
+    from nas_asc.models import create_model
+
+    pruned = create_model("cnn", **a["config"]["model"])
+    for layer, kept in a["pruning"]["filters_after"].items():
+        pruned.prune_filters(layer, torch.arange(kept))
+    assert a["peak_activation_bytes"] == peak_activation_bytes(pruned, (1, 1, 32, 8)) > 0
 
 
 def test_a_candidate_that_cannot_be_pruned_into_budget_is_never_trained(tiny_search, monkeypatch):

@@ -47,7 +47,7 @@ __all__ = [
 
 DEVICES = ("a", "b", "c", "s1", "s2", "s3", "s4", "s5", "s6")
 
-_INT_COLUMNS = ("macs", "param_bytes", "params")
+_INT_COLUMNS = ("macs", "param_bytes", "params", "peak_activation_bytes")
 _FLOAT_COLUMNS = (
     "int8_accuracy",
     "fp32_accuracy",
@@ -73,6 +73,7 @@ _BASE_COLUMNS = (
     "macs",
     "param_bytes",
     "params",
+    "peak_activation_bytes",
     "seen_accuracy",
     "unseen_accuracy",
     "int8_log_loss",
@@ -181,7 +182,9 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
     Returns:
         Columns ``trial``, ``state``, ``status``, ``feasible``, ``int8_accuracy``,
-        ``fp32_accuracy``, ``macs``, ``param_bytes``, ``params``, ``seen_accuracy``,
+        ``fp32_accuracy``, ``macs``, ``param_bytes``, ``params``, ``peak_activation_bytes``
+        (int8 activation bytes alive at once; missing in studies of earlier versions),
+        ``seen_accuracy``,
         ``unseen_accuracy``, ``int8_log_loss``, ``train_seconds``, ``acc_<device>`` (devices
         a, b, c, s1..s6, then any others; these are the validation figures), the test-fold
         figures ``test_int8_accuracy``, ``test_fp32_accuracy``, ``test_seen_accuracy``,

@@ -27,10 +27,11 @@ import optuna
 import torch
 
 from nas_asc.budget import Budget
-from nas_asc.complexity import Complexity, count
+from nas_asc.complexity import Complexity, count, parse_input_shape
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
 from nas_asc.errors import DatasetError
+from nas_asc.memory import peak_activation_bytes
 from nas_asc.models._registry import get_model_revision
 from nas_asc.progress import ConsoleReporter, Reporter, TrialReport, format_bytes, format_macs
 from nas_asc.search.artifacts import (
@@ -249,7 +250,7 @@ class Objective:
         torch.manual_seed(seed)
         model = _build(ctx.space.model, cfg["model"])
         shape = frontend.input_shape()
-        c = count(model, shape, ctx.budget.weight_dtype)
+        c = count(model, shape, ctx.budget.weight_dtype, activations=True)
         _record_complexity(trial, c)
         return Candidate(cfg, frontend, recipe, seed, model, shape, c)
 
@@ -454,6 +455,7 @@ def _record_complexity(trial: optuna.Trial, c: Complexity) -> None:
     trial.set_user_attr("params", c.params)
     trial.set_user_attr("param_bytes", c.param_bytes)
     trial.set_user_attr("macs", c.macs)
+    trial.set_user_attr("peak_activation_bytes", c.peak_activation_bytes)  # None: untraceable
 
 
 def _set_constraints(trial: optuna.Trial, budget: Budget, c: Complexity) -> None:
@@ -535,7 +537,10 @@ def train_candidate(
         result.history += [{**h, "phase": "finetune"} for h in tuned.history]
         result.seconds += tuned.seconds
         result.qat_model = tuned.qat_model
-    return Fitted(result, pruning.after, pruning)
+    # the pruned network's activation memory (the pruning loop counts bytes and MACs only)
+    peak = peak_activation_bytes(model, parse_input_shape(shape))
+    after = dataclasses.replace(pruning.after, peak_activation_bytes=peak)
+    return Fitted(result, after, pruning)
 
 
 def measure_int8(model, result, train_set, eval_set, recipe: TrainConfig, seed: int):
