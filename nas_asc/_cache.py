@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nas_asc._paths import create_dir
 from nas_asc.errors import NasAscError
 
 __all__ = [
@@ -67,14 +68,7 @@ def cache_root() -> Path:
     where = f"$NAS_ASC_CACHE={env}" if env else f"the cache folder {root}"
     if root.exists() and not root.is_dir():
         raise NasAscError(f"{where} is a file, not a folder; point NAS_ASC_CACHE at a folder")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NasAscError(
-            f"cannot create {where}: {exc.strerror or exc}; point NAS_ASC_CACHE at a writable "
-            "folder"
-        ) from None
-    return root
+    return create_dir(root, where, "point NAS_ASC_CACHE at a writable folder")
 
 
 def content_key(*parts: Any, length: int = 16) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nas_asc.errors import NasAscError
 
-__all__ = ["check_creatable", "writable_dir"]
+__all__ = ["check_creatable", "create_dir", "writable_dir"]
 
 
 def check_creatable(path: str | Path, what: str, flag: str) -> None:
@@ -31,15 +31,20 @@ def check_creatable(path: str | Path, what: str, flag: str) -> None:
         )
 
 
-def writable_dir(path: str | Path, what: str) -> Path:
-    """Create ``path`` (and parents) and check it is writable; one-line ``NasAscError`` if not."""
+def create_dir(path: str | Path, name: str, fix: str) -> Path:
+    """Create the folder ``path`` (and parents); if that fails, one line:
+    ``cannot create <name>: <reason>; <fix>``."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise NasAscError(
-            f"cannot create {what} folder {path}: {exc.strerror}; choose another"
-        ) from None
+        raise NasAscError(f"cannot create {name}: {exc.strerror or exc}; {fix}") from None
+    return path
+
+
+def writable_dir(path: str | Path, what: str) -> Path:
+    """Create ``path`` (and parents) and check it is writable; one-line ``NasAscError`` if not."""
+    path = create_dir(path, f"{what} folder {path}", "choose another")
     if not os.access(path, os.W_OK):
         raise NasAscError(f"{what} folder {path} is not writable; choose another")
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import errno
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -196,8 +197,6 @@ class _SmallDisk:
     SIZE = "64m"
 
     def __init__(self, path: Path) -> None:
-        import shutil
-
         if not (shutil.which("unshare") and shutil.which("nsenter")):
             pytest.skip("no unshare/nsenter (util-linux) on this machine")
         path.mkdir()
@@ -221,8 +220,6 @@ class _SmallDisk:
     def copy_out(self, name: str) -> Path:
         """A copy of the file ``name`` on this process's side (SQLite resolves the
         ``/proc/<pid>/root`` link to the host's path, so it cannot open the file in place)."""
-        import shutil
-
         copy = self._copies / name
         shutil.copyfile(self.view / name, copy)
         return copy

@@ -39,6 +39,7 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from nas_asc._cache import torch_save
+from nas_asc._paths import create_dir
 from nas_asc.errors import NasAscError
 
 __all__ = [
@@ -72,14 +73,9 @@ def default_artifact_dir(storage: str, study_name: str) -> Path:
 
 def open_artifact_store(path: str | Path) -> FileSystemArtifactStore:
     """Open (creating it if needed) a file-system artifact store at ``path``."""
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise NasAscError(
-            f"cannot create the artifact folder {path}: {exc.strerror}; pass --artifacts with a "
-            "writable folder"
-        ) from None
+    path = create_dir(
+        path, f"the artifact folder {path}", "pass --artifacts with a writable folder"
+    )
     return FileSystemArtifactStore(str(path))
 
 

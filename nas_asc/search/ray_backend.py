@@ -415,6 +415,13 @@ def _searcher_class(optuna_search_cls: type) -> type:
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             pass  # intermediate results: the objective's pruner handles them
 
+        def _check(self, streak: FailureStreak | RejectionStreak) -> None:
+            """A streak that has reached its limit stops the search (the first reason stays)."""
+            try:
+                streak.check()
+            except NasAscError as exc:
+                self.stop_reason = self.stop_reason or str(exc)
+
         def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
             if result and result.get("state") == "ERROR" and not self.stop_reason:
                 self.stop_reason = (
@@ -424,18 +431,12 @@ def _searcher_class(optuna_search_cls: type) -> type:
                 )
             if result and result.get("state") in ("COMPLETE", "PRUNED", "FAIL"):
                 self._streak.record(TrialState[result["state"]], result.get("reason", ""))
-                try:
-                    self._streak.check()
-                except NasAscError as exc:
-                    self.stop_reason = self.stop_reason or str(exc)
+                self._check(self._streak)
             if error and not result:
                 # the trainable itself raised (a node that cannot reach the storage or the
                 # data): a failure like any other for the streak that stops a broken setup
                 self._streak.record(TrialState.FAIL, "an error in the Ray trainable")
-                try:
-                    self._streak.check()
-                except NasAscError as exc:
-                    self.stop_reason = self.stop_reason or str(exc)
+                self._check(self._streak)
             number = self._numbers.pop(trial_id, None)
             if number is None:
                 return
@@ -444,10 +445,7 @@ def _searcher_class(optuna_search_cls: type) -> type:
             frozen = self._store.get_trial(trial_id_)
             if frozen.state.is_finished():  # the trainable told the outcome
                 self._rejections.record(frozen)
-                try:
-                    self._rejections.check()
-                except NasAscError as exc:
-                    self.stop_reason = self.stop_reason or str(exc)
+                self._check(self._rejections)
                 return
             _orphaned(self._study, self._store, trial_id_, frozen, self._settings.max_retry)
             self._reporter.message(

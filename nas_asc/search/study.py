@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
+from nas_asc._paths import create_dir
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
 
@@ -322,14 +323,8 @@ def open_storage(
             heartbeat_stale_trial_callback=retry,
         )
     if (db := sqlite_path(url)) is not None:
-        folder = db.parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NasAscError(
-                f"cannot create the studies folder {folder}: {exc.strerror}; run from a "
-                "writable folder or pass --storage"
-            ) from None
+        fix = "run from a writable folder or pass --storage"
+        create_dir(db.parent, f"the studies folder {db.parent}", fix)
     if parsed.drivername.startswith("sqlite"):
         engine_kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
     else:  # pool_pre_ping: a worker that idles past the server's timeout reconnects cleanly
