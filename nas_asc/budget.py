@@ -4,6 +4,11 @@ The DCASE 2023 and 2024 Task 1 limits (also the Cortex-M4 class target nas-asc i
 at most 128,000 bytes of parameters, every parameter at its stored dtype (int8 = one byte), and
 at most 30,000,000 multiply-accumulates for one 1-second clip, counted by
 :func:`nas_asc.complexity.count`.
+
+A budget may also limit the RAM the activations take (``--budget ram=64k``): the peak of int8
+activation bytes alive at once, :func:`nas_asc.memory.peak_activation_bytes`. A Cortex-M4 part
+has 64-256 kB of SRAM, which also holds the stack and the audio buffers. No DCASE rule limits it,
+so no preset does.
 """
 
 from __future__ import annotations
@@ -26,8 +31,14 @@ class Budget:
     max_param_bytes: int  # parameter memory limit, bytes at the stored dtype
     max_macs: int  # multiply-accumulates per inference (one clip)
     weight_dtype: str = "int8"  # dtype of deployed weights, for the parameter-bytes count
+    max_activation_bytes: int | None = None  # peak int8 activation RAM; None: not limited
 
     def __post_init__(self) -> None:
+        if self.max_activation_bytes is not None and self.max_activation_bytes <= 0:
+            raise BudgetError(
+                f"budget RAM limit must be positive, got {self.max_activation_bytes}; e.g. "
+                "--budget ram=64k"
+            )
         if self.max_param_bytes <= 0 or self.max_macs <= 0:
             raise BudgetError(
                 f"budget limits must be positive, got param bytes {self.max_param_bytes} and "
@@ -38,12 +49,27 @@ class Budget:
                 f"budget weight dtype must be int8, float16 or float32, got {self.weight_dtype!r}"
             )
 
+    @property
+    def limits_ram(self) -> bool:
+        """Whether the budget limits activation RAM (complexity must then count it)."""
+        return self.max_activation_bytes is not None
+
     def constraints(self, complexity) -> dict[str, float]:
-        """Relative excess per limit (``> 0`` means violated), in Optuna's constraint convention."""
-        return {
+        """Relative excess per limit (``> 0`` means violated), in Optuna's constraint convention.
+
+        ``peak_activation_bytes`` is a key only when the budget limits RAM; a network whose
+        activations could not be counted (``None``) then violates it (by 1.0).
+        """
+        out = {
             "param_bytes": complexity.param_bytes / self.max_param_bytes - 1.0,
             "macs": complexity.macs / self.max_macs - 1.0,
         }
+        if self.limits_ram:
+            peak = complexity.peak_activation_bytes
+            out["peak_activation_bytes"] = (
+                1.0 if peak is None else peak / self.max_activation_bytes - 1.0
+            )
+        return out
 
     def violations(self, complexity) -> list[str]:
         """Human-readable list of exceeded limits (empty when within budget)."""
@@ -52,13 +78,24 @@ class Budget:
             out.append(f"{complexity.param_bytes:,} parameter bytes > {self.max_param_bytes:,}")
         if complexity.macs > self.max_macs:
             out.append(f"{complexity.macs:,} MACs > {self.max_macs:,}")
+        if self.limits_ram:
+            peak = complexity.peak_activation_bytes
+            if peak is None:
+                out.append("activation RAM unknown (the network could not be traced)")
+            elif peak > self.max_activation_bytes:
+                out.append(f"{peak:,} activation bytes at peak > {self.max_activation_bytes:,}")
         return out
 
     def fits(self, complexity) -> bool:
         return not self.violations(complexity)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The budget as recorded in a study; the RAM limit only when set (studies recorded
+        before it existed keep comparing equal)."""
+        out = asdict(self)
+        if out["max_activation_bytes"] is None:
+            del out["max_activation_bytes"]
+        return out
 
 
 _DCASE = Budget("dcase2024", max_param_bytes=128_000, max_macs=30_000_000)
@@ -69,18 +106,23 @@ PRESETS: dict[str, Budget] = {
 }
 DEFAULT_BUDGET = _DCASE
 
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000, "ki": 1024, "mi": 1024**2}
 _KEYS = {
     "bytes": "max_param_bytes",
     "param_bytes": "max_param_bytes",
     "macs": "max_macs",
     "dtype": "weight_dtype",
+    "ram": "max_activation_bytes",
+    "activation_bytes": "max_activation_bytes",
 }
+
+
+_EXAMPLE = {"macs": "30M", "ram": "64k", "activation_bytes": "64k"}
 
 
 def _number(key: str, text: str) -> int:
     # the sign is matched so that a negative limit is refused as such, not as "not a number"
-    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)\s*", text.lower())
+    match = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?|[km]i)\s*", text.lower())
     if not match:
         raise BudgetError(
             f"budget {key}={text!r} is not a number; write e.g. {key}=30M, {key}=128k or "
@@ -90,13 +132,13 @@ def _number(key: str, text: str) -> int:
     if not math.isfinite(scaled) or scaled >= 1e18:  # 1e999 is inf; no model counts 1e18
         raise BudgetError(
             f"budget {key}={text!r} is too large (limits are below 1e18); write e.g. "
-            f"{key}={'30M' if key == 'macs' else '128k'}"
+            f"{key}={_EXAMPLE.get(key, '128k')}"
         )
     value = int(round(scaled))
     if value <= 0:
         raise BudgetError(
             f"budget {key}={text!r} is not a number above zero (limits must be positive); "
-            f"write e.g. {key}={'30M' if key == 'macs' else '128k'}"
+            f"write e.g. {key}={_EXAMPLE.get(key, '128k')}"
         )
     return value
 
@@ -104,7 +146,10 @@ def _number(key: str, text: str) -> int:
 def parse_budget(spec: str | None) -> Budget:
     """Parse ``--budget``: a preset name, ``key=value`` overrides, or both.
 
-    Examples: ``dcase2024``, ``macs=10M,bytes=64k``, ``dcase2023,macs=20M``, ``dtype=float16``.
+    Examples: ``dcase2024``, ``macs=10M,bytes=64k``, ``dcase2023,macs=20M``, ``dtype=float16``,
+    ``dcase2024,ram=64Ki`` (also limit the peak activation RAM to 65,536 bytes). Suffixes: k, M,
+    G are powers of 1,000 (the DCASE limits are 128,000 bytes and 30,000,000 MACs); Ki and Mi
+    powers of 1,024 (SRAM sizes).
     """
     if spec is None or not spec.strip():
         return DEFAULT_BUDGET
@@ -123,7 +168,9 @@ def parse_budget(spec: str | None) -> Budget:
             continue
         key, value = (s.strip() for s in part.split("=", 1))
         if key not in _KEYS:
-            raise BudgetError(f"unknown budget key {key!r} in {spec!r}; use bytes, macs or dtype")
+            raise BudgetError(
+                f"unknown budget key {key!r} in {spec!r}; use bytes, macs, ram or dtype"
+            )
         overrides[_KEYS[key]] = value if key == "dtype" else _number(key, value)
     if overrides:
         name = f"{preset}+custom" if preset else "custom"

@@ -184,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_storage(p)
     p.add_argument(
         "--budget",
-        help="budget preset and/or limits, e.g. dcase2024 or "
-        "bytes=64k,macs=10M (default: dcase2024: 128,000 B, 30,000,000 MACs)",
+        help="budget preset and/or limits, e.g. dcase2024, bytes=64k,macs=10M or "
+        "dcase2024,ram=64k (ram: peak int8 activation bytes; default: dcase2024: 128,000 B, "
+        "30,000,000 MACs, RAM not limited)",
     )
     p.add_argument(
         "--epochs",
@@ -241,7 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="tpe",
         metavar="NAME[:K=V,...]",
         help="tpe: multivariate, constraint-aware TPE (default; e.g. tpe:n_startup_trials=8); "
-        "random: uniform sampling",
+        "gp: Gaussian-process Bayesian optimization (constrained multi-objective); nsga2: "
+        "NSGA-II (e.g. nsga2:population_size=8); random: uniform sampling",
+    )
+    p.add_argument(
+        "--ram-objective",
+        action="store_true",
+        help="minimize peak activation RAM as a fourth objective (chosen when the study is "
+        "created; limit it instead with --budget ram=64Ki)",
+    )
+    p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="do not run the space's reference configurations first in a new study (they run "
+        "by default when they fit the budget)",
     )
     p.add_argument(
         "--pruner",
@@ -529,6 +544,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         heartbeat=args.heartbeat,
         artifact_dir_explicit=args.artifacts is not None,
+        ram_objective=args.ram_objective,
+        warm_start=args.warm_start,
         # auto: each trial's share of the cores, lowered to what other processes leave free
         threads=None if args.threads == "auto" else int(args.threads),
         adapt_threads=args.threads == "auto",
@@ -554,6 +571,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         dataset.fingerprint,
         args.artifacts,
         protocol=protocol.identity(),
+        ram_objective=args.ram_objective,
     )
     # a worker joining a shared study keeps checkpoints where the study keeps them
     artifact_dir = args.artifacts or (
@@ -677,16 +695,17 @@ def cmd_complexity(args: argparse.Namespace) -> int:
         f"  parameters       {c.params:>12,}\n"
         f"  parameter bytes  {c.param_bytes:>12,}  (limit {budget.max_param_bytes:,})\n"
         f"  MACs             {c.macs:>12,}  (limit {budget.max_macs:,})\n"
-        f"  peak activations {_peak_text(c.peak_activation_bytes)}\n"
+        f"  peak activations {_peak_text(c.peak_activation_bytes, budget)}\n"
         f"  {verdict} ({budget.name})"
     )
     return 0
 
 
-def _peak_text(peak: int | None) -> str:
+def _peak_text(peak: int | None, budget) -> str:
     if peak is None:
         return f"{'—':>12}  (the model cannot be traced with torch.fx)"
-    return f"{peak:>12,}  (int8 bytes alive at once)"
+    limit = f", limit {budget.max_activation_bytes:,}" if budget.limits_ram else ""
+    return f"{peak:>12,}  (int8 bytes alive at once{limit})"
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -63,3 +63,52 @@ def test_bad_budgets_say_what_is_wrong(spec, message):
 def test_budget_rejects_non_positive_limits_directly():
     with pytest.raises(BudgetError):
         Budget("x", 0, 1)
+
+
+def _peak(param_bytes: int, macs: int, peak: int | None) -> Complexity:
+    return Complexity(
+        params=param_bytes,
+        param_bytes=param_bytes,
+        macs=macs,
+        input_shape=(1, 1, 1, 1),
+        peak_activation_bytes=peak,
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "ram"),
+    [("ram=64k", 64_000), ("dcase2024,ram=64Ki", 65_536), ("activation_bytes=1Mi", 1_048_576)],
+)
+def test_a_budget_can_limit_activation_ram(spec, ram):
+    b = parse_budget(spec)
+    assert b.max_activation_bytes == ram and b.limits_ram
+    assert (b.max_param_bytes, b.max_macs) == (128_000, 30_000_000)
+    assert b.to_dict()["max_activation_bytes"] == ram
+
+
+def test_the_ram_limit_is_a_constraint_and_a_violation_only_when_set():
+    unlimited = DEFAULT_BUDGET
+    assert "max_activation_bytes" not in unlimited.to_dict()  # studies recorded before compare
+    assert set(unlimited.constraints(_peak(1, 1, 10**9))) == {"param_bytes", "macs"}
+    assert unlimited.fits(_peak(1, 1, 10**9))
+    b = parse_budget("ram=100k")
+    assert b.constraints(_peak(1, 1, 50_000))["peak_activation_bytes"] == pytest.approx(-0.5)
+    assert b.fits(_peak(1, 1, 100_000))
+    assert b.violations(_peak(1, 1, 100_001)) == ["100,001 activation bytes at peak > 100,000"]
+    # a network whose activations could not be counted does not pass a RAM limit
+    assert b.violations(_peak(1, 1, None)) == [
+        "activation RAM unknown (the network could not be traced)"
+    ]
+    assert b.constraints(_peak(1, 1, None))["peak_activation_bytes"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("ram=0", "ram='0' is not a number above zero.*ram=64k"),
+        ("ram=lots", "budget ram='lots' is not a number"),
+    ],
+)
+def test_bad_ram_limits_say_what_is_wrong(spec, message):
+    with pytest.raises(BudgetError, match=message):
+        parse_budget(spec)

@@ -54,6 +54,7 @@ def _trained(
     param_bytes: int,
     block: str = "tfsep",
     extra: dict | None = None,
+    peak: bool = True,
 ):
     params = {"model.width": width, "model.block": block, "train.lr": 0.005}
     attrs = {
@@ -61,7 +62,7 @@ def _trained(
         "params": param_bytes,
         "param_bytes": param_bytes,
         "macs": macs,
-        "peak_activation_bytes": 4 * param_bytes,
+        **({"peak_activation_bytes": 4 * param_bytes} if peak else {}),
         "feasible": True,
         "fp32_accuracy": acc + 0.01,
         "int8_accuracy": acc,
@@ -216,11 +217,14 @@ TABLE_HEADER = [
 def test_format_pareto_table(study: optuna.Study) -> None:
     table = format_pareto_table(pareto_frame(study))
     lines = table.splitlines()
-    assert len(lines) == 2 + 3  # no test figures: no rank agreement line
-    assert _cells(lines[0]) == TABLE_HEADER
-    assert [line.split()[0] for line in lines[2:]] == ["0", "1", "3"]
+    # no test figures: no rank agreement line; peak RAM recorded: its columns and SRAM line
+    assert len(lines) == 2 + 3 + 2
+    assert _cells(lines[0]) == [*TABLE_HEADER[:5], "peak RAM", "SRAM", *TABLE_HEADER[5:]]
+    assert [line.split()[0] for line in lines[2:5]] == ["0", "1", "3"]
     assert "10.22 M" in lines[3] and "57.5 kB" in lines[3] and "55.00" in lines[3]
-    assert len({len(line) for line in lines}) == 1  # fixed width
+    assert "230.0 kB" in lines[3] and "256 KiB" in lines[3]
+    assert lines[5] == "" and lines[6].startswith("fit by peak activation RAM")
+    assert len({len(line) for line in lines[:5]}) == 1  # fixed width
 
 
 def test_format_pareto_table_empty() -> None:
@@ -362,7 +366,8 @@ EVALUATION = {
 
 def _front_study(extras: list[dict | None], protocol: dict | None = PROTOCOL) -> optuna.Study:
     """Three Pareto trials, validation accuracy 0.30, 0.40, 0.50 at growing complexity, with
-    ``extras[i]`` added to trial i's attributes; plus one dominated trial without extras."""
+    ``extras[i]`` added to trial i's attributes; plus one dominated trial without extras. No
+    peak activation RAM is recorded unless an extra gives it."""
     study = optuna.create_study(
         study_name="protocol-test", directions=["maximize", "minimize", "minimize"]
     )
@@ -376,8 +381,8 @@ def _front_study(extras: list[dict | None], protocol: dict | None = PROTOCOL) ->
         study.set_user_attr("protocol", protocol)
     points = [(0.30, 2_000_000, 10_000), (0.40, 5_000_000, 20_000), (0.50, 10_000_000, 40_000)]
     for i, (acc, macs, nbytes) in enumerate(points):
-        study.add_trial(_trained(16 + 4 * i, acc, macs, nbytes, extra=extras[i]))
-    study.add_trial(_trained(60, 0.35, 20_000_000, 60_000))  # 3: dominated by 2
+        study.add_trial(_trained(16 + 4 * i, acc, macs, nbytes, extra=extras[i], peak=False))
+    study.add_trial(_trained(60, 0.35, 20_000_000, 60_000, peak=False))  # 3: dominated by 2
     return study
 
 
@@ -548,3 +553,30 @@ def test_index_page_of_an_older_study(study: optuna.Study, tmp_path: Path) -> No
     assert "<th>rank agreement</th>" not in page
     assert "<th>eval int8 %</th>" not in page
     assert "per recording device on the validation split" in page
+
+
+def test_the_front_says_which_models_fit_which_sram(tmp_path: Path) -> None:
+    from nas_asc.report.pareto import sram_class, sram_fit_line
+
+    peaks = [{"peak_activation_bytes": 60_000}, {"peak_activation_bytes": 131_072}, None]
+    study = _front_study(peaks)
+    frame = pareto_frame(study)
+    lines = format_pareto_table(frame).splitlines()
+    assert _cells(lines[0]) == [*TABLE_HEADER[:5], "peak RAM", "SRAM", *TABLE_HEADER[5:]]
+    assert _cells(lines[2])[5:7] == ["60.0 kB", "64 KiB"]
+    assert _cells(lines[3])[5:7] == ["131.1 kB", "128 KiB"]  # 131,072 B = 128 KiB exactly
+    assert _cells(lines[4])[5:7] == ["-", "-"]  # not recorded
+    assert lines[-1] == (
+        "fit by peak activation RAM (activations alone; the stack and audio buffers need room "
+        "too): 64 KiB: trial 0; 128 KiB: trials 0, 1; 256 KiB: trials 0, 1"
+    )
+    assert sram_fit_line(frame) == lines[-1]
+    assert [sram_class(v) for v in (65_536, 65_537, 262_144, 262_145, None)] == [
+        "64 KiB",
+        "128 KiB",
+        "256 KiB",
+        "> 256 KiB",
+        "-",
+    ]
+    html = write_report(study, tmp_path).index_html.read_text(encoding="utf-8")
+    assert "vs peak activation RAM" in html and "64 KiB: trial 0" in html

@@ -423,6 +423,28 @@ MALFORMED = {
         ["dimensions", "mapping"],
     ),
     "empty_name": (BASE.replace("name: bad", "name: ''"), ["name"]),
+    "references_list": (BASE + "references: [c16]\n", ["key 'references'", "mapping"]),
+    "reference_not_mapping": (
+        BASE + "references:\n  c16: 16\n",
+        ["reference 'c16'", "must map dimensions to values"],
+    ),
+    "reference_unknown_dimension": (
+        BASE + "references:\n  c16: {model.width: 16, model.depth: 3}\n",
+        ["reference 'c16'", "'model.depth' is not a dimension", "['model.width']"],
+    ),
+    "reference_off_the_step": (
+        BASE + "references:\n  c10: {model.width: 10}\n",
+        ["reference 'c10'", "model.width = 10 is outside the dimension"],
+    ),
+    "reference_of_another_type": (
+        BASE + "references:\n  c16: {model.width: 16.0}\n",
+        ["model.width = 16.0 is outside"],
+    ),
+    "reference_without_every_model_dimension": (
+        _with_dims("frontend.n_mels: {type: categorical, choices: [32, 64]}")
+        + "references:\n  c16: {model.width: 16}\n",
+        ["reference 'c16'", "does not set frontend.n_mels"],
+    ),
 }
 
 
@@ -502,3 +524,36 @@ def test_from_dict_names_dict_source() -> None:
 def test_space_error_is_value_error() -> None:
     assert issubclass(SpaceError, ValueError)
     assert dataclasses.is_dataclass(SearchSpace)
+
+
+def test_references_are_checked_kept_and_follow_the_epoch_bound(tmp_path: Path) -> None:
+    path = tmp_path / "refs.yaml"
+    path.write_text(
+        _with_dims(
+            "frontend.n_mels: {type: categorical, choices: [32, 64]}",
+            "train.lr: {type: float, low: 0.001, high: 0.1, log: true}",
+            "train.epochs: {type: int, low: 2, high: 8}",
+        )
+        + "references:\n"
+        "  c16: {model.width: 16, frontend.n_mels: 64, train.epochs: 6}\n"
+        "  c32: {model.width: 32, frontend.n_mels: 32, train.lr: 0.01}\n"
+    )
+    space = SearchSpace.from_yaml(path)
+    assert space.references == {
+        "c16": {"model.width": 16, "frontend.n_mels": 64, "train.epochs": 6},
+        "c32": {"model.width": 32, "frontend.n_mels": 32, "train.lr": 0.01},
+    }
+    config = space.reference_config("c32")
+    assert config["model"]["width"] == 32 and config["frontend"]["n_mels"] == 32
+    assert config["train"] == {"batch_size": 64, "lr": 0.01}  # the rest is sampled
+    assert SearchSpace.from_dict(space.to_dict()).references == space.references
+    assert space.with_max_epochs(4).references["c16"]["train.epochs"] == 4
+
+
+def test_the_tfsepnet_references_are_the_reports_systems() -> None:
+    refs = load_space("tfsepnet").references
+    assert {name: values["model.width"] for name, values in refs.items()} == {
+        "tfsepnet-c20": 20,
+        "tfsepnet-c40": 40,
+        "tfsepnet-c60": 60,
+    }

@@ -62,7 +62,9 @@ def hypervolume_history(study: optuna.Study) -> pd.DataFrame:
     """Normalized hypervolume after each complete trial, in trial order.
 
     Args:
-        study: A study with objectives ``(int8_accuracy, macs, param_bytes)``.
+        study: A study with objectives ``(int8_accuracy, macs, param_bytes)`` (first; the
+            optional fourth, peak activation RAM, is left out: it has no reference point unless
+            the budget limits it, and the hypervolumes of all studies stay comparable).
 
     Returns:
         Columns ``trial`` and ``hypervolume`` (one row per complete trial; empty if none).
@@ -70,9 +72,9 @@ def hypervolume_history(study: optuna.Study) -> pd.DataFrame:
     ref = reference_point(study)
     scratch_trials = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.values is None or len(t.values) != 3:
+        if t.values is None or len(t.values) < 3:
             continue
-        accuracy, macs, nbytes = t.values
+        accuracy, macs, nbytes = t.values[:3]  # a fourth (peak RAM) has no budget reference
         scratch_trials.append(
             create_trial(
                 values=[accuracy, macs / ref.max_macs, nbytes / ref.max_param_bytes],

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Mapping
@@ -38,6 +39,9 @@ __all__ = [
     "DEVICES",
     "ReportPaths",
     "format_pareto_table",
+    "SRAM_SIZES",
+    "sram_class",
+    "sram_fit_line",
     "pareto_frame",
     "pareto_trials",
     "rank_agreement_line",
@@ -150,7 +154,7 @@ def _metric_values(study: optuna.Study, trial: FrozenTrial) -> dict[str, float]:
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return math.nan
     return float(value)
 
@@ -289,6 +293,11 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
+def _present(value: Any) -> Any:
+    """``value``, or None where pandas marks it missing (``pd.NA`` of a nullable column)."""
+    return None if _missing(value) else value
+
+
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
@@ -378,6 +387,11 @@ def _table_columns(frame: pd.DataFrame) -> list[tuple[str, Any]]:
         ("test seen %", lambda r: _percent(r.get("test_seen_accuracy"))),
         ("test unseen %", lambda r: _percent(r.get("test_unseen_accuracy"))),
     ]
+    if _has_any(frame, "peak_activation_bytes"):  # studies recorded before it have none
+        columns[5:5] = [
+            ("peak RAM", lambda r: format_bytes(_present(r.get("peak_activation_bytes")))),
+            ("SRAM", lambda r: sram_class(r.get("peak_activation_bytes"))),
+        ]
     if _has_any(frame, "eval_int8_mean"):
         columns.append(
             (
@@ -388,6 +402,45 @@ def _table_columns(frame: pd.DataFrame) -> list[tuple[str, Any]]:
             )
         )
     return columns
+
+
+#: SRAM sizes of Cortex-M4 class parts (bytes): the report says which Pareto models fit which.
+SRAM_SIZES = (64 * 1024, 128 * 1024, 256 * 1024)
+
+
+def sram_class(peak: Any) -> str:
+    """The smallest of :data:`SRAM_SIZES` that holds ``peak`` activation bytes (``64 KiB``),
+    ``> 256 KiB`` when none does, ``-`` when unknown. Activations alone: the stack, the audio
+    buffer and the front end need room beside them."""
+    value = _number(peak)
+    if not math.isfinite(value):
+        return "-"
+    for size in SRAM_SIZES:
+        if value <= size:
+            return f"{size // 1024} KiB"
+    return f"> {SRAM_SIZES[-1] // 1024} KiB"
+
+
+def sram_fit_line(frame: pd.DataFrame) -> str:
+    """Which models of ``frame`` (a Pareto frame) fit which SRAM size by their peak activation
+    RAM, e.g. ``64 KiB: trials 4, 6; 128 KiB: trials 4, 6, 13; 256 KiB: trials 4, 6, 13``;
+    empty when no row has the figure."""
+    if frame is None or len(frame) == 0 or not _has_any(frame, "peak_activation_bytes"):
+        return ""
+    parts = []
+    for size in SRAM_SIZES:
+        fits = [
+            int(r["trial"])
+            for _, r in frame.iterrows()
+            if math.isfinite(_number(r.get("peak_activation_bytes")))
+            and _number(r.get("peak_activation_bytes")) <= size
+        ]
+        listed = ", ".join(map(str, sorted(fits))) if fits else "none"
+        parts.append(f"{size // 1024} KiB: {'trial' if len(fits) == 1 else 'trials'} {listed}")
+    return (
+        "fit by peak activation RAM (activations alone; the stack and audio buffers need room "
+        "too): " + "; ".join(parts)
+    )
 
 
 def format_pareto_table(frame: pd.DataFrame) -> str:
@@ -415,9 +468,9 @@ def format_pareto_table(frame: pd.DataFrame) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    agreement = rank_agreement_line(frame)
-    if agreement:
-        lines += ["", agreement]
+    for extra in (sram_fit_line(frame), rank_agreement_line(frame)):
+        if extra:
+            lines += ["", extra]
     return "\n".join(lines)
 
 
@@ -466,12 +519,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _budget(study: optuna.Study) -> dict[str, Any]:
-    """The study's budget (``name``, ``max_macs``, ``max_param_bytes``); unusable parts dropped."""
+    """The study's budget (``name``, ``max_macs``, ``max_param_bytes``, and
+    ``max_activation_bytes`` when it limits RAM); unusable parts dropped."""
     raw = study.user_attrs.get("budget")
     if not isinstance(raw, Mapping):
         return {}
     budget: dict[str, Any] = {"name": str(raw.get("name") or "budget")}
-    for key in ("max_macs", "max_param_bytes"):
+    for key in ("max_macs", "max_param_bytes", "max_activation_bytes"):
         value = _number(raw.get(key))
         if math.isfinite(value) and value > 0:
             budget[key] = value
@@ -538,7 +592,9 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     budget = _budget(study)
-    axes = (("macs", "MACs", "max_macs"), ("param_bytes", "parameter bytes", "max_param_bytes"))
+    axes = [("macs", "MACs", "max_macs"), ("param_bytes", "parameter bytes", "max_param_bytes")]
+    if _has_any(frame, "peak_activation_bytes"):
+        axes.append(("peak_activation_bytes", "peak activation RAM, bytes", "max_activation_bytes"))
 
     records = frame.to_dict("records")
     trained = [
@@ -567,20 +623,27 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
     ]
     n_failed = sum(1 for r in records if _status_of(r) == "failed" or r["state"] == "FAIL")
 
+    titles = {
+        "macs": "validation int8 accuracy vs MACs",
+        "param_bytes": "vs parameter bytes",
+        "peak_activation_bytes": "vs peak activation RAM (SRAM sizes dotted)",
+    }
     fig = make_subplots(
         rows=1,
-        cols=2,
+        cols=len(axes),
         shared_yaxes=True,
-        horizontal_spacing=0.06,
-        subplot_titles=(
-            "validation int8 accuracy vs MACs",
-            "validation int8 accuracy vs parameter bytes",
-        ),
+        horizontal_spacing=0.05,
+        subplot_titles=[titles[key] for key, _, _ in axes],
     )
+    all_rows = {"others": others, "front": front, "infeasible": infeasible, "pruned": pruned}
     accuracies = [100.0 * r["int8_accuracy"] for r in trained]
     y_top = max([*accuracies, 10.0]) * 1.08
     for col, (key, label, budget_key) in enumerate(axes, start=1):
         show = col == 1
+        # the RAM panel leaves out trials without the figure (untraceable, or recorded before)
+        others, front, infeasible, pruned = (
+            [r for r in rows if not _missing(r[key])] for rows in all_rows.values()
+        )
 
         def xs(rows: list[dict], key: str = key) -> list[float]:
             return [float(r[key]) for r in rows]
@@ -682,6 +745,25 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
                 row=1,
                 col=col,
             )
+        if key == "peak_activation_bytes":
+            for size in SRAM_SIZES:
+                fig.add_trace(
+                    go.Scatter(
+                        x=[size, size],
+                        y=[0.0, y_top],
+                        mode="lines+text",
+                        text=[f"{size // 1024} KiB", ""],  # at the foot: the budget's is on top
+                        textposition="bottom right",
+                        line={"color": "#2ca02c", "dash": "dot", "width": 1},
+                        name="SRAM size (activations alone)",
+                        legendgroup="sram",
+                        showlegend=size == SRAM_SIZES[0],
+                        hovertext=f"{size // 1024} KiB SRAM ({size:,} bytes)",
+                        hoverinfo="text",
+                    ),
+                    row=1,
+                    col=col,
+                )
         limit = budget.get(budget_key)
         if limit is not None:
             pretty = format_macs(limit) + " MACs" if key == "macs" else format_bytes(limit)
@@ -695,7 +777,7 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
                     line={"color": "black", "dash": "dash", "width": 1.5},
                     name=f"budget {budget['name']}",
                     legendgroup="budget",
-                    showlegend=show,
+                    showlegend=col == 1,
                     hovertext=f"budget {budget['name']}: {pretty}",
                     hoverinfo="text",
                 ),
@@ -707,8 +789,9 @@ def _figure(study: optuna.Study, frame: pd.DataFrame) -> Any:
         title_text="int8 accuracy, validation (%)", range=[-3.0, y_top * 1.05], row=1, col=1
     )
 
-    title = f"Study {study.study_name}: {len(trained)} trained, {len(front)} Pareto-optimal, "
-    title += f"{len(infeasible)} infeasible, {len(pruned)} pruned, {n_failed} failed"
+    title = f"Study {study.study_name}: {len(trained)} trained, "
+    title += f"{len(all_rows['front'])} Pareto-optimal, {len(all_rows['infeasible'])} infeasible, "
+    title += f"{len(all_rows['pruned'])} pruned, {n_failed} failed"
     if budget:
         title += f" (budget {budget['name']})"
     fig.update_layout(
@@ -783,7 +866,12 @@ def _index_page(
         (
             "budget",
             f"{budget.get('name', '-')}: {format_bytes(budget.get('max_param_bytes'))} of "
-            f"parameters, {format_macs(budget.get('max_macs'))} MACs",
+            f"parameters, {format_macs(budget.get('max_macs'))} MACs"
+            + (
+                f", {format_bytes(budget['max_activation_bytes'])} of activation RAM"
+                if "max_activation_bytes" in budget
+                else ""
+            ),
         ),
         ("trials", f"{len(frame)} ({summary})"),
         ("Pareto-optimal", str(len(front))),
@@ -793,6 +881,9 @@ def _index_page(
     agreement = rank_agreement_line(front)
     if agreement:
         facts.append(("rank agreement", agreement))
+    fit = sram_fit_line(front)
+    if fit:
+        facts.append(("SRAM", fit))
     plots = []
     for i, fig in enumerate(f for f in figures if f is not None):
         plots.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))

@@ -153,7 +153,15 @@ class RejectionStreak:
         self.limit = limit
         self.budget = budget
         self.count = 0
-        self.smallest: tuple[float, int, int] | None = None  # (largest share, bytes, MACs)
+        self.smallest: tuple[float, tuple[int, ...]] | None = None  # (largest share, figures)
+        # (user attribute, budget limit, words): the RAM limit only when the budget sets one
+        self._limits = [
+            ("param_bytes", budget.max_param_bytes, "parameter bytes"),
+            ("macs", budget.max_macs, "MACs"),
+        ]
+        if getattr(budget, "limits_ram", False):
+            limit = budget.max_activation_bytes
+            self._limits.append(("peak_activation_bytes", limit, "activation bytes at peak"))
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Optuna callback: record the finished trial's outcome."""
@@ -166,24 +174,27 @@ class RejectionStreak:
                 self.smallest = None
             return
         self.count += 1
-        n_bytes, macs = trial.user_attrs.get("param_bytes"), trial.user_attrs.get("macs")
-        if isinstance(n_bytes, int) and isinstance(macs, int):
-            share = max(n_bytes / self.budget.max_param_bytes, macs / self.budget.max_macs)
+        figures = tuple(trial.user_attrs.get(key) for key, _, _ in self._limits)
+        if all(isinstance(v, int) for v in figures):
+            share = max(v / limit for v, (_, limit, _) in zip(figures, self._limits, strict=True))
             if self.smallest is None or share < self.smallest[0]:
-                self.smallest = (share, n_bytes, macs)
+                self.smallest = (share, figures)
 
     def check(self) -> None:
         """Raise ``NasAscError`` once ``limit`` proposals in a row were over budget."""
         if self.count < self.limit:
             return
-        smallest = ""
-        if self.smallest is not None:
-            _, n_bytes, macs = self.smallest
-            smallest = f"; the smallest had {n_bytes:,} parameter bytes and {macs:,} MACs"
+
+        def listed(values) -> str:
+            words = [f"{v:,} {name}" for v, (_, _, name) in zip(values, self._limits, strict=True)]
+            return ", ".join(words[:-1]) + " and " + words[-1]
+
+        smallest = "" if self.smallest is None else f"; the smallest had {listed(self.smallest[1])}"
+        limits = ", ".join(f"{limit:,} {name}" for _, limit, name in self._limits)
+        limits = limits.replace(" at peak", "")
         raise NasAscError(
-            f"{self.count} proposals in a row were over budget ({self.budget.max_param_bytes:,} "
-            f"parameter bytes, {self.budget.max_macs:,} MACs){smallest}: narrow the space to "
-            "smaller models or raise --budget; the study keeps every finished trial"
+            f"{self.count} proposals in a row were over budget ({limits}){smallest}: narrow the "
+            "space to smaller models or raise --budget; the study keeps every finished trial"
         )
 
 

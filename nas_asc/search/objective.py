@@ -188,7 +188,8 @@ class Candidate:
 
 
 class Objective:
-    """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``.
+    """Callable Optuna objective returning ``(int8 accuracy, MACs, parameter bytes)``, and peak
+    activation bytes fourth in a study created with the RAM objective.
 
     One trial runs in stages, each a method: :meth:`propose` (sample, seed, build, count),
     :meth:`gate` (the budget decides: train, train then prune, or never train),
@@ -206,7 +207,7 @@ class Objective:
         self.pruner = pruner
         self.trial_id: int | None = None  # the storage id of the trial last started
 
-    def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
         self.trial_id = trial._trial_id  # the backend re-queues it if the machine stops it
         try:
             candidate = self.propose(trial)
@@ -265,7 +266,11 @@ class Objective:
         prune = bool(violations) and recipe.prune
         if prune:
             floor = min_complexity(
-                candidate.model, candidate.shape, budget.weight_dtype, recipe.prune_min_filters
+                candidate.model,
+                candidate.shape,
+                budget.weight_dtype,
+                recipe.prune_min_filters,
+                activations=budget.limits_ram,
             )
             trial.set_user_attr("prune_floor", floor.to_dict())
             floor_violations = budget.violations(floor)
@@ -316,7 +321,7 @@ class Objective:
 
     def record(
         self, trial: optuna.Trial, candidate: Candidate, fitted: Fitted, measured: Measured
-    ) -> tuple[float, float, float]:
+    ) -> tuple[float, ...]:
         """Write the trial's figures, save its checkpoint, report it; return its objectives."""
         result, c, fp32, int8 = fitted.result, fitted.complexity, measured.fp32, measured.int8
         attrs = {
@@ -350,18 +355,16 @@ class Objective:
             f"int8 {int8.accuracy:.1%} (fp32 {fp32.accuracy:.1%}) on validation, "
             f"{format_complexity(c)}, trained in {result.seconds:.0f} s",
         )
-        return int8.accuracy, float(c.macs), float(c.param_bytes)
+        return _values(trial, int8.accuracy, c)
 
-    def record_infeasible(
-        self, trial: optuna.Trial, candidate: Candidate
-    ) -> tuple[float, float, float]:
+    def record_infeasible(self, trial: optuna.Trial, candidate: Candidate) -> tuple[float, ...]:
         """Record a candidate over budget (its complexity and why); it is never trained."""
         c = candidate.complexity
         reason = "; ".join(candidate.violations)
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("infeasible_reason", reason)
         self._report(trial, "infeasible", f"over budget ({reason}), not trained")
-        return 0.0, float(c.macs), float(c.param_bytes)
+        return _values(trial, 0.0, c)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -398,7 +401,9 @@ class Objective:
             reporter.epoch(trial.number, epoch + 1, epochs, metrics)
             if not pruning or epoch + 1 >= epochs:
                 return
-            if self.pruner.should_prune(trial.study, trial.number, c.macs, c.param_bytes, curve):
+            if self.pruner.should_prune(
+                trial.study, trial.number, c.macs, c.param_bytes, curve, c.peak_activation_bytes
+            ):
                 trial.set_user_attr("status", "pruned")
                 trial.set_user_attr("last_accuracy", curve[-1])
                 trial.set_user_attr("pruned_at_epoch", epoch)
@@ -449,6 +454,19 @@ class Measured:
 def format_complexity(c: Complexity) -> str:
     """``3.21 M MACs, 45.6 kB``: the units of the report's tables."""
     return f"{format_macs(c.macs)} MACs, {format_bytes(c.param_bytes)}"
+
+
+def _values(trial: optuna.Trial, accuracy: float, c: Complexity) -> tuple[float, ...]:
+    """The trial's objective values, in the study's order (:func:`objective_names`)."""
+    values = (accuracy, float(c.macs), float(c.param_bytes))
+    if len(trial.study.directions) == len(OBJECTIVE_NAMES):
+        return values
+    if c.peak_activation_bytes is None:
+        raise ValueError(
+            "the study minimizes peak activation RAM, but this network cannot be traced with "
+            "torch.fx to count it; search it without --ram-objective"
+        )
+    return (*values, float(c.peak_activation_bytes))
 
 
 def _record_complexity(trial: optuna.Trial, c: Complexity) -> None:
@@ -526,7 +544,9 @@ def train_candidate(
     if not prune:
         return Fitted(result, complexity)
     floor = recipe.prune_min_filters
-    pruning = prune_to_fit(model, budget.fits, shape, budget.weight_dtype, 1, floor)
+    pruning = prune_to_fit(
+        model, budget.fits, shape, budget.weight_dtype, 1, floor, activations=budget.limits_ram
+    )
     if recipe.prune_finetune_epochs:
         finetune = dataclasses.replace(
             recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0, qat_epochs=None
@@ -537,9 +557,10 @@ def train_candidate(
         result.history += [{**h, "phase": "finetune"} for h in tuned.history]
         result.seconds += tuned.seconds
         result.qat_model = tuned.qat_model
-    # the pruned network's activation memory (the pruning loop counts bytes and MACs only)
-    peak = peak_activation_bytes(model, parse_input_shape(shape))
-    after = dataclasses.replace(pruning.after, peak_activation_bytes=peak)
+    after = pruning.after
+    if not budget.limits_ram:  # the pruning loop counted bytes and MACs only
+        peak = peak_activation_bytes(model, parse_input_shape(shape))
+        after = dataclasses.replace(after, peak_activation_bytes=peak)
     return Fitted(result, after, pruning)
 
 

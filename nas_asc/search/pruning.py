@@ -40,7 +40,13 @@ class EpochPruner(abc.ABC):
 
     @abc.abstractmethod
     def should_prune(
-        self, study: optuna.Study, trial_number: int, macs: float, param_bytes: float, curve
+        self,
+        study: optuna.Study,
+        trial_number: int,
+        macs: float,
+        param_bytes: float,
+        curve,
+        peak_activation_bytes: float | None = None,
     ) -> bool:
         """Return True to stop the trial.
 
@@ -50,6 +56,8 @@ class EpochPruner(abc.ABC):
             macs: the running candidate's MACs.
             param_bytes: the running candidate's parameter bytes.
             curve: its intermediate accuracies so far, one per finished epoch.
+            peak_activation_bytes: its peak activation RAM (an objective of a study created
+                with ``--ram-objective``; None when unknown).
         """
 
     def describe(self) -> dict:
@@ -60,7 +68,9 @@ class EpochPruner(abc.ABC):
 class NopPruner(EpochPruner):
     """Never prunes (``--pruner none``)."""
 
-    def should_prune(self, study, trial_number, macs, param_bytes, curve) -> bool:
+    def should_prune(
+        self, study, trial_number, macs, param_bytes, curve, peak_activation_bytes=None
+    ) -> bool:
         return False
 
 
@@ -98,12 +108,17 @@ class DominancePruner(EpochPruner):
         macs: float,
         param_bytes: float,
         curve: Sequence[float],
+        peak_activation_bytes: float | None = None,
     ) -> bool:
         epoch = len(curve) - 1
         if len(curve) < self.min_epochs:
             return False
         accuracy = curve[epoch]
         if not math.isfinite(accuracy):
+            return False
+        # with the RAM objective a peer must not need more activation RAM either
+        ram = len(study.directions) > 3
+        if ram and peak_activation_bytes is None:
             return False
         peers = [
             t.user_attrs[EPOCH_ACCURACY][epoch]
@@ -115,6 +130,10 @@ class DominancePruner(EpochPruner):
             and len(t.user_attrs.get(EPOCH_ACCURACY, ())) > epoch
             and t.user_attrs.get("macs", math.inf) <= macs
             and t.user_attrs.get("param_bytes", math.inf) <= param_bytes
+            and (
+                not ram
+                or (t.user_attrs.get("peak_activation_bytes") or math.inf) <= peak_activation_bytes
+            )
         ]
         if len(peers) < self.min_peers:
             return False

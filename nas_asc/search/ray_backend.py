@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET, Budget
@@ -104,7 +105,6 @@ __all__ = [
 
 CPUS_PER_TRIAL = 1  # one core per trial: a small model trains fastest on one thread per process
 INSTALL_HINT = "pip install 'ray[tune]'"
-MODES = ("max", "min", "min")  # Ray's spelling of objective.DIRECTIONS, same order
 
 # The Ray trial's config carries the number of the Optuna trial it runs under this key.
 TRIAL_KEY = "optuna_trial"
@@ -368,8 +368,8 @@ def _searcher_class(optuna_search_cls: type) -> type:
             self._sampler = TrialSeededSampler(settings.sampler, settings.seed)
             super().__init__(
                 space=_DefineByRun(space),
-                metric=list(OBJECTIVE_NAMES),
-                mode=list(MODES),
+                metric=list(study.metric_names or OBJECTIVE_NAMES),
+                mode=["max" if d == StudyDirection.MAXIMIZE else "min" for d in study.directions],
                 sampler=self._sampler,
                 study_name=settings.study_name,
                 storage=self._store,
@@ -542,7 +542,8 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
     Returns the Ray result: the three objectives (NaN where the trial has none), ``state`` and, for
     an error that stops the search, ``error``.
     """
-    nan = {name: math.nan for name in OBJECTIVE_NAMES}
+    names = study.metric_names or OBJECTIVE_NAMES
+    nan = {name: math.nan for name in names}
     try:
         values = objective(trial)
     except optuna.TrialPruned:
@@ -568,7 +569,7 @@ def _run_and_tell(objective: Objective, study: optuna.Study, trial: optuna.Trial
         if cause is None:
             raise
         return _stopped(study, trial, cause)
-    return {**dict(zip(OBJECTIVE_NAMES, values, strict=True)), "state": "COMPLETE", "error": ""}
+    return {**dict(zip(names, values, strict=True)), "state": "COMPLETE", "error": ""}
 
 
 def _stopped(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> dict:
@@ -577,5 +578,5 @@ def _stopped(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> di
     and the driver stops the search with ``error``."""
     error = machine_error_text(exc)
     requeue_trial(study, trial._trial_id, f"was stopped by {error}")
-    nan = {name: math.nan for name in OBJECTIVE_NAMES}
+    nan = {name: math.nan for name in study.metric_names or OBJECTIVE_NAMES}
     return {**nan, "state": "ERROR", "error": error}

@@ -32,6 +32,8 @@ from nas_asc._registry import Registry, build_config, parse_spec
 
 __all__ = [
     "SAMPLERS",
+    "GPFactory",
+    "NSGA2Factory",
     "RandomFactory",
     "SamplerFactory",
     "TPEFactory",
@@ -100,6 +102,53 @@ class RandomFactory(SamplerFactory):
 
     def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
+
+
+@SAMPLERS.register("gp")
+@dataclass(frozen=True)
+class GPFactory(SamplerFactory):
+    """Gaussian-process Bayesian optimization (Optuna's ``GPSampler``): one GP per objective
+    and one per budget constraint; multi-objective candidates by log expected hypervolume
+    improvement, weighted by the probability of fitting the budget."""
+
+    n_startup_trials: int = 4  # random trials before the GPs model the study
+
+    name = "gp"
+
+    def __post_init__(self) -> None:
+        if self.n_startup_trials < 0:
+            raise ValueError(
+                f"sampler gp: n_startup_trials must be >= 0, got {self.n_startup_trials}"
+            )
+
+    def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
+        import warnings
+
+        with warnings.catch_warnings():  # experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(
+                seed=seed, n_startup_trials=self.n_startup_trials, warn_independent_sampling=False
+            )
+
+
+@SAMPLERS.register("nsga2")
+@dataclass(frozen=True)
+class NSGA2Factory(SamplerFactory):
+    """NSGA-II with constrained domination (feasible first); generations of
+    ``population_size`` trials, the first one random."""
+
+    population_size: int = 8  # a short search needs small generations to evolve at all
+
+    name = "nsga2"
+
+    def __post_init__(self) -> None:
+        if self.population_size < 2:
+            raise ValueError(
+                f"sampler nsga2: population_size must be >= 2, got {self.population_size}"
+            )
+
+    def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=seed)
 
 
 def create_sampler(spec: str | SamplerFactory) -> SamplerFactory:

@@ -42,6 +42,8 @@ class SearchSettings:
     max_rejections: int = 200  # over-budget proposals in a row that stop the search
     artifact_dir_explicit: bool = True  # False: artifact_dir is only the default folder, and a
     # study that records another one keeps it (workers started from other working folders)
+    ram_objective: bool = False  # a fourth objective: peak activation RAM (minimized)
+    warm_start: bool = True  # a new study first runs the space's reference configurations
     threads: int | None = None  # torch threads per trial; None: the trial's share of the cores
     adapt_threads: bool = False  # threads None: lower the share to the cores other processes
     # leave free, re-measured every epoch (faster on a busy machine; the float rounding of a

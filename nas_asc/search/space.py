@@ -199,6 +199,7 @@ class _TopLevel(_Strict):
         | None
     ) = None
     dimensions: _Mapping | None
+    references: _Mapping | None = None
 
 
 class _Range(_Strict):
@@ -251,6 +252,10 @@ _TOP_LEVEL_HELP = {  # key -> (problem, fix) when its value has the wrong type
     "dimensions": (
         "must be a mapping of 'section.field' -> spec, got {type}",
         "write e.g. dimensions: {model.width: {type: int, low: 8, high: 64}}",
+    ),
+    "references": (
+        "must be a mapping of name -> {{dimension: value}}, got {type}",
+        "write e.g. references: {c40: {model.width: 40}}",
     ),
 }
 
@@ -513,6 +518,71 @@ class Dimension:
         return spec
 
 
+def _parse_references(
+    source: str, raw: Mapping, dimensions: tuple[Dimension, ...]
+) -> dict[str, dict[str, Any]]:
+    """Check the ``references`` mapping: name -> {dimension: value}, every value inside its
+    dimension, every ``model.*`` and ``frontend.*`` dimension set."""
+    by_name = {dim.name: dim for dim in dimensions}
+    required = [d.name for d in dimensions if d.section in ("model", "frontend")]
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in raw.items():
+        where = f"reference {_short(name)}"
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(source, where, "a reference needs a name", "name it, e.g. c40: {...}")
+        if not isinstance(values, Mapping) or not values:
+            raise _fail(
+                source,
+                where,
+                f"must map dimensions to values, got {_short(values)}",
+                "write e.g. c40: {model.width: 40, frontend.n_mels: 64}",
+            )
+        for key, value in values.items():
+            dim = by_name.get(key)
+            if dim is None:
+                raise _fail(
+                    source,
+                    where,
+                    f"{_short(key)} is not a dimension of this space",
+                    f"use the dimension names {list(by_name)}",
+                )
+            if not _contains(dim, value):
+                raise _fail(
+                    source,
+                    where,
+                    f"{key} = {_short(value)} is outside the dimension ({dim.to_spec()})",
+                    "give a value the space can sample, or widen the dimension",
+                )
+        missing = [key for key in required if key not in values]
+        if missing:
+            raise _fail(
+                source,
+                where,
+                f"does not set {', '.join(missing)} (the model and front end decide its "
+                "complexity)",
+                "set every model.* and frontend.* dimension",
+            )
+        out[name] = dict(values)
+    return out
+
+
+def _contains(dim: Dimension, value: Any) -> bool:
+    """Whether ``value`` is one the dimension can sample (its type, range and step)."""
+    if dim.kind == "categorical":
+        return any(type(value) is type(c) and value == c for c in dim.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if dim.kind == "int" and not isinstance(value, int):
+        return False
+    if not dim.low <= value <= dim.high:
+        return False
+    step = dim.step or (1 if dim.kind == "int" else None)
+    if step is None:
+        return True
+    steps = (value - dim.low) / step
+    return math.isclose(steps, round(steps), abs_tol=1e-8)
+
+
 def _parse_dimension(source: str, key: Any, spec: Any, model: str) -> Dimension:
     where = f"dimension {_short(key)}"
     if not isinstance(key, str) or key.count(".") != 1 or "" in key.split("."):
@@ -666,6 +736,10 @@ class SearchSpace:
         dimensions: Searched fields, in file order.
         fixed: Section -> field -> value used by every trial (all ``SECTIONS`` present).
         source: The YAML path the space came from, or ``"<dict>"``.
+        references: Name -> dimension values of known systems (a seed report's models) that a
+            new study runs first (warm start). A reference sets every ``model.*`` and
+            ``frontend.*`` dimension (they decide its complexity, checked against the budget
+            before it is queued); the ``train.*`` ones it leaves out are sampled.
     """
 
     name: str
@@ -674,6 +748,7 @@ class SearchSpace:
     dimensions: tuple[Dimension, ...]
     fixed: Mapping[str, Mapping[str, Any]]
     source: str = "<dict>"
+    references: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "<dict>") -> SearchSpace:
@@ -726,6 +801,7 @@ class SearchSpace:
             dimensions=dimensions,
             fixed=fixed,
             source=source,
+            references=_parse_references(source, top.references or {}, dimensions),
         )
 
     @classmethod
@@ -824,7 +900,24 @@ class SearchSpace:
 
             default = fixed["train"].get("epochs", TrainConfig.epochs)
             fixed["train"]["epochs"] = min(default, max_epochs)
-        return dataclasses.replace(self, dimensions=tuple(dims), fixed=fixed)
+        # a reference's epochs follow the new bound, as the sampled ones do
+        references = {
+            name: {
+                k: min(v, max_epochs) if k == "train.epochs" and isinstance(v, int) else v
+                for k, v in values.items()
+            }
+            for name, values in self.references.items()
+        }
+        return dataclasses.replace(self, dimensions=tuple(dims), fixed=fixed, references=references)
+
+    def reference_config(self, name: str) -> dict[str, dict[str, Any]]:
+        """The config of reference ``name`` with its ``model`` and ``frontend`` sections
+        complete (its ``train`` section holds only what it sets over ``fixed``)."""
+        config = self._fixed_copy()
+        for key, value in self.references[name].items():
+            section, field = key.split(".")
+            config[section][field] = value
+        return config
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
         """The Optuna distribution of every dimension, keyed by dotted name, in file order."""
@@ -839,13 +932,16 @@ class SearchSpace:
             }
             for section in SECTIONS
         }
-        return {
+        out = {
             "name": self.name,
             "description": self.description,
             "model": self.model,
             "fixed": fixed,
             "dimensions": {dim.name: dim.to_spec() for dim in self.dimensions},
         }
+        if self.references:
+            out["references"] = {name: dict(values) for name, values in self.references.items()}
+        return out
 
     def _fixed_copy(self) -> dict[str, dict[str, Any]]:
         return {section: copy.deepcopy(dict(self.fixed.get(section, {}))) for section in SECTIONS}

@@ -42,6 +42,8 @@ __all__ = [
     "DIRECTIONS",
     "HEARTBEAT_GRACE",
     "OBJECTIVE_NAMES",
+    "RAM_OBJECTIVE",
+    "objective_names",
     "SQLITE_BUSY_TIMEOUT",
     "TrialCounts",
     "absolute_storage",
@@ -74,6 +76,24 @@ SQLITE_BUSY_TIMEOUT = 30.0
 
 OBJECTIVE_NAMES = ("int8_accuracy", "macs", "param_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize")
+#: The optional fourth objective (``--ram-objective``): peak int8 activation bytes, minimized.
+RAM_OBJECTIVE = "peak_activation_bytes"
+
+
+def objective_names(ram: bool = False) -> tuple[str, ...]:
+    """The study's objectives: accuracy, MACs, parameter bytes, and with ``ram`` peak RAM."""
+    return OBJECTIVE_NAMES + ((RAM_OBJECTIVE,) if ram else ())
+
+
+def _directions(names: tuple[str, ...]) -> list[optuna.study.StudyDirection]:
+    return [
+        optuna.study.StudyDirection.MAXIMIZE
+        if n == "int8_accuracy"
+        else optuna.study.StudyDirection.MINIMIZE
+        for n in names
+    ]
+
+
 HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +380,7 @@ def open_study(
     heartbeat: int | None = None,
     max_retry: int = 2,
     sampler: optuna.samplers.BaseSampler | None = None,
+    ram_objective: bool = False,
 ) -> optuna.Study:
     """Open (or with ``create``, create or continue) a nas-asc study.
 
@@ -367,6 +388,8 @@ def open_study(
         study_name: the study.
         storage: its storage URL, or an open storage.
         create: create the study if it does not exist (with nas-asc's named objectives).
+        ram_objective: with ``create``, the study has the fourth objective (peak activation
+            RAM); continuing a study is refused unless it was created with the same objectives.
         heartbeat, max_retry: see :func:`open_storage` (a URL only).
         sampler: the study's sampler; None: random (readers sample nothing; a search sets its
             own per trial).
@@ -380,22 +403,19 @@ def open_study(
         url, store = "the storage", storage
     sampler = sampler or optuna.samplers.RandomSampler()
     if create:
+        names = objective_names(ram_objective)
         study = optuna.create_study(
             study_name=study_name,
             storage=store,
-            directions=list(DIRECTIONS),
+            directions=_directions(names),
             sampler=sampler,
             load_if_exists=True,
         )
-        if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in DIRECTIONS]:
-            raise NasAscError(
-                f"study {study_name!r} in {safe_url(url)} was not created by nas-asc (its "
-                "directions differ); choose another --study name"
-            )
+        _check_objectives(study, ram_objective, url)
         with warnings.catch_warnings():
             # experimental since Optuna 3.2 and unchanged since; the dashboard reads the names
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVE_NAMES))
+            study.set_metric_names(list(names))
         return study
     try:
         return optuna.load_study(study_name=study_name, storage=store, sampler=sampler)
@@ -405,6 +425,25 @@ def open_study(
             f"no study named {study_name!r} in {safe_url(url)}; existing studies: "
             f"{', '.join(names) or '(none)'}"
         ) from None
+
+
+def _check_objectives(study: optuna.Study, ram_objective: bool, url: str) -> None:
+    """Refuse a study whose objectives are not nas-asc's (with or without the RAM one)."""
+    names = objective_names(ram_objective)
+    if list(study.directions) == _directions(names):
+        return
+    other = objective_names(not ram_objective)
+    if list(study.directions) == _directions(other) and study.metric_names == list(other):
+        flag = "with" if len(other) > len(names) else "without"
+        raise NasAscError(
+            f"study {study.study_name!r} was created {flag} the RAM objective "
+            f"({', '.join(other)}); continue it {flag} --ram-objective, or choose a new "
+            "--study name"
+        )
+    raise NasAscError(
+        f"study {study.study_name!r} in {safe_url(url)} was not created by nas-asc (its "
+        "directions differ); choose another --study name"
+    )
 
 
 def open_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, str]:
@@ -534,13 +573,14 @@ def check_existing_study(
     fingerprint: str | None,
     artifact_dir: str | Path | None = None,
     protocol: dict | None = None,
+    ram_objective: bool | None = None,
 ) -> str | None:
     """Check, before any expensive work, that an existing study may be continued as asked.
 
     Creates nothing: a missing SQLite file or study is a new study. Raises ``NasAscError`` for a
     study of another space, budget, seed, dataset or validation split (``protocol``:
     :meth:`~nas_asc.data.protocol.Protocol.identity`), or (``artifact_dir``: given explicitly)
-    with another artifact folder.
+    with another artifact folder, or (``ram_objective`` not None) with other objectives.
 
     Returns:
         The artifact folder the study records, or None.
@@ -554,6 +594,8 @@ def check_existing_study(
             study = optuna.load_study(study_name=study_name, storage=store)
         except KeyError:
             return None
+        if ram_objective is not None:
+            _check_objectives(study, ram_objective, storage)
         _check_same_settings(study, space_name, budget, seed, fingerprint, protocol)
         recorded = study.user_attrs.get("artifact_dir")
         if recorded and artifact_dir and Path(recorded) != Path(artifact_dir).resolve():
@@ -614,10 +656,12 @@ def prepare_study(
         create=True,
         heartbeat=settings.heartbeat,
         max_retry=settings.max_retry,
+        ram_objective=settings.ram_objective,
     )
     # one worker at a time checks the recorded settings and records its own
     with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
         fingerprint = data_info.get("fingerprint")
+        new = "space" not in study.user_attrs  # the first worker of a study that has no trials
         _check_same_settings(
             study, context.space.name, context.budget, settings.seed, fingerprint, protocol
         )
@@ -631,6 +675,8 @@ def prepare_study(
         # of a study that has a space)
         study.set_user_attr("budget", context.budget.to_dict())
         study.set_user_attr("space_definition", context.space.to_dict())
+        if new and not study.trials:
+            study.set_user_attr("warm_start", _warm_start(study, context, settings))
         study.set_user_attr("model_revision", _model_revision(context.space.model))
         study.set_user_attr("space", context.space.name)
         study.set_user_attr("data", data_label)
@@ -638,6 +684,25 @@ def prepare_study(
         study.set_user_attr("sampler", settings.sampler.describe())
         study.set_user_attr("pruner", settings.pruner.describe())
     return study
+
+
+def _warm_start(study: optuna.Study, context: SearchContext, settings: SearchSettings) -> dict:
+    """Queue the space's references in a new study (unless ``--no-warm-start``); report it."""
+    if not context.space.references:
+        return {"enabled": settings.warm_start, "queued": [], "skipped": {}}
+    if not settings.warm_start:
+        context.reporter.message(
+            f"warm start off: the {len(context.space.references)} reference configurations "
+            "of the space are not queued"
+        )
+        return {"enabled": False, "queued": [], "skipped": {}}
+    from nas_asc.search.warmstart import queue_references
+
+    outcome = queue_references(study, context.space, context.budget)
+    queued = ", ".join(outcome["queued"]) or "none"
+    skipped = "".join(f"; skipped {n} ({why})" for n, why in outcome["skipped"].items())
+    context.reporter.message(f"warm start: queued the reference configurations {queued}{skipped}")
+    return {"enabled": True, **outcome}
 
 
 # ---------------------------------------------------------------------------------------------

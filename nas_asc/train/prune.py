@@ -215,15 +215,17 @@ def min_complexity(
     input_shape: str | Sequence[int],
     weight_dtype: str = "int8",
     min_filters: int = DEFAULT_MIN_FILTERS,
+    activations: bool = False,
 ) -> Complexity:
     """Complexity of ``model`` with every prunable layer pruned to ``min_filters`` filters.
 
     The least that :func:`prune_to_fit` can reach: a search can reject a candidate for which
     ``fits(min_complexity(...))`` is false before training it. ``model`` is not changed.
+    ``activations``: also count the peak activation RAM (for a budget that limits it).
     """
     _require_prunable(model)
     _check_int("min_filters", min_filters)
-    return count(_at_floor(model, min_filters), input_shape, weight_dtype)
+    return count(_at_floor(model, min_filters), input_shape, weight_dtype, activations=activations)
 
 
 def prune_to_fit(
@@ -233,6 +235,7 @@ def prune_to_fit(
     weight_dtype: str = "int8",
     step: int = 1,
     min_filters: int = DEFAULT_MIN_FILTERS,
+    activations: bool = False,
 ) -> PruneResult:
     """Remove lowest-L1 filters from ``model``, in place, until its complexity fits.
 
@@ -243,6 +246,8 @@ def prune_to_fit(
         weight_dtype: deployed weight dtype for the parameter-bytes count.
         step: filters removed per step (globally lowest-ranked first, re-ranked each step).
         min_filters: no prunable layer is cut below this many filters.
+        activations: also count the peak activation RAM of every probe (for a ``fits`` that
+            tests it).
 
     Returns:
         A :class:`PruneResult`; ``model`` is left unchanged if it already fits.
@@ -256,7 +261,7 @@ def prune_to_fit(
     _check_int("step", step)
     _check_int("min_filters", min_filters)
     filters = _filters(model)
-    before = count(model, input_shape, weight_dtype)
+    before = count(model, input_shape, weight_dtype, activations=activations)
     evaluated = [(0, before)]
     if fits(before):
         kept = {layer: tuple(range(n)) for layer, n in filters.items()}
@@ -267,7 +272,7 @@ def prune_to_fit(
     def probe(steps: int) -> Complexity:
         trial = copy.deepcopy(model)
         _apply(trial, _kept_after(filters, plan, steps), filters)
-        c = count(trial, input_shape, weight_dtype)
+        c = count(trial, input_shape, weight_dtype, activations=activations)
         evaluated.append((steps, c))
         return c
 
