@@ -159,7 +159,7 @@ class RejectionStreak:
             ("param_bytes", budget.max_param_bytes, "parameter bytes"),
             ("macs", budget.max_macs, "MACs"),
         ]
-        if getattr(budget, "limits_ram", False):
+        if budget.limits_ram:
             limit = budget.max_activation_bytes
             self._limits.append(("peak_activation_bytes", limit, "activation bytes at peak"))
 

@@ -66,9 +66,22 @@ class SamplerFactory(abc.ABC):
         return {"name": self.name, **fields}
 
 
+@dataclass(frozen=True)
+class _ModelBasedFactory(SamplerFactory):
+    """A sampler that models the study after ``n_startup_trials`` random ones."""
+
+    n_startup_trials: int = 4  # random trials before the sampler models the study
+
+    def __post_init__(self) -> None:
+        if self.n_startup_trials < 0:
+            raise ValueError(
+                f"sampler {self.name}: n_startup_trials must be >= 0, got {self.n_startup_trials}"
+            )
+
+
 @SAMPLERS.register("tpe")
 @dataclass(frozen=True)
-class TPEFactory(SamplerFactory):
+class TPEFactory(_ModelBasedFactory):
     """Multivariate TPE that learns the feasible region from the budget constraints.
 
     It keeps Optuna's ``constant_liar`` default (on): a trial running elsewhere counts as if it
@@ -76,16 +89,9 @@ class TPEFactory(SamplerFactory):
     to each other.
     """
 
-    n_startup_trials: int = 4  # random trials before TPE models the study
     multivariate: bool = True  # model the dimensions jointly (they interact: width x Mel bins)
 
     name = "tpe"
-
-    def __post_init__(self) -> None:
-        if self.n_startup_trials < 0:
-            raise ValueError(
-                f"sampler tpe: n_startup_trials must be >= 0, got {self.n_startup_trials}"
-            )
 
     def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
@@ -106,20 +112,12 @@ class RandomFactory(SamplerFactory):
 
 @SAMPLERS.register("gp")
 @dataclass(frozen=True)
-class GPFactory(SamplerFactory):
+class GPFactory(_ModelBasedFactory):
     """Gaussian-process Bayesian optimization (Optuna's ``GPSampler``): one GP per objective
     and one per budget constraint; multi-objective candidates by log expected hypervolume
     improvement, weighted by the probability of fitting the budget."""
 
-    n_startup_trials: int = 4  # random trials before the GPs model the study
-
     name = "gp"
-
-    def __post_init__(self) -> None:
-        if self.n_startup_trials < 0:
-            raise ValueError(
-                f"sampler gp: n_startup_trials must be >= 0, got {self.n_startup_trials}"
-            )
 
     def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
         import warnings
