@@ -5,6 +5,12 @@ at most 128,000 bytes of parameters, every parameter at its stored dtype (int8 =
 at most 30,000,000 multiply-accumulates for one 1-second clip, counted by
 :func:`nas_asc.complexity.count`.
 
+The DCASE 2025 limits are the same numbers per device model, counted the way the 2025 checker
+counts them (``rule="dcase2025"``, preset ``dcase2025``): on the int8 network an inference package
+ships (:mod:`nas_asc.export.dcase2025`), torchinfo's ``total_mult_adds`` for MACs and the bytes
+of its ``parameters()`` at their stored dtype (int8 weights: 1, float32 biases and float layers:
+4). :func:`nas_asc.complexity.count` applies either rule.
+
 A budget may also limit the RAM the activations take (``--budget ram=64k``): the peak of int8
 activation bytes alive at once, :func:`nas_asc.memory.peak_activation_bytes`. A Cortex-M4 part
 has 64-256 kB of SRAM, which also holds the stack and the audio buffers. No DCASE rule limits it,
@@ -20,7 +26,11 @@ from dataclasses import asdict, dataclass, replace
 from nas_asc._registry import split_items
 from nas_asc.errors import BudgetError
 
-__all__ = ["Budget", "PRESETS", "DEFAULT_BUDGET", "parse_budget"]
+__all__ = ["Budget", "PRESETS", "DEFAULT_BUDGET", "RULES", "parse_budget"]
+
+#: Counting rules: ``dcase2024`` (NeSsi/torchinfo on the float model, every weight at the
+#: deployed dtype) and ``dcase2025`` (the 2025 checker on the exported int8 network).
+RULES = ("dcase2024", "dcase2025")
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,16 @@ class Budget:
     max_macs: int  # multiply-accumulates per inference (one clip)
     weight_dtype: str = "int8"  # dtype of deployed weights, for the parameter-bytes count
     max_activation_bytes: int | None = None  # peak int8 activation RAM; None: not limited
+    rule: str = "dcase2024"  # how complexity is counted: one of RULES
 
     def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise BudgetError(f"budget rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.rule == "dcase2025" and self.weight_dtype != "int8":
+            raise BudgetError(
+                f"the dcase2025 rule counts the exported int8 network's parameters at the dtype "
+                f"each is stored in, so dtype={self.weight_dtype} does not apply; leave out dtype="
+            )
         if self.max_activation_bytes is not None and self.max_activation_bytes <= 0:
             raise BudgetError(
                 f"budget RAM limit must be positive, got {self.max_activation_bytes}; e.g. "
@@ -95,7 +113,15 @@ class Budget:
         out = asdict(self)
         if out["max_activation_bytes"] is None:
             del out["max_activation_bytes"]
+        if out["rule"] == "dcase2024":  # studies recorded before rules existed compare equal
+            del out["rule"]
         return out
+
+    def count(self, model, input_shape, activations: bool = False):
+        """:func:`nas_asc.complexity.count` of ``model`` under this budget's rule and dtype."""
+        from nas_asc.complexity import count
+
+        return count(model, input_shape, self.weight_dtype, activations=activations, rule=self.rule)
 
 
 _DCASE = Budget("dcase2024", max_param_bytes=128_000, max_macs=30_000_000)
@@ -103,6 +129,7 @@ PRESETS: dict[str, Budget] = {
     "dcase2024": _DCASE,
     "dcase2023": replace(_DCASE, name="dcase2023"),
     "cortex-m4": replace(_DCASE, name="cortex-m4"),
+    "dcase2025": replace(_DCASE, name="dcase2025", rule="dcase2025"),
 }
 DEFAULT_BUDGET = _DCASE
 

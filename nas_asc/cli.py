@@ -112,9 +112,9 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--train-split",
-        default="fold1",
         help="training split: fold1 (evaluation_setup/fold1_train.csv) or a DCASE 2024 subset "
-        "split5, split10, split25, split50, split100 (default: fold1)",
+        "split5, split10, split25, split50, split100 (default: fold1; split25, the DCASE 2025 "
+        "training data, with --budget dcase2025)",
     )
 
 
@@ -382,6 +382,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for reports/<study>/, rewritten with the results (default: reports)",
     )
 
+    p = sub.add_parser(
+        "finetune",
+        help="DCASE 2025: fine-tune a copy of chosen trials per recording device (selected on "
+        "the validation split, measured on the test fold)",
+    )
+    p.add_argument("--study", required=True, help="study name")
+    _add_storage(p)
+    p.add_argument(
+        "--trials",
+        type=_trial_list,
+        help="comma-separated trial numbers (default: every Pareto-optimal trial)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=3,
+        help="fine-tuning epochs per device model (default: 3)",
+    )
+    p.add_argument(
+        "--lr-scale",
+        type=_positive_float,
+        default=0.1,
+        help="fine-tuning learning rate as a share of the trial's own (default: 0.1)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="dataset root (default: the one the study recorded; its files must be unchanged)",
+    )
+
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study")
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
@@ -389,15 +419,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
 
     p = sub.add_parser(
-        "export", help="export Pareto-optimal trials: int8 ONNX, weights, model card, C header"
+        "export",
+        help="export Pareto-optimal trials: int8 ONNX, weights, model card, C header; or a DCASE "
+        "2025 inference package (--format dcase2025)",
     )
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
+        "--format",
+        choices=("onnx", "dcase2025"),
+        default="onnx",
+        help="onnx: one folder per trial (default); dcase2025: one installable inference "
+        "package of up to four submissions (needs --label)",
+    )
+    p.add_argument(
+        "--label",
+        help="dcase2025: the submission label Surname_INST_task1 (the package's import name)",
+    )
+    p.add_argument(
+        "--device-models",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dcase2025: require every trial's device models from nas-asc finetune "
+        "(--no-device-models: general models only; default: device models where fine-tuned)",
+    )
+    p.add_argument(
         "--trials",
         type=_trial_list,
-        help="comma-separated trial numbers (default: every Pareto-optimal trial)",
+        help="comma-separated trial numbers (default: every Pareto-optimal trial; dcase2025: "
+        "the four whose set has the largest hypervolume)",
     )
     p.add_argument(
         "--data",
@@ -519,6 +570,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         space = space.with_max_epochs(args.epochs)
     budget = parse_budget(args.budget)
+    if args.train_split is None:  # the DCASE 2025 rules come with its training data
+        args.train_split = "split25" if budget.rule == "dcase2025" else "fold1"
     ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed fails now
     cache_root()  # $NAS_ASC_CACHE naming a file fails now, not inside a trial
     if args.validation_split is not None and not args.validation_split.is_file():
@@ -670,14 +723,14 @@ def _parse_set(items: Sequence[str]) -> dict:
 
 def cmd_complexity(args: argparse.Namespace) -> int:
     from nas_asc.budget import parse_budget
-    from nas_asc.complexity import count, parse_input_shape
+    from nas_asc.complexity import parse_input_shape
     from nas_asc.models import create_model
 
     budget = parse_budget(args.budget)
     shape = parse_input_shape(args.input)
     model = create_model(args.model, **_parse_set(args.set))
     try:
-        c = count(model, shape, budget.weight_dtype, activations=True)
+        c = budget.count(model, shape, activations=True)
     except RuntimeError as exc:  # the model cannot run on that input (a pooling output below 1)
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
         raise NasAscError(
@@ -727,6 +780,9 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         load_teacher_logits,
         parse_member,
     )
+
+    if args.train_split is None:
+        args.train_split = "fold1"
 
     if args.logits is not None:
         if args.member or args.members or args.width or args.epochs or args.retrain:
@@ -826,9 +882,30 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from nas_asc.finetune import finetune_study, format_finetune
+
+    study, _ = _existing_study(args.study, args.storage)
+    study = finetune_study(
+        study,
+        args.trials,
+        epochs=args.epochs,
+        lr_scale=args.lr_scale,
+        data_root=args.data,
+        progress=not args.quiet,
+    )
+    print(format_finetune(study, args.trials))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "dcase2025":
+        return _export_dcase2025(args)
     from nas_asc.export import export_study
 
+    for flag, value in (("--label", args.label), ("--device-models", args.device_models)):
+        if value is not None:
+            raise NasAscError(f"{flag} belongs to --format dcase2025; add it or leave {flag} out")
     study, _ = _existing_study(args.study, args.storage)
     results = export_study(
         study,
@@ -847,6 +924,45 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_dcase2025(args: argparse.Namespace) -> int:
+    from nas_asc.export.dcase2025.package import check_label, export_dcase2025
+
+    if args.label is None:
+        raise NasAscError(
+            "--format dcase2025 needs --label Surname_INST_task1 (the submission label, which "
+            "names the package)"
+        )
+    check_label(args.label)
+    for flag, value in (("--overwrite", args.overwrite), ("--no-c-header", args.no_c_header)):
+        if value:
+            raise NasAscError(
+                f"{flag} does not apply to --format dcase2025 (the package is written to a new "
+                "folder, and has no C header)"
+            )
+    study, _ = _existing_study(args.study, args.storage)
+    result = export_dcase2025(
+        study,
+        args.out,
+        args.label,
+        trials=args.trials,
+        device_models=args.device_models,
+        data_root=args.data,
+        tolerance_pp=args.tolerance_pp,
+        progress=not args.quiet,
+    )
+    print(f"\nDCASE 2025 inference package {result.label} written to {result.directory}:")
+    for row in result.submissions:
+        own = ", ".join(row["devices"]) or "none"
+        print(
+            f"  {result.label}_{row['index']}: trial {row['trial']} ({row['family']}; own device "
+            f"models: {own}), at most {row['max_macs']:,} MACs and {row['max_param_bytes']:,} "
+            f"parameter bytes per device, test accuracy {row['accuracy']:.1%} (nas-asc's int8 "
+            f"scene on {row['agreement']:.1%} of the clips)"
+        )
+    print(f"install it with: pip install -e {result.directory}")
+    return 0
+
+
 _COMMANDS = {
     "search": cmd_search,
     "complexity": cmd_complexity,
@@ -856,6 +972,7 @@ _COMMANDS = {
     "evaluate": cmd_evaluate,
     "dashboard": cmd_dashboard,
     "export": cmd_export,
+    "finetune": cmd_finetune,
 }
 
 

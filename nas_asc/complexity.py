@@ -19,6 +19,12 @@ the int8 quantizer converts (convolutions, linear layers, BatchNorm folded into 
 deployed weight dtype (int8, one byte), and layers that stay in float after conversion (those
 marked ``deploy_float``, e.g. AdaResNorm, whose statistics are per sample) at four bytes.
 
+The DCASE 2025 rule (``rule="dcase2025"``) counts instead what the 2025 checker counts on the
+int8 network an inference package ships: torchinfo's ``total_mult_adds`` of that network and the
+bytes of its ``parameters()`` at their stored dtype (:mod:`nas_asc.export.dcase2025.netgen`):
+folded BatchNorms count no MACs of their own but each convolution's bias counts one MAC per
+output element; int8 weights one byte, float32 biases and float layers four.
+
 MACs are measured with fvcore's JIT tracer, whose per-operator handles are replaced by the rule
 above; ``tests/test_complexity.py`` checks them against torchinfo on every registered model.
 """
@@ -170,6 +176,7 @@ def count(
     input_shape: str | Sequence[int],
     weight_dtype: str = "int8",
     activations: bool = False,
+    rule: str = "dcase2024",
 ) -> Complexity:
     """Count parameters, parameter bytes and MACs of ``model`` under the DCASE rule.
 
@@ -181,6 +188,9 @@ def count(
         activations: also count ``peak_activation_bytes``, the int8 activation memory the
             inference needs at once (:func:`nas_asc.memory.peak_activation_bytes`; a trace and
             one more forward pass, about a third of the count's time).
+        rule: ``"dcase2024"`` (the rule above) or ``"dcase2025"`` (the 2025 checker's count of
+            the int8 network a DCASE 2025 inference package ships; ``weight_dtype`` must be
+            ``int8``).
 
     Returns:
         A :class:`Complexity`.
@@ -193,7 +203,11 @@ def count(
     """
     if weight_dtype not in DTYPE_BYTES:
         raise ValueError(f"weight_dtype must be one of {sorted(DTYPE_BYTES)}, got {weight_dtype!r}")
+    if rule not in ("dcase2024", "dcase2025"):
+        raise ValueError(f"rule must be dcase2024 or dcase2025, got {rule!r}")
     shape = parse_input_shape(input_shape)
+    if rule == "dcase2025":
+        return _count_2025(model, shape, weight_dtype, activations)
     params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     was_training = model.training
     model.eval()
@@ -216,6 +230,31 @@ def count(
     return Complexity(
         params=params,
         param_bytes=_param_bytes(model, DTYPE_BYTES[weight_dtype]),
+        macs=macs,
+        input_shape=shape,
+        peak_activation_bytes=peak,
+    )
+
+
+def _count_2025(
+    model: nn.Module, shape: tuple[int, ...], weight_dtype: str, activations: bool
+) -> Complexity:
+    from nas_asc.export.dcase2025.netgen import submission_complexity
+
+    if weight_dtype != "int8":
+        raise ValueError(
+            f"the dcase2025 rule counts the int8 network at its stored dtypes, got weight_dtype "
+            f"{weight_dtype!r}"
+        )
+    params, param_bytes, macs = submission_complexity(model, shape)
+    peak = None
+    if activations:
+        from nas_asc.memory import peak_activation_bytes
+
+        peak = peak_activation_bytes(model, shape)
+    return Complexity(
+        params=params,
+        param_bytes=param_bytes,
         macs=macs,
         input_shape=shape,
         peak_activation_bytes=peak,

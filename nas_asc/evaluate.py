@@ -114,7 +114,6 @@ def evaluate_study(
         The study, loaded again with the new attributes.
     """
     from nas_asc.budget import Budget
-    from nas_asc.complexity import count
     from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.models import create_model
     from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
@@ -181,7 +180,7 @@ def evaluate_study(
             started = time.perf_counter()
             torch.manual_seed(seed)
             model = create_model(ckpt.family, **ckpt.model_config)
-            c = count(model, shape, budget.weight_dtype)
+            c = budget.count(model, shape)
             fitted = train_candidate(
                 model,
                 recipe,

@@ -27,7 +27,7 @@ import optuna
 import torch
 
 from nas_asc.budget import Budget
-from nas_asc.complexity import Complexity, count, parse_input_shape
+from nas_asc.complexity import Complexity, parse_input_shape
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
 from nas_asc.errors import DatasetError
@@ -251,7 +251,7 @@ class Objective:
         torch.manual_seed(seed)
         model = _build(ctx.space.model, cfg["model"])
         shape = frontend.input_shape()
-        c = count(model, shape, ctx.budget.weight_dtype, activations=True)
+        c = ctx.budget.count(model, shape, activations=True)
         _record_complexity(trial, c)
         return Candidate(cfg, frontend, recipe, seed, model, shape, c)
 
@@ -271,6 +271,7 @@ class Objective:
                 budget.weight_dtype,
                 recipe.prune_min_filters,
                 activations=budget.limits_ram,
+                rule=budget.rule,
             )
             trial.set_user_attr("prune_floor", floor.to_dict())
             floor_violations = budget.violations(floor)
@@ -545,7 +546,14 @@ def train_candidate(
         return Fitted(result, complexity)
     floor = recipe.prune_min_filters
     pruning = prune_to_fit(
-        model, budget.fits, shape, budget.weight_dtype, 1, floor, activations=budget.limits_ram
+        model,
+        budget.fits,
+        shape,
+        budget.weight_dtype,
+        1,
+        floor,
+        activations=budget.limits_ram,
+        rule=budget.rule,
     )
     if recipe.prune_finetune_epochs:
         finetune = dataclasses.replace(

@@ -16,7 +16,6 @@ from typing import Any
 import optuna
 
 from nas_asc.budget import Budget
-from nas_asc.complexity import count
 from nas_asc.data.features import FrontEnd
 from nas_asc.search.space import SearchSpace
 
@@ -40,7 +39,7 @@ def queue_references(study: optuna.Study, space: SearchSpace, budget: Budget) ->
         config = space.reference_config(name)
         model = create_model(space.model, **config["model"])
         shape = FrontEnd(**config["frontend"]).input_shape()
-        c = count(model, shape, budget.weight_dtype, activations=budget.limits_ram)
+        c = budget.count(model, shape, activations=budget.limits_ram)
         violations = budget.violations(c)
         if violations:
             skipped[name] = "over budget: " + "; ".join(violations)

@@ -216,16 +216,19 @@ def min_complexity(
     weight_dtype: str = "int8",
     min_filters: int = DEFAULT_MIN_FILTERS,
     activations: bool = False,
+    rule: str = "dcase2024",
 ) -> Complexity:
     """Complexity of ``model`` with every prunable layer pruned to ``min_filters`` filters.
 
     The least that :func:`prune_to_fit` can reach: a search can reject a candidate for which
     ``fits(min_complexity(...))`` is false before training it. ``model`` is not changed.
-    ``activations``: also count the peak activation RAM (for a budget that limits it).
+    ``activations``: also count the peak activation RAM (for a budget that limits it);
+    ``rule``: the counting rule (:func:`nas_asc.complexity.count`).
     """
     _require_prunable(model)
     _check_int("min_filters", min_filters)
-    return count(_at_floor(model, min_filters), input_shape, weight_dtype, activations=activations)
+    floor = _at_floor(model, min_filters)
+    return count(floor, input_shape, weight_dtype, activations=activations, rule=rule)
 
 
 def prune_to_fit(
@@ -236,6 +239,7 @@ def prune_to_fit(
     step: int = 1,
     min_filters: int = DEFAULT_MIN_FILTERS,
     activations: bool = False,
+    rule: str = "dcase2024",
 ) -> PruneResult:
     """Remove lowest-L1 filters from ``model``, in place, until its complexity fits.
 
@@ -248,6 +252,7 @@ def prune_to_fit(
         min_filters: no prunable layer is cut below this many filters.
         activations: also count the peak activation RAM of every probe (for a ``fits`` that
             tests it).
+        rule: the counting rule (:func:`nas_asc.complexity.count`).
 
     Returns:
         A :class:`PruneResult`; ``model`` is left unchanged if it already fits.
@@ -261,7 +266,7 @@ def prune_to_fit(
     _check_int("step", step)
     _check_int("min_filters", min_filters)
     filters = _filters(model)
-    before = count(model, input_shape, weight_dtype, activations=activations)
+    before = count(model, input_shape, weight_dtype, activations=activations, rule=rule)
     evaluated = [(0, before)]
     if fits(before):
         kept = {layer: tuple(range(n)) for layer, n in filters.items()}
@@ -272,7 +277,7 @@ def prune_to_fit(
     def probe(steps: int) -> Complexity:
         trial = copy.deepcopy(model)
         _apply(trial, _kept_after(filters, plan, steps), filters)
-        c = count(trial, input_shape, weight_dtype, activations=activations)
+        c = count(trial, input_shape, weight_dtype, activations=activations, rule=rule)
         evaluated.append((steps, c))
         return c
 
