@@ -414,27 +414,11 @@ def _device_entry(study: optuna.Study, trial: FrozenTrial, device: str) -> dict:
 
 
 def _load_device_checkpoint(study: optuna.Study, number: int, device: str, artifact_id: str):
-    from optuna.artifacts import download_artifact
+    from nas_asc.search.artifacts import read_checkpoint
 
-    from nas_asc.search.artifacts import CHECKPOINT_FORMAT, Checkpoint, study_artifact_store
-
-    store = study_artifact_store(study)
-    with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
-        path = os.path.join(tmp, "checkpoint.pt")
-        try:
-            download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
-        except Exception as exc:  # the store raises several types for a missing file
-            raise NasAscError(
-                f"device {device!r} checkpoint {artifact_id} of trial {number} is missing "
-                f"from {study.user_attrs.get('artifact_dir')}: {exc}; fine-tune the trial again"
-            ) from None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise NasAscError(
-            f"device {device!r} checkpoint of trial {number} has format "
-            f"{payload.get('format')!r}; this nas-asc reads {CHECKPOINT_FORMAT!r}"
-        )
-    return Checkpoint(**payload)
+    return read_checkpoint(
+        study, artifact_id, f"trial {number}", f"device {device!r} ", "; fine-tune the trial again"
+    )
 
 
 def load_device_int8(

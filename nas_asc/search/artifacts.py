@@ -323,6 +323,17 @@ def load_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Che
             f"trial {trial.number} of study {study.study_name!r} has no checkpoint "
             f"(status: {status}); only trained trials can be exported"
         )
+    return read_checkpoint(study, artifact_id, f"trial {trial.number}")
+
+
+def read_checkpoint(
+    study: optuna.Study, artifact_id: str, owner: str, prefix: str = "", fix: str = ""
+) -> Checkpoint:
+    """Download and read checkpoint ``artifact_id`` from the study's artifact store.
+
+    ``owner`` (``"trial 3"``), ``prefix`` (``"device 'b' "``) and ``fix`` (``"; fine-tune the
+    trial again"``) word the errors for a missing file or a foreign format.
+    """
     store = study_artifact_store(study)
     with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
         path = os.path.join(tmp, "checkpoint.pt")
@@ -330,13 +341,13 @@ def load_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Che
             download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
         except Exception as exc:  # the store raises several types for a missing file
             raise NasAscError(
-                f"checkpoint {artifact_id} of trial {trial.number} is missing from "
-                f"{study.user_attrs.get('artifact_dir')}: {exc}"
+                f"{prefix}checkpoint {artifact_id} of {owner} is missing from "
+                f"{study.user_attrs.get('artifact_dir')}: {exc}{fix}"
             ) from None
         payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise NasAscError(
-            f"checkpoint of trial {trial.number} has format {payload.get('format')!r}; this "
+            f"{prefix}checkpoint of {owner} has format {payload.get('format')!r}; this "
             f"nas-asc reads {CHECKPOINT_FORMAT!r}"
         )
     return Checkpoint(**payload)
