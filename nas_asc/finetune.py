@@ -89,16 +89,7 @@ def device_subset(features: FeatureSet, device: str) -> FeatureSet:
     (``mean``, ``std``) is the whole set's, which the device's model keeps.
     """
     keep = [i for i, d in enumerate(features.devices) if d == device]
-    idx = torch.tensor(keep, dtype=torch.long)
-    return FeatureSet(
-        x=features.x[idx],
-        y=features.y[idx],
-        devices=[features.devices[i] for i in keep],
-        filenames=[features.filenames[i] for i in keep],
-        rows=features.rows[idx],
-        mean=features.mean,
-        std=features.std,
-    )
+    return features.subset(torch.tensor(keep, dtype=torch.long))
 
 
 def _device_key(device: str) -> tuple[str, int, str]:

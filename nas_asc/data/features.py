@@ -97,20 +97,103 @@ def logmel(waves: torch.Tensor, source_rate: int, frontend: FrontEnd) -> torch.T
     return torch.log(mel(waves) + 1e-5)
 
 
-@dataclass
 class FeatureSet:
-    """Features of one split, held in memory as one tensor."""
+    """Features of one split: normalized log-mels, labels, devices and meta.csv rows.
 
-    x: torch.Tensor  # (clips, 1, n_mels, frames), normalized float32
-    y: torch.Tensor  # (clips,) scene index
-    devices: list[str]  # recording device of each clip
-    filenames: list[str]  # relative file names, as in meta.csv
-    rows: torch.Tensor  # (clips,) row of each clip in meta.csv (teacher logits are indexed by it)
-    mean: float = 0.0  # log-mel mean subtracted (training split): the deployed front end does too
-    std: float = 1.0  # log-mel standard deviation divided by (training split)
+    The features are held either as one normalized float32 tensor ``x`` (clips, 1, n_mels,
+    frames), or as the cache's float16 log-mels ``raw`` (clips, n_mels, frames), normalized with
+    ``mean`` and ``std`` when read. :meth:`batch` reads some clips without materializing the
+    rest, :meth:`to` moves the set to a device (``raw`` stays float16 there, half the memory of
+    float32), and :attr:`x` gives the whole normalized tensor (made on first use, then kept).
+    Reading through either gives the same float32 values bit for bit:
+    ``(raw.float() - mean) / std``.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor | None = None,
+        *,
+        y: torch.Tensor,
+        devices: list[str],
+        filenames: list[str],
+        rows: torch.Tensor,
+        mean: float = 0.0,
+        std: float = 1.0,
+        raw: torch.Tensor | None = None,
+    ) -> None:
+        if (x is None) == (raw is None):
+            raise ValueError("a FeatureSet holds exactly one of x (normalized) and raw (log-mels)")
+        self._x = x
+        self.raw = raw
+        self.y = y
+        self.devices = devices
+        self.filenames = filenames
+        self.rows = rows
+        self.mean = mean  # log-mel mean subtracted (training split): the deployed front end too
+        self.std = std  # log-mel standard deviation divided by (training split)
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def __repr__(self) -> str:
+        return f"FeatureSet({len(self)} clips, shape {self.shape}, device {self.device})"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(clips, 1, n_mels, frames)``, the shape of :attr:`x`."""
+        if self.raw is None:
+            return tuple(self._x.shape)
+        return (self.raw.shape[0], 1, *self.raw.shape[1:])
+
+    @property
+    def device(self) -> torch.device:
+        return (self._x if self.raw is None else self.raw).device
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All clips, normalized float32 ``(clips, 1, n_mels, frames)`` (made once, then kept)."""
+        if self._x is None:
+            self._x = self._normalize(self.raw).contiguous()
+        return self._x
+
+    def _normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return ((raw.float() - self.mean) / self.std).unsqueeze(1)
+
+    def batch(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """Normalized float32 features of clips ``idx``, on the set's device: ``x[idx]``."""
+        if self._x is not None:
+            return self._x[idx]
+        return self._normalize(self.raw[idx])
+
+    def to(self, device: torch.device | str) -> FeatureSet:
+        """This set with its tensors on ``device`` (itself when they are already there)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        return FeatureSet(
+            self._x.to(device) if self.raw is None else None,
+            raw=None if self.raw is None else self.raw.to(device),
+            y=self.y.to(device),
+            devices=self.devices,
+            filenames=self.filenames,
+            rows=self.rows,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    def subset(self, idx: torch.Tensor) -> FeatureSet:
+        """The clips ``idx`` (a LongTensor), with this set's normalization."""
+        keep = idx.tolist()
+        return FeatureSet(
+            self._x[idx] if self.raw is None else None,
+            raw=None if self.raw is None else self.raw[idx],
+            y=self.y[idx],
+            devices=[self.devices[i] for i in keep],
+            filenames=[self.filenames[i] for i in keep],
+            rows=self.rows[idx],
+            mean=self.mean,
+            std=self.std,
+        )
 
 
 def _cache_path(dataset, source: str, frontend: FrontEnd) -> Path:
@@ -230,16 +313,17 @@ def load_features(
     ):
         index, feats = groups[source]
         idx = torch.tensor([index[name] for name in frame.filename], dtype=torch.long)
-        splits.append((frame, feats[idx].float()))
-    train_x = splits[0][1]
+        splits.append((frame, feats[idx]))
+    train_x = splits[0][1].float()
     mean, std = train_x.mean(), train_x.std()
+    del train_x
     if not math.isfinite(float(std)) or float(std) == 0.0:
         raise ValueError("training features have zero or non-finite variance; is the audio silent?")
     sets = []
-    for frame, x in splits:
+    for frame, raw in splits:
         sets.append(
             FeatureSet(
-                x=((x - mean) / std).unsqueeze(1).contiguous(),
+                raw=raw,
                 y=torch.tensor(frame.label.to_numpy(), dtype=torch.long),
                 devices=list(frame.device),
                 filenames=list(frame.filename),
