@@ -25,12 +25,19 @@ median. Run from the repository root::
     python benchmarks/train_throughput.py --parallel 2       # two trials at once
     python benchmarks/train_throughput.py --model cpmobile --repeats 5
     python benchmarks/train_throughput.py --compile          # + torch.compile (minutes)
+    python benchmarks/train_throughput.py --device cuda --concurrency 1,2,4,8
+
+``--device cuda`` runs both on the GPU: the plain loop moves each CPU batch to the GPU (its
+default settings), the trainer holds the features there and draws and augments batches there
+(:func:`nas_asc.train.loop.train`), and an opt-in row adds bf16 autocast (``train.amp``).
+``--concurrency 1,2,4,8`` then also runs that many trainer processes at once on the one device
+and prints trials per hour, and its ratio to one trial at a time: the tiny models of this task
+do not fill a GPU alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import statistics
 import time
@@ -56,19 +63,12 @@ def _training_set(clips: int):
     train_set, _ = load_features(
         load_tau22(default_dataset(progress=False)), FRONTEND, progress=False
     )
-    n = min(clips, len(train_set))
-    return dataclasses.replace(
-        train_set,
-        x=train_set.x[:n].clone(),
-        y=train_set.y[:n].clone(),
-        devices=train_set.devices[:n],
-        filenames=train_set.filenames[:n],
-        rows=train_set.rows[:n].clone(),
-    )
+    return train_set.subset(torch.arange(min(clips, len(train_set))))
 
 
-def plain_loop(model, pairs, epochs: int, seed: int) -> None:
-    """The baseline: DataLoader over per-sample tensors, AdamW, cross-entropy, eager."""
+def plain_loop(model, pairs, epochs: int, seed: int, device: str = "cpu") -> None:
+    """The baseline: DataLoader over per-sample CPU tensors (each batch moved to ``device``),
+    AdamW, cross-entropy, eager."""
     loader = torch.utils.data.DataLoader(
         pairs, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -78,6 +78,7 @@ def plain_loop(model, pairs, epochs: int, seed: int) -> None:
         for x, y in loader:
             if len(y) < 2:  # as the trainer: BatchNorm needs two samples
                 continue
+            x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -85,8 +86,12 @@ def plain_loop(model, pairs, epochs: int, seed: int) -> None:
 
 
 def nas_asc_trainer(model, train_set, epochs: int, seed: int, options: dict) -> dict:
-    """``nas_asc.train.loop.train`` under ``options``; returns the accel session's summary."""
+    """``nas_asc.train.loop.train`` under ``options`` (``amp`` goes to the recipe); returns the
+    accel session's summary."""
+    options = dict(options)
+    amp = options.pop("amp", "off")
     recipe = TrainConfig(
+        amp=amp,
         epochs=epochs,
         batch_size=BATCH,
         lr=LR,
@@ -105,15 +110,25 @@ def _one(job: dict) -> tuple[float, dict]:
     train_set = job["train_set"]
     model = create_model(job["model"], **job["model_cfg"])
     model.load_state_dict(job["init"])
+    device = job["device"]
     if job["options"] is None:
         pairs = [(train_set.x[i].clone(), train_set.y[i].clone()) for i in range(len(train_set))]
+        model.to(device)
         start = time.perf_counter()
-        plain_loop(model, pairs, job["epochs"], job["seed"])
+        plain_loop(model, pairs, job["epochs"], job["seed"], device)
+        _sync(device)
         return time.perf_counter() - start, {}
     accel.configure_threads(parallel_trials=job["parallel"])
     start = time.perf_counter()
-    summary = nas_asc_trainer(model, train_set, job["epochs"], job["seed"], job["options"])
+    options = dict(job["options"], device=device)
+    summary = nas_asc_trainer(model, train_set, job["epochs"], job["seed"], options)
+    _sync(device)  # (train() ends by moving the networks to the CPU, which waits anyway)
     return time.perf_counter() - start, summary
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -144,7 +159,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--compile", action="store_true", help="add a torch.compile row (minutes of compiling)"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default) or cuda[:N]: where both loops train"
+    )
+    parser.add_argument(
+        "--concurrency",
+        default="",
+        metavar="N,M,...",
+        help="also run N trainer processes at once on the device and print trials per hour "
+        "(e.g. 1,2,4,8)",
+    )
     args = parser.parse_args(argv)
+    from nas_asc.device import resolve_device
+
+    args.device = str(resolve_device(args.device))
+    try:
+        levels = [int(v) for v in args.concurrency.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--concurrency takes counts like 1,2,4,8, got {args.concurrency!r}")
+    if any(n < 1 for n in levels):
+        parser.error(f"--concurrency counts must be >= 1, got {args.concurrency!r}")
     for name in ("epochs", "clips", "repeats", "parallel"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -173,21 +207,25 @@ def main(argv: list[str] | None = None) -> None:
         ]
     if args.compile:
         rows.append(("opt-in: + torch.compile", dict(compile="on")))
+    if args.device.startswith("cuda"):
+        rows.append(("opt-in: + bf16 autocast (train.amp)", dict(amp="bf16")))
 
     samples = len(train_set) * args.epochs * args.parallel
     print(
         f"train_throughput: {args.model} {model_cfg}, {len(train_set)} clips x {args.epochs} "
         f"epoch(s), batch {BATCH}, {args.parallel} training(s) at once, {args.repeats} repeats, "
-        f"{accel.cpu_cores()} cores (torch default threads {default_threads}); torch "
-        f"{torch.__version__}",
+        f"{accel.cpu_cores()} cores (torch default threads {default_threads}), device "
+        f"{_device_name(args.device)}; torch {torch.__version__}",
         flush=True,
     )
     spawn = multiprocessing.get_context("spawn")
     rates: dict[str, list[float]] = {name: [] for name, _ in rows}
     summaries: dict[str, dict] = {}
-    with spawn.Pool(args.parallel) as pool:
+    with spawn.Pool(max([args.parallel, *levels])) as pool:
 
-        def run(options, epochs, clips_set, seed) -> tuple[float, list[dict]]:
+        def run(
+            options, epochs, clips_set, seed, parallel=args.parallel
+        ) -> tuple[float, list[dict]]:
             job = dict(
                 model=args.model,
                 model_cfg=model_cfg,
@@ -196,17 +234,16 @@ def main(argv: list[str] | None = None) -> None:
                 epochs=epochs,
                 seed=seed,
                 options=options,
-                parallel=args.parallel,
+                parallel=parallel,
                 default_threads=default_threads,
+                device=args.device,
             )
             start = time.perf_counter()
-            out = pool.map(_one, [dict(job, seed=seed + k) for k in range(args.parallel)])
+            out = pool.map(_one, [dict(job, seed=seed + k) for k in range(parallel)])
             return time.perf_counter() - start, [summary for _, summary in out]
 
         # untimed: the first steps of a process build oneDNN's kernels for these shapes
-        warm = dataclasses.replace(
-            train_set, x=train_set.x[: 2 * BATCH], y=train_set.y[: 2 * BATCH]
-        )
+        warm = train_set.subset(torch.arange(min(2 * BATCH, len(train_set))))
         for _, options in rows:
             run(options, 1, warm, args.seed)
         for rep in range(args.repeats):
@@ -218,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"  run {rep + 1} {name.strip()}: {rates[name][-1]:.0f} samples/s", flush=True
                 )
+        per_hour = _concurrency(run, levels, train_set, args)
 
     base = statistics.median(rates[rows[0][0]])
     heads = " ".join(f"{f'run {i + 1}':>7s}" for i in range(args.repeats))
@@ -235,6 +273,34 @@ def main(argv: list[str] | None = None) -> None:
         )
     ratio = statistics.median(rates["nas-asc trainer (defaults)"]) / base
     print(f"\nratio nas-asc trainer / plain eager loop (medians): {ratio:.2f}x")
+    if per_hour:
+        one = statistics.median(per_hour[levels[0]])
+        print(
+            f"\nconcurrent trials on {_device_name(args.device)} (trainer defaults, "
+            f"{len(train_set)} clips x {args.epochs} epoch(s) per trial)"
+        )
+        print(f"{'trials at once':>14s} {'trials/hour (median)':>21s} {f'vs {levels[0]}':>8s}")
+        for n in levels:
+            med = statistics.median(per_hour[n])
+            print(f"{n:14d} {med:21.1f} {med / one:7.2f}x")
+
+
+def _concurrency(run, levels: list[int], train_set, args) -> dict[int, list[float]]:
+    """Trials per hour with ``n`` trainer processes at once, for each ``n`` of ``levels``
+    (interleaved over the repeats, as the rows above)."""
+    per_hour: dict[int, list[float]] = {n: [] for n in levels}
+    for rep in range(args.repeats if levels else 0):
+        for n in levels:
+            seconds, _ = run({}, args.epochs, train_set, args.seed + rep, parallel=n)
+            per_hour[n].append(n * 3600.0 / seconds)
+            print(f"  run {rep + 1} {n} at once: {per_hour[n][-1]:.1f} trials/hour", flush=True)
+    return per_hour
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ set ``NAS_ASC_DEBUG=1`` for the traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -115,6 +116,17 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         help="training split: fold1 (evaluation_setup/fold1_train.csv) or a DCASE 2024 subset "
         "split5, split10, split25, split50, split100 (default: fold1; split25, the DCASE 2025 "
         "training data, with --budget dcase2025)",
+    )
+
+
+def _add_device(p: argparse.ArgumentParser, what: str = "training") -> None:
+    from nas_asc.device import DEVICE_HELP
+
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|cuda|cuda:N",
+        help=DEVICE_HELP.replace("training runs", f"{what} runs"),
     )
 
 
@@ -275,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
         "free, re-measured every epoch; N fixes them, and with them the float rounding, so "
         "figures repeat exactly at the same N",
     )
+    _add_device(p)
+    p.add_argument(
+        "--gpus",
+        metavar="I,J,...",
+        help="GPUs the --workers are placed over, in turn (default: every visible GPU); "
+        "--workers may exceed them, several trials then share a GPU",
+    )
     p.add_argument(
         "--heartbeat",
         type=_positive_int,
@@ -312,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and cache the teacher ensemble of a search (on the training part, measured "
         "on the validation split)",
     )
+    _add_device(p)
     _add_data(p)
     _add_validation(p)
     p.add_argument(
@@ -356,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="retrain chosen trials on the whole training split with K seeds, measure on the "
         "test fold (mean ± std)",
     )
+    _add_device(p)
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
     p.add_argument(
@@ -387,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DCASE 2025: fine-tune a copy of chosen trials per recording device (selected on "
         "the validation split, measured on the test fold)",
     )
+    _add_device(p)
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
     p.add_argument(
@@ -423,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="export Pareto-optimal trials: int8 ONNX, weights, model card, C header; or a DCASE "
         "2025 inference package (--format dcase2025)",
     )
+    _add_device(p, "verification")
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -546,6 +569,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc._paths import check_creatable, writable_dir
     from nas_asc.budget import parse_budget
     from nas_asc.data.protocol import ValidationSpec
+    from nas_asc.device import parse_gpus
     from nas_asc.progress import ConsoleReporter, Reporter, format_duration
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
     from nas_asc.search.backend import create_backend
@@ -562,6 +586,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         safe_url,
         trial_counts,
     )
+    from nas_asc.train import accel
     from nas_asc.train.teacher import get_teacher
 
     started = time.perf_counter()
@@ -602,6 +627,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         # auto: each trial's share of the cores, lowered to what other processes leave free
         threads=None if args.threads == "auto" else int(args.threads),
         adapt_threads=args.threads == "auto",
+        device=args.device,
+        gpus=parse_gpus(args.gpus),
     )
     backend.check(settings)
     check_storage(storage)
@@ -647,7 +674,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 flush=True,
             )
     else:
-        with settings.thread_options():
+        with settings.thread_options(accel.get_options().device):  # --device, checked in main
             teacher = get_teacher(search_data, progress=progress)
     # created only once the inputs have been checked, so a bad input leaves no folder behind
     store = open_artifact_store(writable_dir(artifact_dir, "artifacts"))
@@ -1017,13 +1044,31 @@ def _debug_enabled(value: str) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def _device_options(args: argparse.Namespace):
+    """The ``--device`` of a command that trains or verifies, checked before any work (CUDA
+    missing is one line, exit 2) and set for the command's training (``accel.using``).
+
+    A search's workers each take theirs from its settings (``--gpus``); this one is the
+    teacher's. A Ray cluster's GPUs are on its nodes: its driver trains here on what it has.
+    """
+    spec = getattr(args, "device", None)
+    if spec is None:
+        return contextlib.nullcontext()
+    from nas_asc.device import resolve_device
+    from nas_asc.train import accel
+
+    if getattr(args, "ray_address", None):
+        spec = "auto" if spec.startswith("cuda") else spec
+    return accel.using(device=str(resolve_device(spec)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
     scrub = _scrubber(args)
     debug = _debug_enabled(os.environ.get("NAS_ASC_DEBUG", ""))
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), _device_options(args):
             return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # a search re-queues the trial it was running (same parameters and seed)

@@ -4,7 +4,10 @@ A :class:`Reporter` receives events (a search started, an epoch ended, a trial f
 message); the base class ignores them all. :class:`ConsoleReporter` is what the CLI shows: a
 line per finished trial with its searched dimensions, ``k/N``, the elapsed time and an ETA, and
 per-epoch progress of the running trial (rewritten in place on a terminal, a line per epoch
-elsewhere). :class:`RecordingReporter` keeps the events, for tests and programs.
+elsewhere). Inside a long epoch (real-size data: thousands of steps) the steps done and the
+epoch's ETA are shown too: on a terminal in the live line, elsewhere a line every
+``step_interval`` seconds, so epochs shorter than that add nothing. :class:`RecordingReporter`
+keeps the events, for tests and programs.
 
 Reporters travel with the :class:`~nas_asc.search.objective.SearchContext` to worker processes
 and Ray actors (they are pickled), so a console reporter prints from wherever a trial runs and
@@ -60,6 +63,10 @@ class Reporter:
     def epoch(self, number: int | str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         """Trial ``number`` (or what a text names, e.g. a teacher member) finished ``epoch``
         (1-based) of ``epochs``; ``metrics`` by name."""
+
+    def step(self, number: int | str, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Trial ``number`` (or a teacher member) finished optimizer ``step`` of ``steps`` in
+        ``epoch`` of ``epochs`` (all 1-based). Called after every step: keep it cheap."""
 
     def trial_finished(self, report: TrialReport) -> None:
         """A trial ended (trained, over budget, stopped early or failed)."""
@@ -133,12 +140,18 @@ class ConsoleReporter(Reporter):
         live: rewrite the running trial's epoch line in place; None: when the stream is a
             terminal. Without it, each epoch is a line of its own.
         epochs: show per-epoch progress at all.
+        step_interval: seconds between step lines inside an epoch when not live (on a terminal
+            the live line is rewritten at most once a second).
     """
 
     total: int | None = None
     live: bool | None = None
     epochs: bool = True
     stream: TextIO | None = field(default=None, repr=False)
+    step_interval: float = 60.0
+    clock: Any = field(default=time.monotonic, repr=False)  # seconds (tests pass their own)
+    _epoch_started: dict = field(default_factory=dict, repr=False)  # who -> (epoch, start)
+    _last_step_line: float = 0.0
     _started: float | None = None
     _done_at_start: int = 0
     _pending: bool = False  # a live line is on screen, not yet ended by a newline
@@ -188,6 +201,33 @@ class ConsoleReporter(Reporter):
         else:
             self._line(text)
 
+    def step(self, number: int | str, epoch: int, epochs: int, step: int, steps: int) -> None:
+        if not self.epochs:
+            return
+        now = self.clock()
+        who = f"trial {number}" if isinstance(number, int) else number
+        known = self._epoch_started.get(who)
+        if known is None or known[0] != epoch or step == 1:
+            self._epoch_started[who] = (epoch, now)  # timed from the end of its first step
+            self._last_step_line = now
+            return
+        live = self._is_live()
+        if now - self._last_step_line < (1.0 if live else self.step_interval):
+            return
+        self._last_step_line = now
+        eta = (now - known[1]) / (step - 1) * (steps - step)
+        text = (
+            f"  {who}: epoch {epoch}/{epochs}, step {step}/{steps} ({step / steps:.0%}), "
+            f"epoch ETA {format_duration(eta)}"
+        )
+        if live:
+            out = self._out()
+            out.write("\r\033[K" + text)
+            out.flush()
+            self._pending = True
+        else:
+            self._line(text)
+
     def trial_finished(self, report: TrialReport) -> None:
         where = ""
         if self.total and report.done >= 0:  # -1: the count could not be read
@@ -220,6 +260,11 @@ class RecordingReporter(Reporter):
 
     def epoch(self, number: int | str, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
         self.events.append(("epoch", {"number": number, "epoch": epoch, "epochs": epochs}))
+
+    def step(self, number: int | str, epoch: int, epochs: int, step: int, steps: int) -> None:
+        self.events.append(
+            ("step", {"number": number, "epoch": epoch, "step": step, "steps": steps})
+        )
 
     def trial_finished(self, report: TrialReport) -> None:
         self.events.append(("trial_finished", report))

@@ -51,6 +51,9 @@ def test_a_trained_trial_records_int8_accuracy_and_complexity(context):
     assert a["unseen_accuracy"] is None and a["train_seconds"] > 0  # no unseen in validation
     assert a["config"]["model"]["width"] in (8, 12)
     assert all(v <= 0 for v in t.constraints.values())
+    # where it trained and with which libraries
+    assert a["runtime"]["device"] == "cpu" == a["train_accel"]["device"]
+    assert a["runtime"]["torch"] == torch.__version__ and a["train_accel"]["amp"] == "off"
 
 
 def test_over_budget_candidates_are_never_trained(context, monkeypatch):

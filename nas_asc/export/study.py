@@ -341,7 +341,12 @@ def _export_trial(
 
     # the trained network as trained: the float model (PTQ) or the fake-quantized one (QAT)
     model = ckpt.build_model(train_set.x[:1])
-    fp32 = evaluate(ckpt.build_fp32(train_set.x), eval_set)
+    # the float network is verified on --device (accel options); int8 stays on the CPU
+    from nas_asc.device import resolve_device
+    from nas_asc.train import accel
+
+    device = resolve_device(accel.get_options().device)
+    fp32 = evaluate(ckpt.build_fp32(train_set.x).to(device), eval_set)
     int8_model = ckpt.build_int8(train_set.x)
     int8 = evaluate(int8_model, eval_set)
     # rebuilt exactly? its accuracy on the split the search measured must be the recorded one

@@ -30,6 +30,7 @@ from nas_asc.budget import Budget
 from nas_asc.complexity import Complexity, parse_input_shape
 from nas_asc.data.features import FeatureSet, FrontEnd, load_features
 from nas_asc.data.tau22 import SCENES
+from nas_asc.device import resolve_device, runtime_info
 from nas_asc.errors import DatasetError
 from nas_asc.memory import peak_activation_bytes
 from nas_asc.models._registry import get_model_revision
@@ -44,6 +45,7 @@ from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.samplers import trial_seed
 from nas_asc.search.space import SearchSpace
 from nas_asc.search.study import DIRECTIONS, OBJECTIVE_NAMES, retry_history
+from nas_asc.train import accel
 from nas_asc.train.loop import TrainConfig, TrainResult, evaluate, train
 from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
 from nas_asc.train.quantize import convert_qat, fake_quant_disabled, quantize_ptq
@@ -291,6 +293,9 @@ class Objective:
         if the gate said so, then record the complexity it ends with."""
         ctx = self.ctx
         candidate.started = time.perf_counter()
+        # where it trains and with which libraries (figures of other devices may differ in
+        # their float rounding)
+        trial.set_user_attr("runtime", runtime_info(resolve_device(accel.get_options().device)))
         train_set, eval_set = ctx.features(candidate.frontend)
         simulated = ctx.simulated(candidate.frontend) if candidate.recipe.devicesim_p > 0 else None
         fitted = train_candidate(
@@ -305,6 +310,7 @@ class Objective:
             prune=candidate.prune,
             on_epoch=self._epoch_callback(trial, candidate, eval_set),
             simulated=simulated,
+            on_step=self._step_callback(trial, candidate),
         )
         if fitted.pruning is not None:
             trial.set_user_attr("pruning", fitted.pruning.to_dict())
@@ -418,6 +424,15 @@ class Objective:
 
         return on_epoch
 
+    def _step_callback(self, trial: optuna.Trial, candidate: Candidate):
+        """Steps inside an epoch, for the reporter's progress within long epochs."""
+        reporter, epochs, number = self.ctx.reporter, candidate.recipe.epochs, trial.number
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            reporter.step(number, epoch + 1, epochs, step, steps)
+
+        return on_step
+
     def _save_artifacts(self, trial, candidate, model, c, n_calib, attrs, fitted) -> None:
         checkpoint = Checkpoint(
             family=self.ctx.space.model,
@@ -526,6 +541,7 @@ def train_candidate(
     prune: bool = False,
     on_epoch=None,
     simulated=None,
+    on_step=None,
 ) -> Fitted:
     """Train a candidate with its recipe; with ``prune``, then cut its lowest-L1 filters until
     it fits ``budget`` and fine-tune it (``recipe.prune_finetune_epochs``).
@@ -540,7 +556,14 @@ def train_candidate(
     """
     first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
     result = train(
-        model, train_set, first, teacher_logits, seed=seed, on_epoch=on_epoch, simulated=simulated
+        model,
+        train_set,
+        first,
+        teacher_logits,
+        seed=seed,
+        on_epoch=on_epoch,
+        simulated=simulated,
+        on_step=on_step,
     )
     if not prune:
         return Fitted(result, complexity)

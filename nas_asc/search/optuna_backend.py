@@ -67,7 +67,9 @@ class OptunaBackend(SearchBackend):
     name = "optuna"
 
     def check(self, settings: SearchSettings) -> None:
-        """Refuse parallel workers on SQLite, pointing to PostgreSQL or Ray."""
+        """Refuse parallel workers on SQLite, pointing to PostgreSQL or Ray, and a device or
+        GPUs this machine does not have."""
+        settings.worker_devices()
         if settings.workers > 1 and is_sqlite(settings.storage):
             raise NasAscError(
                 f"{settings.workers} parallel workers need a database server: SQLite serialises "
@@ -89,11 +91,12 @@ class OptunaBackend(SearchBackend):
         if already_done(counts, settings, context.reporter):
             return study
         context.reporter.search_started(settings.n_trials, counts.done)
+        devices = settings.worker_devices()  # CUDA asked for and missing: one line, no work
         if settings.workers == 1:
             from nas_asc.train import accel
 
             accel.configure_threads(parallel_trials=1)  # the share that adapting lowers
-            optimize(study, context, settings)
+            optimize(study, context, settings, device=devices[0])
             return study
         spawn = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
         stop = spawn.Event()  # set by a worker whose error ends the search: the others stop too
@@ -101,7 +104,15 @@ class OptunaBackend(SearchBackend):
         procs = [
             spawn.Process(
                 target=_worker_main,
-                args=(context, settings, worker, stop, errors, optuna.logging.get_verbosity()),
+                args=(
+                    context,
+                    settings,
+                    worker,
+                    devices[worker],
+                    stop,
+                    errors,
+                    optuna.logging.get_verbosity(),
+                ),
                 name=f"nas-asc-worker-{worker}",
             )
             for worker in range(settings.workers)
@@ -131,9 +142,16 @@ class OptunaBackend(SearchBackend):
 
 
 def _worker_main(
-    context: SearchContext, settings: SearchSettings, worker: int, stop, errors, verbosity: int
+    context: SearchContext,
+    settings: SearchSettings,
+    worker: int,
+    device: str,
+    stop,
+    errors,
+    verbosity: int,
 ):
-    """One worker process: trials until the study is done, another worker stops, or an error."""
+    """One worker process on ``device``: trials until the study is done, another worker stops,
+    or an error."""
     from nas_asc.train import accel
 
     optuna.logging.set_verbosity(verbosity)  # a spawned process starts at Optuna's default
@@ -148,7 +166,7 @@ def _worker_main(
                 heartbeat=settings.heartbeat,
                 max_retry=settings.max_retry,
             )
-            optimize(study, context, settings, stop=stop)
+            optimize(study, context, settings, stop=stop, device=device)
     except KeyboardInterrupt:  # its trial was re-queued; the parent prints the one line
         raise SystemExit(130) from None
     except Exception as exc:  # reported by the parent in one line; the other workers stop
@@ -160,10 +178,15 @@ def _worker_main(
 
 
 def optimize(
-    study: optuna.Study, context: SearchContext, settings: SearchSettings, stop=None
+    study: optuna.Study,
+    context: SearchContext,
+    settings: SearchSettings,
+    stop=None,
+    device: str = "cpu",
 ) -> None:
-    """Run trials in this process until the study has ``settings.n_trials`` done, or until
-    ``stop`` (a ``multiprocessing.Event``, from another worker that hit an error) is set.
+    """Run trials in this process on ``device`` until the study has ``settings.n_trials`` done,
+    or until ``stop`` (a ``multiprocessing.Event``, from another worker that hit an error) is
+    set.
 
     Re-queued trials (a dead worker's) run first. Each trial gets a fresh sampler seeded from the
     study seed and the trial's number, so a study that was interrupted and continued samples what
@@ -175,7 +198,7 @@ def optimize(
         FailureStreak(settings.max_failures),
         RejectionStreak(settings.max_rejections, context.budget),
     )
-    with _failed_trial_logs_dropped(), settings.thread_options():
+    with _failed_trial_logs_dropped(), settings.thread_options(device):
         _optimize_loop(study, objective, settings, streaks, stop)
 
 

@@ -61,6 +61,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET, Budget
+from nas_asc.device import resolve_device
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
 from nas_asc.search.backend import (
@@ -127,8 +128,17 @@ class RayBackend(SearchBackend):
         self.address = address
 
     def check(self, settings: SearchSettings) -> None:
-        """Ray must import; a cluster needs a storage every node reaches, and must answer."""
+        """Ray must import; a cluster needs a storage every node reaches, and must answer;
+        Ray places trials on GPUs itself (no ``--gpus``), and a local search needs the device
+        it asks for here."""
         require_ray()
+        if settings.gpus is not None:
+            raise NasAscError(
+                "--gpus is for --backend optuna; Ray places each trial on a GPU of the cluster "
+                "itself (CUDA_VISIBLE_DEVICES limits the GPUs a local Ray sees)"
+            )
+        if not self.address:
+            resolve_device(settings.device)
         if self.address:
             if is_sqlite(settings.storage):
                 raise NasAscError(
@@ -191,6 +201,9 @@ def run_ray_search(
     started_ray = _init_ray(ray, address, settings.workers, context.progress)
     searcher = None
     try:
+        resources = trial_resources(
+            settings.workers, settings.device, ray.cluster_resources().get("GPU", 0)
+        )
         searcher = _searcher_class(optuna_search_cls)(
             study, context.space, settings, context.reporter, context.budget
         )
@@ -203,7 +216,7 @@ def run_ray_search(
                     tune.with_parameters(
                         _ray_trial, context=context, settings=settings, verbosity=verbosity
                     ),
-                    {"cpu": CPUS_PER_TRIAL},
+                    resources,
                 ),
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
@@ -230,6 +243,26 @@ def run_ray_search(
     if searcher.stop_reason:
         raise NasAscError(searcher.stop_reason)
     return open_study(settings.study_name, settings.storage)
+
+
+def trial_resources(workers: int, device: str, cluster_gpus: float) -> dict[str, float]:
+    """Ray resources of one trial: one CPU, and on GPUs ``1/k`` of one, where ``k`` =
+    ``ceil(workers / cluster_gpus)`` trials share a GPU, so ``workers`` concurrent trials fill
+    every GPU of the cluster (the tiny models of this task cannot fill one alone).
+
+    Raises:
+        NasAscError: ``cuda`` asked for and the cluster has no GPU.
+    """
+    gpus = int(cluster_gpus)
+    if device == "cpu" or (device == "auto" and gpus == 0):
+        return {"cpu": CPUS_PER_TRIAL}
+    if gpus == 0:
+        raise NasAscError(
+            f"--device {device}: the Ray cluster has no GPU; use --device cpu (or auto), or "
+            "start its nodes on GPU machines"
+        )
+    per_gpu = math.ceil(workers / gpus)
+    return {"cpu": CPUS_PER_TRIAL, "gpu": 1.0 / per_gpu}
 
 
 def require_ray() -> None:
@@ -508,12 +541,15 @@ def _ray_trial(
     config: dict, context: SearchContext, settings: SearchSettings, verbosity: int
 ) -> None:
     """The Ray trainable: run the Optuna trial ``config[TRIAL_KEY]`` and tell its outcome."""
+    import ray
     from ray import tune
 
     from nas_asc.train import accel
 
     # the trial's Ray CPUs are its cores (Ray does not pin workers to cores)
     accel.configure_threads(parallel_trials=1, cores=CPUS_PER_TRIAL)
+    # a trial given a share of a GPU sees that GPU alone (Ray sets CUDA_VISIBLE_DEVICES)
+    device = "cuda:0" if ray.get_gpu_ids() else "cpu"
     optuna.logging.set_verbosity(verbosity)  # the driver's: no Optuna INFO lines unless -v
     number = int(config[TRIAL_KEY])
     store = open_storage(settings.storage)
@@ -529,7 +565,7 @@ def _ray_trial(
     trial = optuna.trial.Trial(study, trial_id)
     objective = Objective(context, settings.pruner)
     try:
-        with _Heartbeat(store, trial_id, settings.heartbeat), settings.thread_options():
+        with _Heartbeat(store, trial_id, settings.heartbeat), settings.thread_options(device):
             outcome = _run_and_tell(objective, study, trial)
     finally:
         close_storage(store)  # actors are reused: each trial's connections are closed with it

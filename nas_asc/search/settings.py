@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nas_asc.device import check_device_spec, parse_gpus, worker_devices
 from nas_asc.errors import NasAscError
 from nas_asc.search.pruning import EpochPruner, create_pruner
 from nas_asc.search.samplers import SamplerFactory, create_sampler
@@ -48,6 +49,8 @@ class SearchSettings:
     adapt_threads: bool = False  # threads None: lower the share to the cores other processes
     # leave free, re-measured every epoch (faster on a busy machine; the float rounding of a
     # trial then depends on the load, so its figures repeat only at a fixed thread count)
+    device: str = "auto"  # where trials train: auto | cpu | cuda | cuda:N (nas_asc.device)
+    gpus: tuple[int, ...] | None = None  # GPUs the workers are placed over (None: all visible)
 
     def __post_init__(self) -> None:
         try:
@@ -67,9 +70,21 @@ class SearchSettings:
             raise NasAscError(f"max_failures must be >= 1, got {self.max_failures}")
         if self.max_rejections < 1:
             raise NasAscError(f"max_rejections must be >= 1, got {self.max_rejections}")
+        check_device_spec(self.device)
+        if self.gpus is not None:
+            object.__setattr__(self, "gpus", parse_gpus(",".join(map(str, self.gpus))))
 
-    def thread_options(self):
-        """The training's thread options for the ``with`` block of a worker running trials."""
+    def worker_devices(self) -> list[str]:
+        """The device of each worker process here (:func:`nas_asc.device.worker_devices`).
+
+        Raises:
+            NasAscError: CUDA asked for and missing, or ``gpus`` naming GPUs torch does not see.
+        """
+        return worker_devices(self.workers, self.device, self.gpus)
+
+    def thread_options(self, device: str = "cpu"):
+        """The training's thread and device options for the ``with`` block of a worker running
+        trials on ``device`` (one of :meth:`worker_devices`)."""
         from nas_asc.train import accel
 
-        return accel.using(threads=self.threads, adapt_threads=self.adapt_threads)
+        return accel.using(threads=self.threads, adapt_threads=self.adapt_threads, device=device)

@@ -125,8 +125,12 @@ class AccelOptions:
     probe_steps: int = 2  # timed forward+backward steps per layout when choosing one
     probe_min_samples: int = 4_000  # choose the layout by timing only from this many samples
     load_window: float = 0.1  # s of /proc/stat sampling before a first run (0: no load check)
+    device: str = "cpu"  # where training runs: cpu, cuda, cuda:N or auto (nas_asc.device)
 
     def __post_init__(self) -> None:
+        from nas_asc.device import check_device_spec
+
+        check_device_spec(self.device)
         checks = [
             (
                 self.threads is None or (_is_int(self.threads) and self.threads >= 1),
@@ -354,6 +358,7 @@ class TrainingAccel:
     notes: list[str] = field(default_factory=list)  # why each choice was made
     thread_history: list[int] = field(default_factory=list)  # threads per epoch
     compile_failed: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     _meter: _LoadMeter | None = None
 
     @property
@@ -365,7 +370,9 @@ class TrainingAccel:
         return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     def adopt(self, net: nn.Module) -> nn.Module:
-        """Put ``net``'s parameters in the session's layout, in place (before its optimizer)."""
+        """Put ``net``'s parameters on the session's device and in its layout, in place (before
+        its optimizer is built)."""
+        net.to(self.device)
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
         return net
@@ -395,12 +402,15 @@ class TrainingAccel:
         for net in nets:
             if net is not None and self.channels_last:
                 net.to(memory_format=torch.contiguous_format)
+            if net is not None:
+                net.to("cpu")  # int8 conversion and evaluation run on the CPU
         adapting = self._meter is not None and self.options.threads is None
         torch.set_num_threads(self.threads if adapting else self.share)
 
     def summary(self) -> dict:
         """JSON-friendly record of the choices (for trial user attributes)."""
         return {
+            "device": str(self.device),
             "threads": self.thread_history or [self.threads],
             "share": self.share,  # the trial's share of the cores, before any load adaptation
             "channels_last": self.channels_last,
@@ -422,17 +432,20 @@ def _probe_layouts(model: nn.Module, example: torch.Tensor, steps: int) -> dict[
     The fastest of a few steps is the one least disturbed by other processes.
     """
     nets, inputs = {}, {}
+    cuda = example.device.type == "cuda"
     for name, fmt in (
         ("contiguous", torch.contiguous_format),
         ("channels_last", torch.channels_last),
     ):
-        nets[name] = copy.deepcopy(model).to(memory_format=fmt).train()
+        nets[name] = copy.deepcopy(model).to(example.device, memory_format=fmt).train()
         inputs[name] = example.contiguous(memory_format=fmt)
     times: dict[str, list[float]] = {name: [] for name in nets}
-    for rep in range(steps + 1):  # the first round warms oneDNN's kernels and is not timed
+    for rep in range(steps + 1):  # the first round warms the kernels and is not timed
         for name, net in nets.items():
             start = time.perf_counter()
             net(inputs[name]).float().sum().backward()
+            if cuda:
+                torch.cuda.synchronize(example.device)
             if rep:
                 times[name].append(time.perf_counter() - start)
     return {name: min(t) for name, t in times.items()}
@@ -465,7 +478,10 @@ def prepare_for_training(
     Returns:
         The session the training loop uses (see :class:`TrainingAccel`).
     """
+    from nas_asc.device import resolve_device
+
     opts = options or _options
+    device = resolve_device(opts.device)
     notes = []
     share = _share or torch.get_num_threads()
     meter = None
@@ -490,7 +506,7 @@ def prepare_for_training(
     if opts.channels_last is None:
         if planned_samples is not None and planned_samples >= opts.probe_min_samples:
             with torch.random.fork_rng(devices=[]):
-                probe = _probe_layouts(model, example, opts.probe_steps)
+                probe = _probe_layouts(model, example.to(device), opts.probe_steps)
             channels_last = probe["channels_last"] < probe["contiguous"]
             notes.append(
                 "layout by timing: "
@@ -521,6 +537,7 @@ def prepare_for_training(
         compile=compile_on,
         probe=probe,
         notes=notes,
+        device=device,
         _meter=meter if (meter is not None and meter.cpus) else None,
     )
     session.adopt(model)

@@ -11,7 +11,9 @@
   is replaced by one of its pre-computed copies convolved with a microphone impulse response.
 
 Every function works on a whole batch at once (no Python loop over clips) and draws its random
-numbers from an explicit ``torch.Generator``, so a training run is reproducible from its seed. A
+numbers from an explicit ``torch.Generator``, so a training run is reproducible from its seed.
+The draws are made on the generator's device (the CPU in the training loop) and moved to the
+batch's, so a batch on a GPU gets exactly the draws it would get on the CPU. A
 function whose probability is 0 draws nothing, so turning an augmentation off leaves the random
 stream, and therefore every other augmentation and the batch order, exactly as before.
 """
@@ -63,8 +65,8 @@ def freq_mixstyle(
     var, mu = torch.var_mean(x, dim=(1, 3), keepdim=True)
     sig = torch.sqrt(var + eps)
     mu, sig = mu.detach(), sig.detach()
-    lam = _beta(alpha, (batch, 1, 1, 1), generator)
-    perm = torch.randperm(batch, generator=generator)
+    lam = _beta(alpha, (batch, 1, 1, 1), generator).to(x.device)
+    perm = torch.randperm(batch, generator=generator).to(x.device)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]
     return (x - mu) / sig * sig_mix + mu_mix
@@ -117,7 +119,7 @@ def spec_augment(
     freq = _band(batch, n_freq, freq_mask, apply, generator)
     time = _band(batch, n_time, time_mask, apply, generator)
     mask = freq[:, None, :, None] | time[:, None, None, :]
-    return x.masked_fill(mask, 0.0)
+    return x.masked_fill(mask.to(x.device), 0.0)
 
 
 def mixup(
@@ -138,7 +140,8 @@ def mixup(
         generator: random generator, for reproducibility.
 
     Returns:
-        ``(mixed batch, perm, lam)``; ``(x, None, 1.0)`` when the batch is left as it is.
+        ``(mixed batch, perm, lam)``, ``perm`` on the batch's device; ``(x, None, 1.0)`` when the
+        batch is left as it is.
     """
     _check_probability("mixup", p)
     if alpha <= 0:
@@ -146,7 +149,7 @@ def mixup(
     if p == 0.0 or torch.rand((), generator=generator).item() >= p:
         return x, None, 1.0
     lam = float(_beta(alpha, (), generator))
-    perm = torch.randperm(x.shape[0], generator=generator)
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     return lam * x + (1.0 - lam) * x[perm], perm, lam
 
 
@@ -162,10 +165,11 @@ def device_swap(
 
     Args:
         x: the batch ``(batch, channels, freq, time)``, rows ``index`` of the training split.
-        index: ``(batch,)`` row of each clip in the training split.
+        index: ``(batch,)`` row of each clip in the training split, on ``available``'s device.
         simulated: ``(n_train, copies, channels, freq, time)`` simulated copies of every training
             clip (rows without a copy are ignored), normalized like ``x``; any float dtype.
-        available: ``(n_train,)`` bool, True where a clip has simulated copies (device A).
+        available: ``(n_train,)`` bool, True where a clip has simulated copies (device A), on
+            the generator's device.
         p: probability that such a clip is swapped, in [0, 1].
         generator: random generator, for reproducibility.
 
@@ -179,5 +183,6 @@ def device_swap(
     swap = available[index] & (torch.rand(batch, generator=generator) < p)
     copy = torch.randint(0, simulated.shape[1], (batch,), generator=generator)
     out = x.clone()
-    out[swap] = simulated[index[swap], copy[swap]].to(x.dtype)
+    rows = index[swap].to(simulated.device)
+    out[swap.to(x.device)] = simulated[rows, copy[swap].to(simulated.device)].to(x.dtype)
     return out

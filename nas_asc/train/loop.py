@@ -15,9 +15,12 @@ seeded by ``seed``, so a run is reproducible bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import math
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -32,6 +35,7 @@ from nas_asc.train.augment import device_swap, freq_mixstyle, mixup, spec_augmen
 from nas_asc.train.distill import KD_WEIGHTINGS, Stage, kd_stages, list_kd_strategies
 
 __all__ = [
+    "AMP_MODES",
     "QUANTIZATION_MODES",
     "TrainConfig",
     "TrainResult",
@@ -45,6 +49,11 @@ __all__ = [
 # "ptq": post-training static int8 after float training (the caller calibrates and converts);
 # "qat": quantization-aware training with fake quantization for the last qat_epochs epochs
 QUANTIZATION_MODES = ("ptq", "qat")
+
+# automatic mixed precision of the forward pass (torch.autocast); "off" by default because on
+# the CPU bf16 autocast was measured slower (0.55-1.0x, nas_asc.train.accel) and on a GPU it was
+# not measured here; fp16 scales the loss (torch.amp.GradScaler)
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 def _is_int(value) -> bool:
@@ -82,6 +91,7 @@ class TrainConfig:
     prune: bool = False  # over budget: train, prune lowest-L1 filters until it fits, fine-tune
     prune_finetune_epochs: int = 1  # fine-tuning epochs after pruning
     prune_min_filters: int = 4  # no pruned layer keeps fewer filters than this
+    amp: str = "off"  # automatic mixed precision of the forward pass: off | bf16 | fp16
 
     def __post_init__(self) -> None:
         if self.kd_weighting == "additive":
@@ -140,6 +150,7 @@ class TrainConfig:
                 "prune_min_filters",
                 "an integer >= 1",
             ),
+            (self.amp in AMP_MODES, "amp", f"one of {', '.join(AMP_MODES)}"),
         ]
         for ok, name, rule in checks:
             if not ok:
@@ -148,7 +159,12 @@ class TrainConfig:
                 )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; ``amp`` only when it is on, so that the keys of caches and
+        records made before the field existed stay what they were."""
+        out = asdict(self)
+        if out["amp"] == "off":
+            del out["amp"]
+        return out
 
     @property
     def qat_start(self) -> int | None:
@@ -268,7 +284,7 @@ def _make_peers(model: nn.Module, count: int, seed: int) -> list[nn.Module]:
 def _start_qat(model: nn.Module, train_set) -> nn.Module:
     from nas_asc.train.quantize import prepare_qat
 
-    return prepare_qat(model, train_set.x[:1])
+    return prepare_qat(model, train_set.batch(slice(0, 1)))
 
 
 def _set_observers(model: nn.Module, enabled: bool) -> None:
@@ -302,6 +318,7 @@ def train(
     seed: int = 0,
     on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
     simulated=None,
+    on_step: Callable[[int, int, int], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on a :class:`~nas_asc.data.features.FeatureSet` with ``config``'s recipe.
 
@@ -326,6 +343,14 @@ def train(
             ``optuna.TrialPruned``) to stop training.
         simulated: :class:`~nas_asc.data.devicesim.SimulatedDevices` of ``train_set``, required
             when ``config.devicesim_p > 0``.
+        on_step: optional callback ``(epoch, step, steps)`` after each optimizer step (both
+            1-based counts within the epoch), for progress inside long epochs.
+
+    The run takes place on the device of :func:`nas_asc.train.accel.get_options` (``device``):
+    the networks, the features (float16 log-mels, normalized per batch), teacher logits and
+    simulated devices go there once, batches are drawn and augmented there, and the networks
+    come back to the CPU at the end. Every random draw is made on the CPU, so a run sees the
+    same batches and augmentation on any device.
 
     Raises:
         TrainingDiverged: if the loss becomes NaN or infinite.
@@ -334,20 +359,23 @@ def train(
     """
     stages = kd_stages(config)
     n = len(train_set)
+    teacher = _gather_teacher(train_set, teacher_logits, stages)
+    sim = _check_simulated(simulated, train_set, config)
     peers = _make_peers(model, config.dml_peers, seed) if any(s.peers for s in stages) else []
-    # threads, memory layout and compilation for this run (nas_asc.train.accel); the layout is
-    # applied to every network before its optimizer is built
+    # device, threads, memory layout and compilation for this run (nas_asc.train.accel); the
+    # device and layout are applied to every network before its optimizer is built
     session = accel.prepare_for_training(
-        model, train_set.x[: config.batch_size], planned_samples=n * config.epochs
+        model, train_set.batch(slice(0, config.batch_size)), planned_samples=n * config.epochs
     )
     for peer in peers:
         session.adopt(peer)
+    device = session.device
     run = _Run(
         config=config,
-        train_set=train_set,
-        teacher=_gather_teacher(train_set, teacher_logits, stages),
-        sim=_check_simulated(simulated, train_set, config),
-        gen=torch.Generator().manual_seed(seed),
+        train_set=on_device(train_set, device),
+        teacher=None if teacher is None else teacher.to(device),
+        sim=None if sim is None else _SimOnDevice(on_device_tensor(sim.x, device), sim.available),
+        gen=torch.Generator().manual_seed(seed),  # on the CPU whatever the device: same draws
         session=session,
         model=model,
         peers=peers,
@@ -356,6 +384,7 @@ def train(
     )
     result = TrainResult(seconds=0.0)
     start = time.perf_counter()
+    run.on_step = on_step
     try:
         for stage in stages:
             for _ in range(stage.epochs):
@@ -369,7 +398,7 @@ def train(
     finally:
         session.finish(model, *peers, result.qat_model)
     result.seconds = time.perf_counter() - start
-    result.accel = session.summary()
+    result.accel = {**session.summary(), "amp": config.amp}
     model.eval()
     if result.qat_model is not None:
         _set_observers(result.qat_model, False)  # evaluating it must not move its int8 ranges
@@ -393,6 +422,7 @@ class _Run:
     forward: dict[int, Callable]  # id(network) -> what to call (itself or its compiled view)
     epoch: int = 0
     step: int = 0
+    on_step: Callable[[int, int, int], None] | None = None  # (epoch, step, steps) callback
 
     def __post_init__(self) -> None:
         n, batch = len(self.train_set), self.config.batch_size
@@ -401,6 +431,12 @@ class _Run:
             self.steps_per_epoch * self.config.epochs,
             self.steps_per_epoch * self.config.warmup_epochs,
         )
+        self.device = self.train_set.device
+        self.cuda = self.device.type == "cuda"
+        amp = self.config.amp
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        # fp16 needs its loss scaled so that small gradients do not flush to zero
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
 
     qat_step: int | None = None  # step at which QAT began after float training
 
@@ -438,12 +474,17 @@ class _Run:
             net.train()  # a callback may have evaluated it
         n = len(data)
         perm = torch.randperm(n, generator=self.gen)
-        loss_sum, correct = 0.0, 0
+        # summed on the device and read once per epoch: no host synchronisation per step
+        # (float64, so the sums are the ones a Python float would give)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for b in range(self.steps_per_epoch):
             idx = perm[b * config.batch_size : (b + 1) * config.batch_size]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            x, y = data.x[idx], data.y[idx]
+            rows = idx.to(self.device, non_blocking=True) if self.cuda else idx
+            x, y = data.batch(rows), data.y[rows]
             if self.sim is not None:
                 x = device_swap(
                     x, idx, self.sim.x, self.sim.available, config.devicesim_p, self.gen
@@ -452,12 +493,16 @@ class _Run:
             x = freq_mixstyle(x, config.mixstyle_alpha, config.mixstyle_p, self.gen)
             x = spec_augment(x, config.freq_mask, config.time_mask, config.specaugment_p, self.gen)
             x = self.session.input(x)
-            logits = [self.forward[id(net)](x) for net in networks]
-            t = None if self.teacher is None else self.teacher[idx]
+            with self._autocast():
+                logits = [self.forward[id(net)](x) for net in networks]
+            logits = [out.float() for out in logits]
+            t = None if self.teacher is None else self.teacher[rows]
             losses = _stage_losses(stage, logits, y, t, (mix_perm, lam), config)
             # each loss only reaches its own network (others' outputs are detached targets)
             total = torch.stack(losses).sum() if len(losses) > 1 else losses[0]
-            if not torch.isfinite(total):
+            if self.cuda:
+                finite &= torch.isfinite(total.detach())
+            elif not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {self.epoch} ({stage.name} stage), "
                     f"step {b}"
@@ -467,21 +512,91 @@ class _Run:
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-            total.backward()
-            for opt in active:
-                opt.step()
+            self._backward_and_step(total, active)
             self.step += 1
-            loss_sum += losses[0].item() * len(idx)
-            correct += (logits[0].argmax(1) == y).sum().item()
+            loss_sum += losses[0].detach().double() * len(idx)
+            correct += (logits[0].detach().argmax(1) == y).sum()
+            if self.on_step is not None:
+                self.on_step(self.epoch, b + 1, self.steps_per_epoch)
+        if not bool(finite):
+            raise TrainingDiverged(
+                f"loss became non-finite in epoch {self.epoch} ({stage.name} stage)"
+            )
         record = {
             "epoch": self.epoch,
             "stage": stage.name,
             "qat": qat,
-            "loss": loss_sum / n,
-            "train_accuracy": correct / n,
+            "loss": float(loss_sum) / n,
+            "train_accuracy": int(correct) / n,
         }
         self.epoch += 1
         return record
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _backward_and_step(self, total: torch.Tensor, active: list[torch.optim.Optimizer]):
+        if self.scaler is None:
+            total.backward()
+            for opt in active:
+                opt.step()
+            return
+        self.scaler.scale(total).backward()
+        for opt in active:
+            self.scaler.step(opt)
+        self.scaler.update()
+
+
+@dataclass
+class _SimOnDevice:
+    """Simulated device copies as the loop uses them: ``x`` on the training device,
+    ``available`` on the CPU (it is indexed with the CPU-drawn batch rows)."""
+
+    x: torch.Tensor
+    available: torch.Tensor
+
+
+# features moved to a GPU, kept for the process's next trials: (source tensor, device) -> copy
+_ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def on_device_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, moved once per process and kept while ``t`` lives (a CPU tensor is
+    returned as it is)."""
+    if t.device == device:
+        return t
+    key = (id(t), str(device))
+    hit = _ON_DEVICE.get(key)
+    if hit is not None and hit[0]() is t:
+        return hit[1]
+    for k in [k for k, (ref, _) in _ON_DEVICE.items() if ref() is None]:
+        del _ON_DEVICE[k]  # sources that are gone free their device copies
+    moved = t.to(device)
+    _ON_DEVICE[key] = (weakref.ref(t), moved)
+    return moved
+
+
+def on_device(features, device: torch.device):
+    """A :class:`~nas_asc.data.features.FeatureSet` on ``device``: its float16 log-mels (or
+    normalized features) and labels moved once per process, normalized per batch there."""
+    if features.device == device:
+        return features
+    from nas_asc.data.features import FeatureSet
+
+    held = features.raw if features.raw is not None else features.x
+    moved = on_device_tensor(held, device)
+    return FeatureSet(
+        None if features.raw is not None else moved,
+        raw=moved if features.raw is not None else None,
+        y=features.y.to(device),
+        devices=features.devices,
+        filenames=features.filenames,
+        rows=features.rows,
+        mean=features.mean,
+        std=features.std,
+    )
 
 
 def _call_on_epoch(on_epoch, epoch: int, record: dict, model: nn.Module, qat: bool) -> None:
@@ -496,17 +611,23 @@ def _call_on_epoch(on_epoch, epoch: int, record: dict, model: nn.Module, qat: bo
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` on inputs ``x``, in eval mode."""
+def predict(model: nn.Module, x, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` on ``x`` (a tensor of inputs or a FeatureSet), in eval mode, on the
+    CPU; batches go to the model's device."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    read = x.batch if hasattr(x, "batch") else x.__getitem__
+    out = [
+        model(read(slice(i, i + batch_size)).to(device)).cpu() for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out)
 
 
 def evaluate(model: nn.Module, eval_set, n_classes: int = 10) -> EvalResult:
     """Top-1 accuracy, log loss and per-device accuracy of ``model`` on ``eval_set``."""
     from nas_asc.data.tau22 import SEEN_DEVICES, UNSEEN_DEVICES
 
-    logits = predict(model, eval_set.x).float()
+    logits = predict(model, eval_set).float()
     y = eval_set.y
     pred = logits.argmax(1)
     hit = (pred == y).numpy()

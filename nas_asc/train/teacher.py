@@ -127,6 +127,7 @@ class TeacherConfig:
         from nas_asc.models._registry import get_model_revision
 
         out = dataclasses.asdict(self)
+        out["train"] = self.train.to_dict()  # (amp only when on: older keys stay valid)
         # the key holds every member's full configuration, so a family's changed default
         # trains a new ensemble instead of reusing logits of another network,
         # and the family's revision, so a changed network does too
@@ -204,6 +205,15 @@ def _epoch_line(reporter: Reporter, who: str, epochs: int):
     return on_epoch
 
 
+def _step_line(reporter: Reporter, who: str, epochs: int):
+    """An ``on_step`` callback: progress and ETA inside a member's long epochs."""
+
+    def on_step(epoch: int, step: int, steps: int) -> None:
+        reporter.step(who, epoch + 1, epochs, step, steps)
+
+    return on_step
+
+
 def get_teacher(
     dataset, config: TeacherConfig | None = None, progress: bool = True, retrain: bool = False
 ) -> TeacherEnsemble:
@@ -233,7 +243,6 @@ def get_teacher(
     reporter = ConsoleReporter() if progress else Reporter()
     n_rows = dataset.n_meta_rows
     all_rows = torch.cat([train_set.rows, eval_set.rows])
-    all_x = torch.cat([train_set.x, eval_set.x])
     summed = torch.zeros(n_rows, N_CLASSES)
     members = []
     n = len(config.members)
@@ -245,9 +254,17 @@ def get_teacher(
         if progress:
             reporter.message(f"teacher {i + 1}/{n}: {member.describe()}, {recipe.epochs} epochs")
             on_epoch = _epoch_line(reporter, f"teacher {i + 1}/{n}", recipe.epochs)
-        result = train(model, train_set, recipe, seed=member.seed, on_epoch=on_epoch)
+        result = train(
+            model,
+            train_set,
+            recipe,
+            seed=member.seed,
+            on_epoch=on_epoch,
+            on_step=_step_line(reporter, f"teacher {i + 1}/{n}", recipe.epochs),
+        )
         ev = evaluate(model, eval_set)
-        summed[all_rows] += predict(model, all_x)
+        summed[train_set.rows] += predict(model, train_set)
+        summed[eval_set.rows] += predict(model, eval_set)
         members.append(
             {
                 "family": member.family,
