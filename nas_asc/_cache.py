@@ -12,6 +12,11 @@ that exists always has its checksum; :func:`load_torch` checks it and, on a mism
 truncation or a missing checksum, deletes the entry with a one-line warning and returns ``None``
 so that the caller recomputes it. Folder entries (the synthetic dataset) carry a manifest of
 every file's size and SHA-256 (:func:`write_manifest`, :func:`check_manifest`).
+
+Large arrays (the log-mel features) are stored as ``.npy`` files that readers memory-map instead
+of loading (:func:`atomic_array`, :func:`load_array`): the processes of one machine then share one
+copy of the data through the page cache. They carry the same ``<entry>.sha256`` checksum, written
+before the rename and verified on every load.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -35,6 +41,9 @@ __all__ = [
     "content_key",
     "atomic_dir",
     "atomic_file",
+    "atomic_array",
+    "load_array",
+    "recorded_checksum",
     "save_torch",
     "torch_save",
     "load_torch",
@@ -277,6 +286,85 @@ def load_torch(path: str | Path, *, weights_only: bool = True) -> Any | None:
             return torch.load(path, map_location="cpu", weights_only=weights_only)
         except Exception as exc:  # torch raises several types for unreadable archives
             problem = f"cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+    _LOG.warning("cache entry %s %s; deleted, it will be recomputed", path, problem)
+    discard(path)
+    return None
+
+
+@contextlib.contextmanager
+def atomic_array(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator[Path]:
+    """Create the array cache entry ``path`` (a ``.npy`` file), atomically and with a checksum.
+
+    Yields the path of a temporary sibling that already holds a zero-filled ``.npy`` array of
+    ``shape`` and ``dtype``, its disk space reserved (a full disk fails here, with ``ENOSPC``, not
+    later as a crash of a process writing through a memory map). Fill it through
+    ``numpy.load(tmp, mmap_mode="r+")``, from this process or from others. When the block ends
+    without an exception the file is synced, its SHA-256 is written to ``<path>.sha256`` and it is
+    renamed to ``path``; on an exception it is deleted. The guarantees are those of
+    :func:`save_torch`.
+
+    Example:
+        >>> with atomic_array(path, (3, 4), "float16") as tmp:  # doctest: +SKIP
+        ...     np.load(tmp, mmap_mode="r+")[:] = 1
+    """
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "r+b") as fh:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype))}
+            header.update(fortran_order=False, shape=tuple(int(n) for n in shape))
+            np.lib.format.write_array_header_1_0(fh, header)
+            size = fh.tell() + math.prod(header["shape"]) * np.dtype(dtype).itemsize
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+            fh.truncate(size)  # zero-filled where fallocate is missing (sparse)
+        yield tmp
+        with open(tmp, "rb") as fh:  # what other processes wrote through their maps, on disk
+            os.fsync(fh.fileno())
+        with atomic_file(_checksum_path(path), "w") as fh:
+            fh.write(f"{_sha256(tmp)}  {path.name}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def recorded_checksum(path: str | Path) -> str | None:
+    """The SHA-256 recorded in ``<path>.sha256`` for a cache entry, or None if there is none."""
+    try:
+        recorded = _checksum_path(Path(path)).read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return recorded[0] if len(recorded) == 2 and len(recorded[0]) == 64 else None
+
+
+def load_array(path: str | Path) -> Any | None:
+    """Memory-map an array cache entry written by :func:`atomic_array`, verifying it first.
+
+    The map is copy-on-write (``numpy.load(path, mmap_mode="c")``): pages are read from the file
+    when first touched and shared with every other process that maps it; writing to the array
+    changes this process's copy only, never the file.
+
+    Returns:
+        The array (a :class:`numpy.memmap`), or ``None`` when the entry is absent or was corrupt
+        (checksum mismatch, truncation, missing checksum, not a ``.npy`` file): a corrupt entry is
+        deleted with a one-line warning, so that the caller recomputes it.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    problem = _entry_problem(path)
+    if problem is None:
+        try:
+            return np.load(path, mmap_mode="c", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            problem = f"cannot be mapped ({type(exc).__name__}: {str(exc).splitlines()[0]})"
     _LOG.warning("cache entry %s %s; deleted, it will be recomputed", path, problem)
     discard(path)
     return None

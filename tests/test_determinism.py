@@ -135,8 +135,12 @@ def test_a_thread_count_lowered_by_load_is_recorded_and_counted(monkeypatch):
     assert busy["share"] == 2 and busy["threads"] == [1]
 
     idle = dict(busy, threads=[2, 2])
+    with accel.using(threads=1):  # --threads 1: fewer than the share by choice, not by load
+        fixed = accel.prepare_for_training(torch.nn.Linear(2, 2), torch.zeros(1, 2)).summary()
+    torch.set_num_threads(before)
+    assert fixed["share"] == 2 and fixed["threads"] == [1]
     study = optuna.create_study(directions=["maximize"])
-    for accel_attrs in (busy, idle, None):
+    for accel_attrs in (busy, idle, fixed, None):
         attrs = {"status": "trained"} | ({"train_accel": accel_attrs} if accel_attrs else {})
         study.add_trial(optuna.trial.create_trial(values=[0.5], user_attrs=attrs))
     assert load_lowered_threads(study) == 1

@@ -440,9 +440,9 @@ def load_simulated_devices(
             "stay unsimulated)"
         )
     expected = frontend.input_shape()
-    if tuple(train_set.x.shape[1:]) != expected:
+    if tuple(train_set.shape[1:]) != expected:
         raise NasAscError(
-            f"train_set features have shape {tuple(train_set.x.shape[1:])} but the front end "
+            f"train_set features have shape {tuple(train_set.shape[1:])} but the front end "
             f"gives {expected}; pass the front end the features were computed with"
         )
     if ir_dir is None:
@@ -494,7 +494,11 @@ def load_simulated_devices(
         )
     if not rows.numel():
         _LOG.warning("training split has no device-%s clips; nothing is simulated", _DEVICE)
-    x = train_set.x.to(torch.float16).unsqueeze(1).repeat(1, copies, 1, 1, 1)
+    # the normalized features, copied a slice at a time (no float32 copy of the whole split)
+    x = torch.empty((len(train_set), copies, *train_set.shape[1:]), dtype=torch.float16)
+    for start in range(0, len(train_set), 2048):
+        part = slice(start, start + 2048)
+        x[part] = train_set.batch(part).to(torch.float16).unsqueeze(1)
     ir_index = torch.full((len(train_set), copies), -1, dtype=torch.long)
     if rows.numel():
         target = rows[torch.tensor(order, dtype=torch.long)]

@@ -1,11 +1,21 @@
 """Log-mel front end (torchaudio) and the on-disk feature cache.
 
 Log-mel spectrograms are computed once per (clip group, front end), where the groups are the
-training split and the test fold, stored as float16 under ``<cache root>/features/`` (written
-atomically with a SHA-256 checksum, keyed by the group's content hash and the front-end
-configuration) and shared by every trial whose front end matches. Trials read them as one
-in-memory tensor. A cache entry that fails its checksum or does not fit the dataset is deleted
-and recomputed, never used.
+training split and the test fold, and stored as float16 ``.npy`` arrays under
+``<cache root>/features/`` (``logmel-<key>.npy``, keyed by the group's content hash and the
+front-end configuration, written atomically with a SHA-256 checksum), each beside a small
+``logmel-<key>.pt`` holding its clip names, front end, the array's checksum and per-clip sums
+and squared deviations (so that the normalization of any split is computed without reading the
+features). Readers memory-map the arrays: the processes of one machine (search workers) share
+one copy through the page cache, and loading holds no private copy. A cache entry that fails its
+checksum or does not fit the dataset is deleted (with a one-line warning) and recomputed, never
+used.
+
+:func:`precompute_features` computes several front ends in one pass over the audio: each clip is
+read, resampled and transformed by the STFT once per distinct (sample rate, STFT) setting, and
+every Mel filterbank is applied to that power spectrogram; large clip groups are split over
+worker processes that write into the memory-mapped outputs. The values are those of
+:func:`logmel`, bit for bit.
 
 Clips that depart from the TAU22 format (44.1 kHz mono) are converted (resampled, channels
 averaged), with one note on the log saying how many and how.
@@ -13,9 +23,16 @@ averaged), with one note on the log saying how many and how.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import logging
 import math
+import multiprocessing
+import os
+from collections.abc import Iterable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +40,27 @@ import numpy as np
 import torch
 import torchaudio
 
-from nas_asc._cache import cache_root, content_key, load_torch, save_torch
+from nas_asc._cache import (
+    atomic_array,
+    cache_root,
+    content_key,
+    load_array,
+    load_torch,
+    recorded_checksum,
+    save_torch,
+)
+from nas_asc.errors import NasAscError
 
-__all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features"]
+__all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features", "precompute_features"]
 
 _LOG = logging.getLogger(__name__)
-_VERSION = 2  # bump when the computation changes, so stale caches are not reused (2: per group)
+# bump when the computation or the format changes, so stale caches are not reused
+# (2: per group; 3: memory-mapped .npy arrays with per-clip statistics)
+_VERSION = 3
 _CHUNK = 256  # clips per batched resample + STFT
+_TASK = 4 * _CHUNK  # clips per worker task (a whole number of chunks: the same batches)
+_PARALLEL_MIN = 4096  # smaller groups are computed in this process: worker start-up would dominate
+_READ = 2048  # clips normalized or moved at a time (bounds the temporary float32 copies)
 
 
 @dataclass(frozen=True)
@@ -107,6 +138,11 @@ class FeatureSet:
     float32), and :attr:`x` gives the whole normalized tensor (made on first use, then kept).
     Reading through either gives the same float32 values bit for bit:
     ``(raw.float() - mean) / std``.
+
+    A set made with ``index`` reads the rows ``index`` of ``raw`` (what :func:`load_features`
+    does where a split is not a whole clip group in order: ``raw`` is then the group's memory
+    map, shared with other sets and processes, and no row is copied); :attr:`raw` still gives
+    this set's own rows.
     """
 
     def __init__(
@@ -120,11 +156,15 @@ class FeatureSet:
         mean: float = 0.0,
         std: float = 1.0,
         raw: torch.Tensor | None = None,
+        index: torch.Tensor | None = None,
     ) -> None:
         if (x is None) == (raw is None):
             raise ValueError("a FeatureSet holds exactly one of x (normalized) and raw (log-mels)")
+        if index is not None and raw is None:
+            raise ValueError("a FeatureSet index selects rows of raw; pass raw with it")
         self._x = x
-        self.raw = raw
+        self._store = raw  # the log-mels read (all of them, or the rows ``_index`` of them)
+        self._index = index
         self.y = y
         self.devices = devices
         self.filenames = filenames
@@ -139,40 +179,68 @@ class FeatureSet:
         return f"FeatureSet({len(self)} clips, shape {self.shape}, device {self.device})"
 
     @property
+    def raw(self) -> torch.Tensor | None:
+        """The float16 log-mels ``(clips, n_mels, frames)``, or None for a set made from ``x``.
+
+        For a set that reads rows of a larger tensor (``index``), the first access copies its
+        rows (then kept, and read from instead of the larger tensor).
+        """
+        if self._index is not None:
+            self._store, self._index = self._store[self._index], None
+        return self._store
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """``(clips, 1, n_mels, frames)``, the shape of :attr:`x`."""
-        if self.raw is None:
+        if self._store is None:
             return tuple(self._x.shape)
-        return (self.raw.shape[0], 1, *self.raw.shape[1:])
+        n = self._store.shape[0] if self._index is None else len(self._index)
+        return (n, 1, *self._store.shape[1:])
 
     @property
     def device(self) -> torch.device:
-        return (self._x if self.raw is None else self.raw).device
+        return (self._x if self._store is None else self._store).device
 
     @property
     def x(self) -> torch.Tensor:
         """All clips, normalized float32 ``(clips, 1, n_mels, frames)`` (made once, then kept)."""
         if self._x is None:
-            self._x = self._normalize(self.raw).contiguous()
+            x = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+            for start in range(0, len(x), _READ):  # no float32 temporaries of the whole set
+                x[start : start + _READ] = self.batch(slice(start, start + _READ))
+            self._x = x
         return self._x
 
     def _normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return ((raw.float() - self.mean) / self.std).unsqueeze(1)
 
+    def _read(self, idx: torch.Tensor | slice) -> torch.Tensor:
+        """The float16 log-mels of clips ``idx`` of this set."""
+        return self._store[idx] if self._index is None else self._store[self._index[idx]]
+
     def batch(self, idx: torch.Tensor | slice) -> torch.Tensor:
         """Normalized float32 features of clips ``idx``, on the set's device: ``x[idx]``."""
         if self._x is not None:
             return self._x[idx]
-        return self._normalize(self.raw[idx])
+        return self._normalize(self._read(idx))
 
     def to(self, device: torch.device | str) -> FeatureSet:
         """This set with its tensors on ``device`` (itself when they are already there)."""
         device = torch.device(device)
         if self.device == device:
             return self
+        raw = None
+        if self._store is not None:
+            if self._index is None:
+                raw = self._store.to(device)
+            else:  # this set's rows only, moved a slice at a time
+                shape = self.shape[:1] + self.shape[2:]
+                raw = torch.empty(shape, dtype=self._store.dtype, device=device)
+                for start in range(0, len(raw), _READ):
+                    raw[start : start + _READ] = self._read(slice(start, start + _READ)).to(device)
         return FeatureSet(
-            self._x.to(device) if self.raw is None else None,
-            raw=None if self.raw is None else self.raw.to(device),
+            self._x.to(device) if self._store is None else None,
+            raw=raw,
             y=self.y.to(device),
             devices=self.devices,
             filenames=self.filenames,
@@ -182,11 +250,18 @@ class FeatureSet:
         )
 
     def subset(self, idx: torch.Tensor) -> FeatureSet:
-        """The clips ``idx`` (a LongTensor), with this set's normalization."""
+        """The clips ``idx`` (a LongTensor), with this set's normalization.
+
+        A set of log-mels shares them: the subset reads its rows of the same tensor.
+        """
         keep = idx.tolist()
+        index = None
+        if self._store is not None:
+            index = idx if self._index is None else self._index[idx]
         return FeatureSet(
-            self._x[idx] if self.raw is None else None,
-            raw=None if self.raw is None else self.raw[idx],
+            self._x[idx] if self._store is None else None,
+            raw=self._store,
+            index=index,
             y=self.y[idx],
             devices=[self.devices[i] for i in keep],
             filenames=[self.filenames[i] for i in keep],
@@ -196,99 +271,372 @@ class FeatureSet:
         )
 
 
-def _cache_path(dataset, source: str, frontend: FrontEnd) -> Path:
-    key = content_key(_VERSION, dataset.sources[source][0], frontend.to_dict())
-    return cache_root() / "features" / f"logmel-{key}.pt"
+# --- computing log-mels ----------------------------------------------------------------------
 
 
-def _compute(dataset, filenames: list[str], frontend: FrontEnd, progress: bool) -> torch.Tensor:
-    from tqdm.auto import tqdm
+@functools.lru_cache(maxsize=16)
+def _window(kind: str, length: int) -> torch.Tensor:
+    return _WINDOWS[kind](length)
 
+
+@functools.lru_cache(maxsize=64)
+def _filterbank(frontend: FrontEnd) -> torch.Tensor:
+    """The Mel filterbank ``(n_fft // 2 + 1, n_mels)`` of ``frontend``, as :func:`logmel`'s
+    ``MelSpectrogram`` builds it (built once per process)."""
+    f_max = frontend.f_max if frontend.f_max is not None else float(frontend.sample_rate // 2)
+    return torchaudio.functional.melscale_fbanks(
+        frontend.n_fft // 2 + 1,
+        frontend.f_min,
+        f_max,
+        frontend.n_mels,
+        frontend.sample_rate,
+        None,
+        "htk",
+    )
+
+
+def _passes(frontends: tuple[FrontEnd, ...]) -> dict[int, dict[tuple, list[int]]]:
+    """Indices of ``frontends`` by sample rate, then by STFT setting: what one resampling and one
+    power spectrogram serve."""
+    passes: dict[int, dict[tuple, list[int]]] = {}
+    for k, fe in enumerate(frontends):
+        stft = (fe.n_fft, fe.win_length, fe.hop_length, fe.window)
+        passes.setdefault(fe.sample_rate, {}).setdefault(stft, []).append(k)
+    return passes
+
+
+def _chunk_logmels(
+    root: Path, names: list[str], frontends: tuple[FrontEnd, ...], seconds: float = 1.0
+) -> tuple[list[torch.Tensor], dict[str, int]]:
+    """Float16 log-mels of the clips ``names`` for each front end, and the conversion notes.
+
+    Each clip is read once, each (source rate, sample rate) pair resampled once, each STFT
+    setting transformed once; every front end's filterbank is applied to that spectrogram. The
+    operations are :func:`logmel`'s on the same batches, so the values are its values.
+    """
     from nas_asc.data.tau22 import SAMPLE_RATE, read_audio
 
-    seconds = 1.0
-    out = torch.empty(
-        len(filenames), frontend.n_mels, frontend.frames(seconds), dtype=torch.float16
-    )
-    bar = tqdm(
-        total=len(filenames),
-        desc=f"log-mel {frontend.n_mels} bins",
-        unit="clip",
-        disable=not progress,
-    )
     converted: dict[str, int] = {}  # departure from 44.1 kHz mono -> clips
-    for start in range(0, len(filenames), _CHUNK):
-        names = filenames[start : start + _CHUNK]
-        by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for i, name in enumerate(names):
-            notes: set[str] = set()
-            wave, rate = read_audio(dataset.path(name), notes)
-            if rate != SAMPLE_RATE:
-                notes.add(f"{rate} Hz")
-            if len(wave) < 0.99 * seconds * rate:  # TAU22 clips are 1 s: tolerate 10 ms
-                notes.add("short")
-            elif len(wave) > 1.01 * seconds * rate:
-                notes.add("long")
-            for note in notes:
-                converted[note] = converted.get(note, 0) + 1
-            by_rate.setdefault(rate, []).append((start + i, wave))
-        for rate, items in by_rate.items():
-            length = int(round(seconds * rate))
-            batch = np.zeros((len(items), length), dtype=np.float32)
-            for j, (_, wave) in enumerate(items):  # pad or trim to exactly one second
-                batch[j, : min(length, len(wave))] = wave[:length]
-            feats = logmel(torch.from_numpy(batch), rate, frontend)
-            out[[idx for idx, _ in items]] = feats.to(torch.float16)
-        bar.update(len(names))
-    bar.close()
-    if converted:
-        # not an error: the clips are usable, but the user should know their data is unusual
-        _LOG.warning(
-            "note: converted clips that are not 1 s of 44.1 kHz mono as in TAU22: %s",
-            ", ".join(_conversion(k, n, frontend) for k, n in sorted(converted.items())),
-        )
-    return out
+    by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, name in enumerate(names):
+        notes: set[str] = set()
+        wave, rate = read_audio(root / name, notes)
+        if rate != SAMPLE_RATE:
+            notes.add(f"{rate} Hz")
+        if len(wave) < 0.99 * seconds * rate:  # TAU22 clips are 1 s: tolerate 10 ms
+            notes.add("short")
+        elif len(wave) > 1.01 * seconds * rate:
+            notes.add("long")
+        for note in notes:
+            converted[note] = converted.get(note, 0) + 1
+        by_rate.setdefault(rate, []).append((i, wave))
+    outs = [
+        torch.empty(len(names), fe.n_mels, fe.frames(seconds), dtype=torch.float16)
+        for fe in frontends
+    ]
+    for rate, items in by_rate.items():
+        length = int(round(seconds * rate))
+        batch = np.zeros((len(items), length), dtype=np.float32)
+        for j, (_, wave) in enumerate(items):  # pad or trim to exactly one second
+            batch[j, : min(length, len(wave))] = wave[:length]
+        rows = [i for i, _ in items]
+        waves = torch.from_numpy(batch)
+        for sample_rate, stfts in _passes(frontends).items():
+            resampled = waves
+            if rate != sample_rate:
+                resampled = torchaudio.functional.resample(waves, rate, sample_rate)
+            for (n_fft, win_length, hop_length, window), ks in stfts.items():
+                power = torchaudio.functional.spectrogram(
+                    resampled,
+                    0,
+                    _window(window, win_length),
+                    n_fft,
+                    hop_length,
+                    win_length,
+                    2.0,
+                    False,
+                )
+                for k in ks:  # MelScale: (..., time, freq) @ (freq, n_mels)
+                    mel = torch.matmul(power.transpose(-1, -2), _filterbank(frontends[k]))
+                    outs[k][rows] = torch.log(mel.transpose(-1, -2) + 1e-5).to(torch.float16)
+    return outs, converted
 
 
-def _conversion(kind: str, n: int, frontend: FrontEnd) -> str:
+def _task(
+    root: str, names: list[str], start: int, frontends: tuple[FrontEnd, ...], paths: list[str]
+) -> tuple[int, list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Compute clips ``start ...`` of a group and write them into the arrays at ``paths``.
+
+    Returns ``start``, per front end each clip's sum and sum of squared deviations from its mean
+    (float64, of the float16 values stored), and the conversion notes.
+    """
+    arrays = [np.load(path, mmap_mode="r+") for path in paths]
+    stats = [(np.empty(len(names)), np.empty(len(names))) for _ in frontends]
+    notes: dict[str, int] = {}
+    for offset in range(0, len(names), _CHUNK):
+        feats, converted = _chunk_logmels(Path(root), names[offset : offset + _CHUNK], frontends)
+        for note, n in converted.items():
+            notes[note] = notes.get(note, 0) + n
+        for k, f in enumerate(feats):
+            arrays[k][start + offset : start + offset + len(f)] = f.numpy()
+            flat = f.reshape(len(f), -1).double()
+            sums = flat.sum(1)
+            m2 = (flat - (sums / flat.shape[1])[:, None]).square().sum(1)
+            stats[k][0][offset : offset + len(f)] = sums.numpy()
+            stats[k][1][offset : offset + len(f)] = m2.numpy()
+    for array in arrays:
+        array.flush()
+    del arrays  # unmapped: the written pages stay in the page cache, not in this process
+    return start, stats, notes
+
+
+def _init_worker() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    torch.set_num_threads(1)  # one process per core: threads would only contend
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread, as the workers do: MKL's matrix product (the Mel projection)
+    splits its sums between threads, so its float32 results change in the last bit with the
+    thread count, and a float16 rounding with them. One thread everywhere makes the cached
+    values independent of the machine, the worker count and the caller's thread setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _fill(
+    root: Path,
+    filenames: list[str],
+    frontends: tuple[FrontEnd, ...],
+    paths: list[Path],
+    progress: bool,
+    workers: int | None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """Compute the log-mels of ``filenames`` into the arrays at ``paths``; return the per-clip
+    statistics of each front end and the conversion notes."""
+    from tqdm.auto import tqdm
+
+    n = len(filenames)
+    stats = [(np.empty(n), np.empty(n)) for _ in frontends]
+    notes: dict[str, int] = {}
+    tasks = list(range(0, n, _TASK))
+    if workers is None:
+        workers = _usable_cores() if n >= _PARALLEL_MIN else 1
+    workers = min(workers, len(tasks))
+    if multiprocessing.current_process().daemon:
+        workers = 1  # a daemonic process cannot start processes
+    bins = "+".join(str(fe.n_mels) for fe in frontends)
+    bar = tqdm(total=n, desc=f"log-mel {bins} bins", unit="clip", disable=not progress)
+    done: set[int] = set()
+
+    def collect(result) -> None:
+        start, task_stats, task_notes = result
+        for (sums, m2), (task_sums, task_m2) in zip(stats, task_stats, strict=True):
+            sums[start : start + len(task_sums)] = task_sums
+            m2[start : start + len(task_m2)] = task_m2
+        for note, count in task_notes.items():
+            notes[note] = notes.get(note, 0) + count
+        done.add(start)
+        bar.update(len(task_stats[0][0]))
+
+    args = (str(root), frontends, [str(p) for p in paths])
+    try:
+        if workers > 1:
+            try:
+                _fill_parallel(filenames, tasks, workers, args, collect)
+            except BrokenProcessPool as exc:
+                # the values do not depend on where they are computed: finish in this process
+                _LOG.warning("feature worker processes failed (%s); computing in one process", exc)
+        with _one_thread():
+            for start in tasks:
+                if start not in done:
+                    collect(_task(args[0], filenames[start : start + _TASK], start, *args[1:]))
+    finally:
+        bar.close()
+    return stats, notes
+
+
+def _fill_parallel(filenames: list[str], tasks: list[int], workers: int, args, collect) -> None:
+    root, frontends, paths = args
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init_worker
+    ) as pool:
+        futures = [
+            pool.submit(_task, root, filenames[start : start + _TASK], start, frontends, paths)
+            for start in tasks
+        ]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                collect(future.result())
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _conversion(kind: str, n: int, frontends: tuple[FrontEnd, ...]) -> str:
     if kind == "short":
         return f"{n} shorter than 1 s padded with silence"
     if kind == "long":
         return f"{n} longer than 1 s cut to their first second"
     if kind.endswith("Hz"):
-        return f"{n} at {kind} resampled to {frontend.sample_rate} Hz"
+        rates = " and ".join(sorted({f"{fe.sample_rate} Hz" for fe in frontends}))
+        return f"{n} at {kind} resampled to {rates}"
     return f"{n} with {kind} averaged to mono"
 
 
-def _fits(blob, filenames: list[str], frontend: FrontEnd) -> bool:
-    """Whether a loaded cache entry holds features of exactly these clips and front end."""
-    try:
-        feats = blob["logmel"]
-        return (
-            blob["filenames"] == filenames
-            and blob["frontend"] == frontend.to_dict()
-            and isinstance(feats, torch.Tensor)
-            and tuple(feats.shape) == (len(filenames), frontend.n_mels, frontend.frames())
-        )
-    except (KeyError, TypeError):
-        return False
+# --- the cache -------------------------------------------------------------------------------
 
 
-def _cached_logmel(
-    dataset, source: str, frontend: FrontEnd, progress: bool
-) -> tuple[list[str], torch.Tensor]:
-    """Log-mels of every clip of one clip group (``dataset.sources[source]``), cached."""
+def _cache_path(dataset, source: str, frontend: FrontEnd) -> Path:
+    """The array file of a cache entry; its metadata is the ``.pt`` file beside it."""
+    key = content_key(_VERSION, dataset.sources[source][0], frontend.to_dict())
+    return cache_root() / "features" / f"logmel-{key}.npy"
+
+
+@dataclass
+class _Entry:
+    """A loaded cache entry: the group's log-mels (a memory map) and per-clip statistics."""
+
+    filenames: list[str]
+    logmel: torch.Tensor  # (clips, n_mels, frames) float16, over the memory-mapped file
+    sums: np.ndarray  # per clip: sum of its log-mels (float64)
+    m2: np.ndarray  # per clip: sum of squared deviations from its mean (float64)
+
+    def moments(self, idx: np.ndarray) -> tuple[float, float]:
+        """Mean and standard deviation (unbiased) of all log-mels of clips ``idx``."""
+        per_clip = math.prod(self.logmel.shape[1:])
+        count = per_clip * len(idx)
+        sums = self.sums[idx]
+        mean = sums.sum() / count
+        m2 = self.m2[idx].sum() + per_clip * np.square(sums / per_clip - mean).sum()
+        return float(mean), math.sqrt(m2 / (count - 1)) if count > 1 else math.nan
+
+
+def _open_entry(dataset, source: str, frontend: FrontEnd) -> _Entry | None:
+    """The cache entry of one clip group and front end, or None if it must be computed (absent,
+    corrupt: deleted with a warning, or for other clips: a warning)."""
     path = _cache_path(dataset, source, frontend)
+    meta = load_torch(path.with_suffix(".pt"))  # None if absent or corrupt (deleted, warned)
+    if meta is None:
+        return None
+    array = load_array(path)  # likewise
+    if array is None:
+        return None
     filenames = list(dataset.sources[source][1])
-    blob = load_torch(path)  # None if absent or corrupt (then deleted with a warning)
-    if blob is not None:
-        if _fits(blob, filenames, frontend):
-            return filenames, blob["logmel"]
+    try:
+        n = len(filenames)
+        fits = (
+            meta["filenames"] == filenames
+            and meta["frontend"] == frontend.to_dict()
+            and meta["sha256"] == recorded_checksum(path)
+            and array.dtype == np.float16
+            and array.shape == (n, frontend.n_mels, frontend.frames())
+            and tuple(meta["sums"].shape) == (n,)
+            and tuple(meta["m2"].shape) == (n,)
+        )
+    except (KeyError, TypeError, AttributeError):
+        fits = False
+    if not fits:
         # a checksum-valid entry for other clips: a key collision or a bug, never use it
         _LOG.warning("feature cache %s does not match the dataset; recomputing it", path)
-    feats = _compute(dataset, filenames, frontend, progress)
-    save_torch({"filenames": filenames, "logmel": feats, "frontend": frontend.to_dict()}, path)
-    return filenames, feats
+        return None
+    return _Entry(filenames, torch.from_numpy(array), meta["sums"].numpy(), meta["m2"].numpy())
+
+
+def _compute_group(
+    dataset, source: str, frontends: tuple[FrontEnd, ...], progress: bool, workers: int | None
+) -> None:
+    """Compute and cache the log-mels of clip group ``source`` for ``frontends``, one pass."""
+    filenames = list(dataset.sources[source][1])
+    paths = [_cache_path(dataset, source, fe) for fe in frontends]
+    with contextlib.ExitStack() as stack:
+        tmps = [
+            stack.enter_context(
+                atomic_array(path, (len(filenames), fe.n_mels, fe.frames()), np.float16)
+            )
+            for path, fe in zip(paths, frontends, strict=True)
+        ]
+        stats, converted = _fill(dataset.root, filenames, frontends, tmps, progress, workers)
+    # each array is in place with its checksum; its metadata last: an entry with metadata is whole
+    for path, fe, (sums, m2) in zip(paths, frontends, stats, strict=True):
+        meta = {
+            "filenames": filenames,
+            "frontend": fe.to_dict(),
+            "sha256": recorded_checksum(path),
+            "sums": torch.from_numpy(sums),
+            "m2": torch.from_numpy(m2),
+        }
+        save_torch(meta, path.with_suffix(".pt"))
+    if converted:
+        # not an error: the clips are usable, but the user should know their data is unusual
+        _LOG.warning(
+            "note: converted clips that are not 1 s of 44.1 kHz mono as in TAU22: %s",
+            ", ".join(_conversion(k, n, frontends) for k, n in sorted(converted.items())),
+        )
+
+
+def _check_workers(workers) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise TypeError(f"workers must be a positive integer or None, got {workers!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be a positive integer or None, got {workers}")
+
+
+def precompute_features(
+    dataset, frontends: Iterable[FrontEnd], progress: bool = True, workers: int | None = None
+) -> int:
+    """Compute and cache the log-mels of several front ends, one pass over the audio per group.
+
+    For each clip group the dataset reads (its training split and its test fold, or only the
+    training split for a search view), the front ends whose cache entry is missing (or corrupt)
+    are computed together: each clip is read once, resampled once per sample rate, transformed
+    by the STFT once per STFT setting, and every front end's Mel filterbank is applied to that
+    spectrogram. :func:`load_features` then finds them cached. The values are those that
+    :func:`load_features` computes for one front end, bit for bit.
+
+    Args:
+        dataset: A TAU22 dataset or view (:func:`nas_asc.data.tau22.load_tau22`).
+        frontends: The front ends, e.g. every Mel-bin count of a search space.
+        progress: Show a progress bar (clips, rate and ETA) per group computed.
+        workers: Processes that read and transform the audio (spawned, one torch thread each,
+            each writing its clips into the memory-mapped outputs); ``None`` uses every usable
+            core for groups of at least 4,096 clips and this process for smaller ones (where
+            starting the workers would cost more than they save).
+
+    Returns:
+        The number of (clip group, front end) entries computed; 0 when all were cached.
+
+    Example:
+        >>> precompute_features(view, [FrontEnd(n_mels=n) for n in (64, 128)])  # doctest: +SKIP
+    """
+    _check_workers(workers)
+    frontends = tuple(dict.fromkeys(frontends))
+    for fe in frontends:
+        if not isinstance(fe, FrontEnd):
+            raise TypeError(f"frontends must hold FrontEnd instances, got {type(fe).__name__}")
+    computed = 0
+    for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source)):
+        missing = tuple(fe for fe in frontends if _open_entry(dataset, source, fe) is None)
+        if missing:
+            _compute_group(dataset, source, missing, progress, workers)
+            computed += len(missing)
+    return computed
 
 
 def load_features(
@@ -299,37 +647,49 @@ def load_features(
     Log-mels are computed and cached per clip group (the training split, the test fold), and
     only the groups the dataset's frames come from are read: a search view (training part and
     validation split, :mod:`nas_asc.data.protocol`) never opens a clip of the test fold.
-    Features are normalized by the mean and standard deviation of the ``train`` frame (one
-    scalar each), which the deployed front end applies as well.
+    The sets read the cache's memory-mapped float16 log-mels (``raw``), without a private copy:
+    processes loading the same features share one copy in memory. Features are normalized by
+    the mean and standard deviation of the ``train`` frame (one scalar each, rounded to float32,
+    computed in float64 from per-clip sums), which the deployed front end applies as well.
     """
-    groups = {}  # source -> (row of each clip name, log-mels)
+    groups: dict[str, tuple[_Entry, dict[str, int]]] = {}
     for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source)):
-        filenames, feats = _cached_logmel(dataset, source, frontend, progress)
-        groups[source] = ({name: i for i, name in enumerate(filenames)}, feats)
+        entry = _open_entry(dataset, source, frontend)
+        if entry is None:
+            _compute_group(dataset, source, (frontend,), progress, None)
+            entry = _open_entry(dataset, source, frontend)
+            if entry is None:
+                raise NasAscError(
+                    f"the feature cache {_cache_path(dataset, source, frontend)} could not be "
+                    "read back after it was written; check the disk, then run the command again"
+                )
+        groups[source] = (entry, {name: i for i, name in enumerate(entry.filenames)})
     splits = []
     for frame, source in (
         (dataset.train, dataset.train_source),
         (dataset.evaluate, dataset.evaluate_source),
     ):
-        index, feats = groups[source]
-        idx = torch.tensor([index[name] for name in frame.filename], dtype=torch.long)
-        splits.append((frame, feats[idx]))
-    train_x = splits[0][1].float()
-    mean, std = train_x.mean(), train_x.std()
-    del train_x
-    if not math.isfinite(float(std)) or float(std) == 0.0:
+        entry, index = groups[source]
+        idx = np.fromiter((index[name] for name in frame.filename), np.int64, len(frame))
+        splits.append((frame, entry, idx))
+    _, train_entry, train_idx = splits[0]
+    mean, std = train_entry.moments(train_idx)
+    if not math.isfinite(std) or std == 0.0:
         raise ValueError("training features have zero or non-finite variance; is the audio silent?")
+    mean, std = float(np.float32(mean)), float(np.float32(std))  # what float32 arithmetic uses
     sets = []
-    for frame, raw in splits:
+    for frame, entry, idx in splits:
+        whole = len(idx) == len(entry.filenames) and bool((idx == np.arange(len(idx))).all())
         sets.append(
             FeatureSet(
-                raw=raw,
+                raw=entry.logmel,
+                index=None if whole else torch.from_numpy(idx),
                 y=torch.tensor(frame.label.to_numpy(), dtype=torch.long),
                 devices=list(frame.device),
                 filenames=list(frame.filename),
                 rows=torch.tensor(frame.row.to_numpy(), dtype=torch.long),
-                mean=float(mean),
-                std=float(std),
+                mean=mean,
+                std=std,
             )
         )
     return sets[0], sets[1]

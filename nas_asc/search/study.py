@@ -771,6 +771,10 @@ def load_lowered_threads(study: optuna.Study) -> int:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         accel = t.user_attrs.get("train_accel") or {}
         threads, share = accel.get("threads") or [], accel.get("share")
+        # --threads N: fewer threads than the share by choice, the same under any load
+        fixed = any(str(note).startswith("threads fixed") for note in accel.get("notes") or [])
+        if fixed:
+            continue
         if isinstance(share, int) and any(isinstance(n, int) and n < share for n in threads):
             lowered += 1
     return lowered
