@@ -557,3 +557,25 @@ def test_the_tfsepnet_references_are_the_reports_systems() -> None:
         "tfsepnet-c40": 40,
         "tfsepnet-c60": 60,
     }
+
+
+@pytest.mark.parametrize(
+    ("dims", "expected"),
+    [
+        ({"frontend.n_mels": {"type": "categorical", "choices": [128, 64]}}, [128, 64]),
+        ({"frontend.n_mels": {"type": "int", "low": 32, "high": 96, "step": 32}}, [32, 64, 96]),
+        ({}, [128]),  # the fixed front end alone (FrontEnd's default Mel bins)
+        ({"frontend.f_min": {"type": "float", "low": 0.0, "high": 100.0}}, []),  # continuous
+        ({"frontend.n_mels": {"type": "int", "low": 1, "high": 17}}, []),  # over the limit
+    ],
+)
+def test_frontends_lists_what_trials_can_use(dims, expected):
+    space = SearchSpace.from_dict(
+        {
+            "name": "fe",
+            "model": "tfsepnet",
+            "fixed": {"frontend": {"hop_length": 744}},
+            "dimensions": {"model.width": {"type": "int", "low": 8, "high": 16}, **dims},
+        }
+    )
+    assert [fe.n_mels for fe in space.frontends()] == expected

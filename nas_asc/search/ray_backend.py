@@ -28,12 +28,12 @@ trials of equal or lower complexity in the shared study, on whichever Ray worker
 Workers and resume. ``settings.workers`` is Ray's ``max_concurrent_trials``; every trial takes one
 CPU and runs torch with that many threads. Training on GPUs (``--device auto`` on a cluster with
 GPUs, or ``cuda``), every trial also takes ``1/k`` of a GPU with ``k = ceil(workers / GPUs)``
-(:func:`trial_resources`), so the concurrent trials fill every GPU of the cluster. The searcher stops asking once the study has
-``settings.n_trials`` done trials (``trial_counts``), so re-running continues a study, whichever
-backend started it. A trial whose Ray worker died (or was stopped) before it told its outcome is
-failed and re-queued with the same parameters and seed, at most ``settings.max_retry`` times, as
-the optuna backend does with heartbeats; running trials write heartbeats too, so a search whose
-driver was killed is picked up by the next run.
+(:func:`trial_resources`), so the concurrent trials fill every GPU of the cluster. The searcher
+stops asking once the study has ``settings.n_trials`` done trials (``trial_counts``), so re-running
+continues a study, whichever backend started it. A trial whose Ray worker died (or was stopped)
+before it told its outcome is failed and re-queued with the same parameters and seed, at most
+``settings.max_retry`` times, as the optuna backend does with heartbeats; running trials write
+heartbeats too, so a search whose driver was killed is picked up by the next run.
 
 Locally (no ``address``) Ray is started with one CPU per worker and shut down at the end. With
 ``address`` (``auto`` or ``HOST:6379`` of a ``ray start --head`` cluster) the same code runs on the

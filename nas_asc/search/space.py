@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import reprlib
@@ -909,6 +910,38 @@ class SearchSpace:
             for name, values in self.references.items()
         }
         return dataclasses.replace(self, dimensions=tuple(dims), fixed=fixed, references=references)
+
+    def frontends(self, limit: int = 16) -> list:
+        """Every front end a trial of this space can use (its ``frontend.*`` dimensions'
+        values over the fixed ones), in a stable order; empty when a ``frontend.*`` dimension
+        is continuous or there are more than ``limit`` (they are then computed as trials ask).
+
+        The search computes their features in one pass over the audio before its first trial.
+        """
+        from nas_asc.data.features import FrontEnd
+
+        dims = [d for d in self.dimensions if d.section == "frontend"]
+        values = []
+        for dim in dims:
+            if dim.kind == "categorical":
+                values.append(list(dim.choices))
+            elif dim.kind == "int" and not dim.log:
+                values.append(list(range(int(dim.low), int(dim.high) + 1, int(dim.step or 1))))
+            else:
+                return []
+        combos = list(itertools.product(*values))
+        if len(combos) > limit:
+            return []
+        fixed = dict(self.fixed.get("frontend", {}))
+        out = []
+        for combo in combos:
+            try:
+                fe = FrontEnd(**{**fixed, **{d.field: v for d, v in zip(dims, combo, strict=True)}})
+            except ValueError:  # a combination no trial can run (it fails as a trial would)
+                continue
+            if fe not in out:
+                out.append(fe)
+        return out
 
     def reference_config(self, name: str) -> dict[str, dict[str, Any]]:
         """The config of reference ``name`` with its ``model`` and ``frontend`` sections
