@@ -260,3 +260,16 @@ def test_cuda_mixed_precision_trains(amp):
     with accel.using(device="cuda"):
         train(model, toy_set(96), TrainConfig(epochs=4, batch_size=16, amp=amp), seed=1)
     assert evaluate(model, toy_set(48, seed=1)).accuracy > 0.9
+
+
+def test_search_settings_carry_device_and_compile_to_the_trainer():
+    from nas_asc.search.settings import SearchSettings
+
+    settings = SearchSettings("s", "sqlite:///s.db", 1, device="cpu", compile="auto", gpus=[1, 0])
+    assert settings.gpus == (1, 0)
+    with settings.thread_options("cpu") as options:
+        assert (options.device, options.compile) == ("cpu", "auto")
+    with pytest.raises(NasAscError, match=r"^compile must be one of off, on, auto, got 'yes'$"):
+        SearchSettings("s", "sqlite:///s.db", 1, compile="yes")
+    with pytest.raises(NasAscError, match=r"^--device must be auto, cpu, cuda or cuda:N"):
+        SearchSettings("s", "sqlite:///s.db", 1, device="gpu")

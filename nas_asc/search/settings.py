@@ -51,6 +51,7 @@ class SearchSettings:
     # trial then depends on the load, so its figures repeat only at a fixed thread count)
     device: str = "auto"  # where trials train: auto | cpu | cuda | cuda:N (nas_asc.device)
     gpus: tuple[int, ...] | None = None  # GPUs the workers are placed over (None: all visible)
+    compile: str = "off"  # torch.compile: off | on | auto (trials planned to see enough samples)
 
     def __post_init__(self) -> None:
         try:
@@ -71,6 +72,12 @@ class SearchSettings:
         if self.max_rejections < 1:
             raise NasAscError(f"max_rejections must be >= 1, got {self.max_rejections}")
         check_device_spec(self.device)
+        from nas_asc.train.accel import COMPILE_MODES
+
+        if self.compile not in COMPILE_MODES:
+            raise NasAscError(
+                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}"
+            )
         if self.gpus is not None:
             object.__setattr__(self, "gpus", parse_gpus(",".join(map(str, self.gpus))))
 
@@ -87,4 +94,9 @@ class SearchSettings:
         trials on ``device`` (one of :meth:`worker_devices`)."""
         from nas_asc.train import accel
 
-        return accel.using(threads=self.threads, adapt_threads=self.adapt_threads, device=device)
+        return accel.using(
+            threads=self.threads,
+            adapt_threads=self.adapt_threads,
+            device=device,
+            compile=self.compile,
+        )
