@@ -273,3 +273,19 @@ def test_search_settings_carry_device_and_compile_to_the_trainer():
         SearchSettings("s", "sqlite:///s.db", 1, compile="yes")
     with pytest.raises(NasAscError, match=r"^--device must be auto, cpu, cuda or cuda:N"):
         SearchSettings("s", "sqlite:///s.db", 1, device="gpu")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_cpu_too(amp):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 16, 3))
+    with accel.using(threads=1):
+        result = train(model, toy_set(96), TrainConfig(epochs=4, batch_size=16, amp=amp), seed=1)
+    assert result.accel["amp"] == amp and next(model.parameters()).dtype == torch.float32
+    assert evaluate(model, toy_set(48, seed=1)).accuracy > 0.9
+
+
+def test_amp_is_checked_and_kept_out_of_old_keys():
+    with pytest.raises(ValueError, match=r"^train config: amp must be one of off, bf16, fp16"):
+        TrainConfig(amp="fp8")
+    assert "amp" not in TrainConfig().to_dict() and TrainConfig(amp="bf16").to_dict()["amp"]
