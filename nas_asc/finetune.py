@@ -257,8 +257,8 @@ def finetune_study(
                 trial,
                 ckpt,
                 tune,
-                trained=ckpt.build_model(train_set.x[:1]),
-                general=ckpt.build_int8(train_set.x),
+                trained=ckpt.build_model(train_set),
+                general=ckpt.build_int8(train_set),
                 train_set=train_set,
                 val_set=val_set,
                 teacher_logits=teacher.logits() if _uses_teacher(tune) else None,
@@ -280,7 +280,7 @@ def finetune_study(
                 )
         train_set, test_set = features.get("test", frontend)
         if general is None:
-            general = ckpt.build_int8(train_set.x)
+            general = ckpt.build_int8(train_set)
         # the test view's training part is the search view's: models built on either are equal
         _measure_test(study, trial, general, built, record, devices, train_set, test_set)
         set_finished_trial_attrs(study, trial._trial_id, {_ATTR: record})
@@ -329,7 +329,7 @@ def _finetune_device(job: _Job, device: str, seed: int) -> tuple[dict, torch.nn.
     else:
         train(model, device_train, tune, logits, seed)
         idx = calibration_indices(len(device_train), seed, n_calib)
-        int8 = quantize_ptq(model, device_train.x[idx])
+        int8 = quantize_ptq(model, device_train.batch(idx))
     n_val = len(device_val)
     val_general = evaluate(job.general, device_val).accuracy if n_val else None
     val_device = evaluate(int8, device_val).accuracy if n_val else None
@@ -437,9 +437,9 @@ def _rebuild(study, number: int, device: str, entry: dict, train_set: FeatureSet
 
     ckpt = _load_device_checkpoint(study, number, device, entry["checkpoint_artifact"])
     shape = FrontEnd(**ckpt.frontend).input_shape()
-    if tuple(train_set.x.shape[1:]) != shape:
+    if tuple(train_set.shape[1:]) != shape:
         raise NasAscError(
-            f"train_set holds inputs of shape {tuple(train_set.x.shape[1:])}, but trial "
+            f"train_set holds inputs of shape {tuple(train_set.shape[1:])}, but trial "
             f"{number}'s front end gives {shape}; load the training part with the trial's "
             "front end"
         )
@@ -450,7 +450,7 @@ def _rebuild(study, number: int, device: str, entry: dict, train_set: FeatureSet
             f"fine-tuned on {entry['train_clips']}; pass the training part of the study's "
             "protocol (load_features(protocol.search_view(), frontend)[0])"
         )
-    return ckpt.build_int8(subset.x)
+    return ckpt.build_int8(subset)
 
 
 def _figures(pred: torch.Tensor, test_set: FeatureSet, seen: set[str]) -> dict[str, Any]:
@@ -473,7 +473,7 @@ def _measure_test(study, trial, general, built, record, devices, train_set, test
     models not in ``built`` (fine-tuned by an earlier run) are rebuilt from their checkpoints."""
     from nas_asc.train.loop import predict
 
-    general = predict(general, test_set.x).argmax(1)
+    general = predict(general, test_set).argmax(1)
     combined = general.clone()
     hit = (general == test_set.y).numpy()
     clip_devices = np.asarray(test_set.devices)
@@ -487,7 +487,7 @@ def _measure_test(study, trial, general, built, record, devices, train_set, test
             model = built[device]
         else:
             model = _rebuild(study, trial.number, device, entry, train_set)
-        pred = predict(model, test_set.x[mask]).argmax(1)
+        pred = predict(model, test_set.batch(mask)).argmax(1)
         # float64 means, as evaluate computes them
         entry["test_general"] = float(hit[mask.numpy()].mean())
         entry["test_device"] = float((pred == test_set.y[mask]).numpy().mean())

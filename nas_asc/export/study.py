@@ -337,17 +337,17 @@ def _export_trial(
     if frontend not in features:
         features[frontend] = _features(data, frontend)
     train_set, eval_set, val_set, norm = features[frontend]
-    input_shape = parse_input_shape(tuple(eval_set.x.shape[1:]))
+    input_shape = parse_input_shape(tuple(eval_set.shape[1:]))
 
     # the trained network as trained: the float model (PTQ) or the fake-quantized one (QAT)
-    model = ckpt.build_model(train_set.x[:1])
+    model = ckpt.build_model(train_set)
     # the float network is verified on --device (accel options); int8 stays on the CPU
     from nas_asc.device import resolve_device
     from nas_asc.train import accel
 
     device = resolve_device(accel.get_options().device)
-    fp32 = evaluate(ckpt.build_fp32(train_set.x).to(device), eval_set)
-    int8_model = ckpt.build_int8(train_set.x)
+    fp32 = evaluate(ckpt.build_fp32(train_set).to(device), eval_set)
+    int8_model = ckpt.build_int8(train_set)
     int8 = evaluate(int8_model, eval_set)
     # rebuilt exactly? its accuracy on the split the search measured must be the recorded one
     rebuilt = int8 if val_set is None else evaluate(int8_model, val_set)
@@ -390,7 +390,9 @@ def _export_trial(
         "(log(mel power + 1e-5) - mean) / std",
     }
     onnx_path = workdir / "model_int8.onnx"
-    graph_proto = onnx_export.export_int8_onnx(int8_model, eval_set.x[:1], onnx_path, metadata)
+    graph_proto = onnx_export.export_int8_onnx(
+        int8_model, eval_set.batch(slice(0, 1)), onnx_path, metadata
+    )
     session = onnx_export.onnx_session(onnx_path)
     onnx_eval = evaluate(onnx_export.OnnxModule(session), eval_set)
     param_names = {n for n, _ in architecture.named_parameters()}

@@ -172,7 +172,7 @@ class Checkpoint:
                     "a QAT checkpoint is rebuilt by preparing its network on example inputs; "
                     "pass model inputs, e.g. build_model(train_set.x[:1])"
                 )
-            model = prepare_qat(model, example_inputs[:1])
+            model = prepare_qat(model, _rows(example_inputs, slice(0, 1)))
         model.load_state_dict(self.state_dict, strict=True)
         return model.eval()
 
@@ -183,9 +183,10 @@ class Checkpoint:
         (BatchNorm stays folded into the weights, unrounded).
 
         Args:
-            train_x: the training split's inputs (only ``train_x[:1]`` is used, for QAT).
+            train_x: the training split's inputs, or its FeatureSet (only the first clip is
+                used, for QAT).
         """
-        model = self.build_model(train_x[:1])
+        model = self.build_model(_rows(train_x, slice(0, 1)))
         if self.quantization == "qat":
             from torch.ao.quantization import disable_fake_quant, disable_observer
 
@@ -200,16 +201,22 @@ class Checkpoint:
         ``train_x`` (:func:`calibration_indices`); ``"qat"``: the prepared model converted.
 
         Args:
-            train_x: the training split's inputs of the trial's front end
-                (``FeatureSet.x``), in the order :func:`~nas_asc.data.features.load_features`
-                gives them.
+            train_x: the training split's FeatureSet of the trial's front end (or its inputs,
+                ``FeatureSet.x``), in the order :func:`~nas_asc.data.features.load_features`
+                gives them; only the calibration clips are read.
         """
         from nas_asc.train.quantize import convert_qat, quantize_ptq
 
         if self.quantization == "qat":
-            return convert_qat(self.build_model(train_x[:1]))
+            return convert_qat(self.build_model(_rows(train_x, slice(0, 1))))
         idx = calibration_indices(len(train_x), self.calibration["seed"], self.calibration["n"])
-        return quantize_ptq(self.build_model(), train_x[idx])
+        return quantize_ptq(self.build_model(), _rows(train_x, idx))
+
+
+def _rows(inputs, idx) -> torch.Tensor:
+    """Model inputs ``idx`` of a tensor of inputs or a FeatureSet (read without materializing
+    the whole split)."""
+    return inputs.batch(idx) if hasattr(inputs, "batch") else inputs[idx]
 
 
 def _upgrade_model_config(family: str, config: dict[str, Any]) -> dict[str, Any]:

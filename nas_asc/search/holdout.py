@@ -154,8 +154,8 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
                 features.pop(next(iter(features)))
             features[frontend] = load_features(view, frontend, progress=progress)
         train_set, test_set = features[frontend]
-        fp32 = evaluate(ckpt.build_fp32(train_set.x), test_set)
-        int8 = evaluate(ckpt.build_int8(train_set.x), test_set)
+        fp32 = evaluate(ckpt.build_fp32(train_set), test_set)
+        int8 = evaluate(ckpt.build_int8(train_set), test_set)
         attrs = {
             "test_int8_accuracy": int8.accuracy,
             "test_fp32_accuracy": fp32.accuracy,

@@ -613,7 +613,7 @@ def measure_int8(model, result, train_set, eval_set, recipe: TrainConfig, seed: 
         int8_model = convert_qat(result.qat_model)
     else:
         fp32 = evaluate(model, eval_set)
-        calibration = train_set.x[calibration_indices(len(train_set), seed, n_calib)]
+        calibration = train_set.batch(calibration_indices(len(train_set), seed, n_calib))
         int8_model = quantize_ptq(model, calibration)
     return fp32, evaluate(int8_model, eval_set), n_calib
 

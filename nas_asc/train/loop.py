@@ -242,7 +242,7 @@ def _check_simulated(simulated, train_set, config: TrainConfig):
             f"train config: devicesim_p={config.devicesim_p} needs simulated device copies; pass "
             "simulated=load_simulated_devices(dataset, frontend, train_set) or set devicesim_p=0"
         )
-    shape, expected = tuple(simulated.x.shape), (len(train_set), *train_set.x.shape[1:])
+    shape, expected = tuple(simulated.x.shape), (len(train_set), *train_set.shape[1:])
     if len(shape) != 5 or (shape[0], *shape[2:]) != expected or shape[1] < 1:
         raise ValueError(
             f"simulated devices have shape {shape}, expected ({expected[0]}, copies, "

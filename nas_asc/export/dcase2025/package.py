@@ -234,13 +234,13 @@ def _build(study, index, trial, devices, features, progress) -> _Built:
     ckpt = load_checkpoint(study, trial)
     frontend = FrontEnd(**ckpt.frontend)
     train_set, test_set = features(frontend)
-    int8 = {"general": ckpt.build_int8(train_set.x)}
+    int8 = {"general": ckpt.build_int8(train_set)}
     if devices:
         from nas_asc.finetune import load_device_int8
 
         for device in devices:
             int8[device] = load_device_int8(study, trial, device, train_set)
-    example = test_set.x[:1]
+    example = test_set.batch(slice(0, 1))
     networks = {name: standalone(model, example) for name, model in int8.items()}
     shape = (1, *frontend.input_shape())
     counts = {name: checker_count(net.module, shape) for name, net in networks.items()}
@@ -248,13 +248,13 @@ def _build(study, index, trial, devices, features, progress) -> _Built:
     for device in DEVICE_IDS:
         macs, nbytes = counts[device if device in networks else "general"]
         per_device[device] = {"MACs": macs, "Params": nbytes}
-    expected = predict(int8["general"], test_set.x).argmax(1).numpy()
+    expected = predict(int8["general"], test_set).argmax(1).numpy()
     clip_devices = np.array(test_set.devices)
     for device in devices:
         mask = clip_devices == device
         if mask.any():
             rows = torch.from_numpy(np.flatnonzero(mask))
-            expected[mask] = predict(int8[device], test_set.x[rows]).argmax(1).numpy()
+            expected[mask] = predict(int8[device], test_set.batch(rows)).argmax(1).numpy()
     if devices:
         recorded = trial.user_attrs["device_models"]["test"]["combined"]["accuracy"]
         what = "the test-fold accuracy nas-asc finetune recorded for the system with device models"
