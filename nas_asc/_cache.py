@@ -292,7 +292,9 @@ def load_torch(path: str | Path, *, weights_only: bool = True) -> Any | None:
 
 
 @contextlib.contextmanager
-def atomic_array(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterator[Path]:
+def atomic_array(
+    path: str | Path, shape: tuple[int, ...], dtype: Any, *, keep_existing: bool = False
+) -> Iterator[Path]:
     """Create the array cache entry ``path`` (a ``.npy`` file), atomically and with a checksum.
 
     Yields the path of a temporary sibling that already holds a zero-filled ``.npy`` array of
@@ -302,6 +304,10 @@ def atomic_array(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterat
     without an exception the file is synced, its SHA-256 is written to ``<path>.sha256`` and it is
     renamed to ``path``; on an exception it is deleted. The guarantees are those of
     :func:`save_torch`.
+
+    With ``keep_existing``, an entry that another process put in place meanwhile is kept (and
+    this one dropped): processes that write the same content at once then all map one file,
+    instead of each keeping the copy that the next rename unlinked.
 
     Example:
         >>> with atomic_array(path, (3, 4), "float16") as tmp:  # doctest: +SKIP
@@ -323,11 +329,23 @@ def atomic_array(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Iterat
                 os.posix_fallocate(fh.fileno(), 0, size)
             fh.truncate(size)  # zero-filled where fallocate is missing (sparse)
         yield tmp
+        if keep_existing and path.exists():
+            tmp.unlink()
+            return
         with open(tmp, "rb") as fh:  # what other processes wrote through their maps, on disk
             os.fsync(fh.fileno())
         with atomic_file(_checksum_path(path), "w") as fh:
             fh.write(f"{_sha256(tmp)}  {path.name}\n")
-        os.replace(tmp, path)
+        if keep_existing:
+            try:
+                os.link(tmp, path)  # fails where an entry appeared since: that one stays
+            except FileExistsError:
+                pass
+            except OSError:  # a file system without hard links
+                os.replace(tmp, path)
+            tmp.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -333,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = data_sub.add_parser("synth", help="generate the synthetic dataset in the TAU22 layout")
     s.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     s.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    s.add_argument(
+        "--real-size",
+        action="store_true",
+        help="instead, a layout of the real TAU22 Mobile size (230,350 meta.csv rows, 169,300 "
+        "clips in fold1 train + evaluate) whose clips are hard links to the embedded dataset's: "
+        "to measure the data pipeline at the real size (seconds, no audio is written)",
+    )
+    s.add_argument(
+        "--fraction",
+        type=_size_fraction,
+        default=1.0,
+        help="with --real-size: scale of every count, in (0, 1] (default: 1)",
+    )
 
     p = sub.add_parser(
         "teacher",
@@ -508,6 +521,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _size_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
 def _trial_list(text: str) -> list[int]:
     try:
         numbers = [int(t) for t in text.split(",") if t.strip()]
@@ -576,6 +599,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nas_asc._cache import cache_root
     from nas_asc._paths import check_creatable, writable_dir
     from nas_asc.budget import parse_budget
+    from nas_asc.data.features import precompute_features
     from nas_asc.data.protocol import ValidationSpec
     from nas_asc.device import parse_gpus
     from nas_asc.progress import ConsoleReporter, Reporter, format_duration
@@ -672,6 +696,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(protocol.describe(), flush=True)
     # the search sees the training part and the validation split, never the test fold
     search_data = protocol.search_view()
+    # every front end the space (and the teacher) can use, in one pass over the audio, before
+    # any worker starts: the workers then map one shared copy
+    frontends = space.frontends()
+    if args.teacher_logits is None:
+        from nas_asc.train.teacher import TeacherConfig
+
+        frontends = list(dict.fromkeys([TeacherConfig().frontend, *frontends]))
+    precompute_features(search_data, frontends, progress=progress)
     if args.teacher_logits is not None:
         from nas_asc.train.teacher import load_teacher_logits
 
@@ -802,6 +834,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     from nas_asc.data.synth import SynthConfig, generate
 
     check_creatable(args.out, "output", "--out")
+    if args.real_size:
+        from nas_asc.data.synth import realsize_layout
+
+        out = realsize_layout(args.out, fraction=args.fraction, progress=not args.quiet)
+        print(f"real-size TAU22 layout (links to the embedded dataset's clips) written to {out}")
+        return 0
+    if args.fraction != 1.0:
+        raise NasAscError("--fraction belongs to --real-size; add it or leave --fraction out")
     out = generate(args.out, SynthConfig(seed=args.seed), progress=not args.quiet)
     print(f"synthetic TAU22-layout dataset written to {out}")
     return 0

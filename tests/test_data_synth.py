@@ -268,3 +268,79 @@ def test_a_full_disk_is_one_line_naming_the_clip_and_leaves_nothing(tmp_path: Pa
     assert ".wav; check that path" in last
     assert "worker processes failed" not in r.stderr  # not retried in one process
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# --- the real-size layout ------------------------------------------------------------------------
+
+
+def test_the_real_size_plan_has_the_real_datasets_counts() -> None:
+    from nas_asc.data.synth import _realsize_plan
+
+    parts = _realsize_plan(1.0)
+    assert {k: len(v) for k, v in parts.items()} == {
+        "train": 139_620,
+        "evaluate": 29_680,
+        "unused": 61_050,
+    }
+    assert sum(len(v) for v in parts.values()) == 230_350
+    names = [row[0] for rows in parts.values() for row in rows]
+    assert len(set(names)) == len(names)
+    assert {row[3] for row in parts["train"]} == {"a", "b", "c", "s1", "s2", "s3"}
+    assert {row[3] for row in parts["evaluate"]} == set(DEVICES)
+    train_locations = {row[2] for row in parts["train"]}
+    assert train_locations.isdisjoint(row[2] for row in parts["evaluate"])
+    clip = parse_filename(parts["evaluate"][-1][0])
+    assert (clip.scene, clip.device) == (parts["evaluate"][-1][1], parts["evaluate"][-1][3])
+
+
+def test_a_scaled_real_size_layout_links_clips_and_loads(tiny: Path, tmp_path: Path) -> None:
+    from nas_asc.data.synth import realsize_layout
+
+    # a hundredth of the real size: per device and part, segments rounded (at least one) x 10
+    out = realsize_layout(tmp_path / "rs", tiny, fraction=0.01, progress=False)
+    dataset = load_tau22(out)
+    assert (len(dataset.train), len(dataset.evaluate), dataset.n_meta_rows) == (1400, 270, 2300)
+    assert len(_lines(out / "evaluation_setup" / "fold1_test.csv")) == 271
+    assert dataset.train.device.value_counts().to_dict() == {
+        "a": 1020,
+        "s1": 80,
+        "s2": 80,
+        "s3": 80,
+        "b": 70,
+        "c": 70,
+    }
+    sources = {p.stat().st_ino for p in (tiny / "audio").iterdir()}
+    for line in _lines(out / "meta.csv")[1:]:
+        name, scene, _, device = line.split("\t")
+        clip = parse_filename(name)
+        assert (clip.scene, clip.device) == (scene, device)
+        assert (out / name).stat().st_ino in sources  # a hard link: no new audio
+    split5 = load_tau22(out, "split5")
+    assert 0 < len(split5.train) < len(load_tau22(out, "split25").train) < len(dataset.train)
+    assert len(load_tau22(out, "split100").train) == len(dataset.train)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(fraction=0), r"fraction must be in \(0, 1\], got 0"),
+        (dict(fraction=1.5), r"fraction must be in \(0, 1\], got 1.5"),
+        (dict(fraction="half"), r"fraction must be a number in \(0, 1\], got 'half'"),
+        (dict(link="soft"), "link must be 'hard' or 'symbolic', got 'soft'"),
+    ],
+)
+def test_the_real_size_layout_refuses_bad_settings(tiny, tmp_path, kwargs, message) -> None:
+    from nas_asc.data.synth import realsize_layout
+
+    with pytest.raises(DatasetError, match=message):
+        realsize_layout(tmp_path / "rs", tiny, progress=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_real_size_layout_refuses_a_source_without_clips(tmp_path: Path) -> None:
+    from nas_asc.data.synth import realsize_layout
+
+    (tmp_path / "src" / "audio").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="has no TAU22 clips"):
+        realsize_layout(tmp_path / "rs", tmp_path / "src", fraction=0.01, progress=False)
+    assert not (tmp_path / "rs").exists()

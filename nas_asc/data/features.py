@@ -6,16 +6,25 @@ training split and the test fold, and stored as float16 ``.npy`` arrays under
 front-end configuration, written atomically with a SHA-256 checksum), each beside a small
 ``logmel-<key>.pt`` holding its clip names, front end, the array's checksum and per-clip sums
 and squared deviations (so that the normalization of any split is computed without reading the
-features). Readers memory-map the arrays: the processes of one machine (search workers) share
-one copy through the page cache, and loading holds no private copy. A cache entry that fails its
-checksum or does not fit the dataset is deleted (with a one-line warning) and recomputed, never
-used.
+features). A split that is not a whole group in order (a view's training part or validation
+split, :mod:`nas_asc.data.protocol`) gets an array of its own rows beside its group's
+(``logmel-<key>-<split key>.npy``), written once.
+
+Readers memory-map the arrays (copy-on-write, never written back): the processes of one machine
+(search workers) share one copy through the page cache, loading holds no private copy, and pages
+are read from disk when first touched. A cache entry that fails its checksum or does not fit the
+dataset is deleted (with a one-line warning) and recomputed, never used. Replace or delete cache
+files, never rewrite one in place while a process uses it: a process that reads a mapped file
+truncated under it is killed (SIGBUS), as with any memory map.
 
 :func:`precompute_features` computes several front ends in one pass over the audio: each clip is
-read, resampled and transformed by the STFT once per distinct (sample rate, STFT) setting, and
-every Mel filterbank is applied to that power spectrogram; large clip groups are split over
-worker processes that write into the memory-mapped outputs. The values are those of
-:func:`logmel`, bit for bit.
+read once, resampled once per sample rate and transformed by the STFT once per STFT setting, and
+every Mel filterbank (built once) is applied to that power spectrogram; large clip groups are
+split over worker processes that write into the memory-mapped outputs. The values are those of
+:func:`logmel` on one torch thread, bit for bit, whatever the machine, the worker count and the
+caller's threads: the Mel projection (a matrix product, whose float32 sums MKL splits between
+threads so that its last bit depends on the thread count) always runs on one thread, and on one
+thread :func:`logmel`'s values do not depend on how clips are batched.
 
 Clips that depart from the TAU22 format (44.1 kHz mono) are converted (resampled, channels
 averaged), with one note on the log saying how many and how.
@@ -27,6 +36,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import multiprocessing
@@ -44,6 +54,7 @@ from nas_asc._cache import (
     atomic_array,
     cache_root,
     content_key,
+    discard,
     load_array,
     load_torch,
     recorded_checksum,
@@ -57,9 +68,9 @@ _LOG = logging.getLogger(__name__)
 # bump when the computation or the format changes, so stale caches are not reused
 # (2: per group; 3: memory-mapped .npy arrays with per-clip statistics)
 _VERSION = 3
-_CHUNK = 256  # clips per batched resample + STFT
-_TASK = 4 * _CHUNK  # clips per worker task (a whole number of chunks: the same batches)
-_PARALLEL_MIN = 4096  # smaller groups are computed in this process: worker start-up would dominate
+_CHUNK = 64  # clips per batched resample + STFT (any size gives the same values; 64: fastest)
+_TASK = 16 * _CHUNK  # clips per worker task
+_PARALLEL_MIN = 8192  # fewer clips are computed in this process: worker start-up would dominate
 _READ = 2048  # clips normalized or moved at a time (bounds the temporary float32 copies)
 
 
@@ -139,10 +150,10 @@ class FeatureSet:
     Reading through either gives the same float32 values bit for bit:
     ``(raw.float() - mean) / std``.
 
-    A set made with ``index`` reads the rows ``index`` of ``raw`` (what :func:`load_features`
-    does where a split is not a whole clip group in order: ``raw`` is then the group's memory
-    map, shared with other sets and processes, and no row is copied); :attr:`raw` still gives
-    this set's own rows.
+    The sets of :func:`load_features` hold a memory map of a cache file as ``raw`` (copy-on-write:
+    shared with every process that maps it, read from disk where first touched). A set made with
+    ``index`` reads the rows ``index`` of ``raw`` without copying them (what :meth:`subset` makes
+    of a set of log-mels); its :attr:`raw` gives its own rows (copied on first access).
     """
 
     def __init__(
@@ -212,7 +223,8 @@ class FeatureSet:
         return self._x
 
     def _normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        return ((raw.float() - self.mean) / self.std).unsqueeze(1)
+        # (raw.float() - mean) / std, in place on the one float32 copy
+        return raw.to(torch.float32, copy=True).sub_(self.mean).div_(self.std).unsqueeze(1)
 
     def _read(self, idx: torch.Tensor | slice) -> torch.Tensor:
         """The float16 log-mels of clips ``idx`` of this set."""
@@ -312,7 +324,7 @@ def _chunk_logmels(
 
     Each clip is read once, each (source rate, sample rate) pair resampled once, each STFT
     setting transformed once; every front end's filterbank is applied to that spectrogram. The
-    operations are :func:`logmel`'s on the same batches, so the values are its values.
+    operations are :func:`logmel`'s, so the values are its values (on one thread).
     """
     from nas_asc.data.tau22 import SAMPLE_RATE, read_audio
 
@@ -357,7 +369,8 @@ def _chunk_logmels(
                     False,
                 )
                 for k in ks:  # MelScale: (..., time, freq) @ (freq, n_mels)
-                    mel = torch.matmul(power.transpose(-1, -2), _filterbank(frontends[k]))
+                    with _one_thread():
+                        mel = torch.matmul(power.transpose(-1, -2), _filterbank(frontends[k]))
                     outs[k][rows] = torch.log(mel.transpose(-1, -2) + 1e-5).to(torch.float16)
     return outs, converted
 
@@ -384,9 +397,9 @@ def _task(
             m2 = (flat - (sums / flat.shape[1])[:, None]).square().sum(1)
             stats[k][0][offset : offset + len(f)] = sums.numpy()
             stats[k][1][offset : offset + len(f)] = m2.numpy()
-    for array in arrays:
-        array.flush()
-    del arrays  # unmapped: the written pages stay in the page cache, not in this process
+    # unmapped: the written pages stay in the page cache (the parent syncs the file at the end),
+    # not in this process
+    del arrays
     return start, stats, notes
 
 
@@ -399,10 +412,11 @@ def _init_worker() -> None:
 
 @contextlib.contextmanager
 def _one_thread():
-    """Run torch on one thread, as the workers do: MKL's matrix product (the Mel projection)
-    splits its sums between threads, so its float32 results change in the last bit with the
-    thread count, and a float16 rounding with them. One thread everywhere makes the cached
-    values independent of the machine, the worker count and the caller's thread setting."""
+    """Run torch on one thread: MKL's matrix product (the Mel projection) splits its sums
+    between threads, so its float32 results change in the last bit with the thread count (and
+    a float16 rounding with them). On one thread they are those of one-thread :func:`logmel`
+    whatever the machine, the worker count and the caller's thread setting; the product is a
+    small part of the work (resampling and the STFT, which keep their threads, are the rest)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -418,13 +432,55 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+class _Workers:
+    """Worker processes shared by the groups of one computation (started once), or none."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = None
+        if workers > 1 and not multiprocessing.current_process().daemon:  # daemons cannot
+            ctx = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker
+            )
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, filenames: list[str], tasks: list[int], args, collect) -> None:
+        """Run ``_task`` for each start in ``tasks`` in the workers, ``collect`` each result;
+        after a worker died (BrokenProcessPool, with a warning) leave the rest to the caller."""
+        if self.pool is None:
+            return
+        root, frontends, paths = args
+        futures = [
+            self.pool.submit(_task, root, filenames[start : start + _TASK], start, frontends, paths)
+            for start in tasks
+        ]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                collect(future.result())
+        except BrokenProcessPool as exc:
+            # the values do not depend on where they are computed: finish in this process
+            _LOG.warning("feature worker processes failed (%s); computing in one process", exc)
+            self.pool.shutdown(wait=False)
+            self.pool = None
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _fill(
     root: Path,
     filenames: list[str],
     frontends: tuple[FrontEnd, ...],
     paths: list[Path],
     progress: bool,
-    workers: int | None,
+    workers: _Workers,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict[str, int]]:
     """Compute the log-mels of ``filenames`` into the arrays at ``paths``; return the per-clip
     statistics of each front end and the conversion notes."""
@@ -434,11 +490,6 @@ def _fill(
     stats = [(np.empty(n), np.empty(n)) for _ in frontends]
     notes: dict[str, int] = {}
     tasks = list(range(0, n, _TASK))
-    if workers is None:
-        workers = _usable_cores() if n >= _PARALLEL_MIN else 1
-    workers = min(workers, len(tasks))
-    if multiprocessing.current_process().daemon:
-        workers = 1  # a daemonic process cannot start processes
     bins = "+".join(str(fe.n_mels) for fe in frontends)
     bar = tqdm(total=n, desc=f"log-mel {bins} bins", unit="clip", disable=not progress)
     done: set[int] = set()
@@ -455,38 +506,13 @@ def _fill(
 
     args = (str(root), frontends, [str(p) for p in paths])
     try:
-        if workers > 1:
-            try:
-                _fill_parallel(filenames, tasks, workers, args, collect)
-            except BrokenProcessPool as exc:
-                # the values do not depend on where they are computed: finish in this process
-                _LOG.warning("feature worker processes failed (%s); computing in one process", exc)
-        with _one_thread():
-            for start in tasks:
-                if start not in done:
-                    collect(_task(args[0], filenames[start : start + _TASK], start, *args[1:]))
+        workers.run(filenames, tasks, args, collect)
+        for start in tasks:  # all of them in this process, or what the workers left
+            if start not in done:
+                collect(_task(args[0], filenames[start : start + _TASK], start, *args[1:]))
     finally:
         bar.close()
     return stats, notes
-
-
-def _fill_parallel(filenames: list[str], tasks: list[int], workers: int, args, collect) -> None:
-    root, frontends, paths = args
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init_worker
-    ) as pool:
-        futures = [
-            pool.submit(_task, root, filenames[start : start + _TASK], start, frontends, paths)
-            for start in tasks
-        ]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                collect(future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
 
 
 def _conversion(kind: str, n: int, frontends: tuple[FrontEnd, ...]) -> str:
@@ -504,23 +530,32 @@ def _conversion(kind: str, n: int, frontends: tuple[FrontEnd, ...]) -> str:
 
 
 def _cache_path(dataset, source: str, frontend: FrontEnd) -> Path:
-    """The array file of a cache entry; its metadata is the ``.pt`` file beside it."""
+    """The array file of a clip group's cache entry; its metadata is the ``.pt`` file beside
+    it."""
     key = content_key(_VERSION, dataset.sources[source][0], frontend.to_dict())
     return cache_root() / "features" / f"logmel-{key}.npy"
 
 
+def _split_path(group: Path, filenames: list[str]) -> Path:
+    """The array file of a split's rows of the group entry ``group``, keyed by its clips."""
+    digest = hashlib.sha256("\n".join(filenames).encode()).hexdigest()
+    return group.with_name(f"{group.stem}-{content_key(group.stem, digest)}.npy")
+
+
 @dataclass
 class _Entry:
-    """A loaded cache entry: the group's log-mels (a memory map) and per-clip statistics."""
+    """A clip group's cache entry: its metadata, and its log-mels once they are needed."""
 
+    path: Path
     filenames: list[str]
-    logmel: torch.Tensor  # (clips, n_mels, frames) float16, over the memory-mapped file
+    sha256: str  # of the array file
     sums: np.ndarray  # per clip: sum of its log-mels (float64)
     m2: np.ndarray  # per clip: sum of squared deviations from its mean (float64)
+    array: np.ndarray | None = None  # (clips, n_mels, frames) float16, memory-mapped
 
-    def moments(self, idx: np.ndarray) -> tuple[float, float]:
-        """Mean and standard deviation (unbiased) of all log-mels of clips ``idx``."""
-        per_clip = math.prod(self.logmel.shape[1:])
+    def moments(self, idx: np.ndarray, per_clip: int) -> tuple[float, float]:
+        """Mean and standard deviation (unbiased) of the log-mels of clips ``idx`` (each clip
+        has ``per_clip`` values)."""
         count = per_clip * len(idx)
         sums = self.sums[idx]
         mean = sums.sum() / count
@@ -528,39 +563,78 @@ class _Entry:
         return float(mean), math.sqrt(m2 / (count - 1)) if count > 1 else math.nan
 
 
-def _open_entry(dataset, source: str, frontend: FrontEnd) -> _Entry | None:
-    """The cache entry of one clip group and front end, or None if it must be computed (absent,
-    corrupt: deleted with a warning, or for other clips: a warning)."""
+def _open_entry(dataset, source: str, frontend: FrontEnd, data: bool) -> _Entry | None:
+    """The cache entry of one clip group and front end (with its mapped array if ``data``), or
+    None if it must be computed: absent, corrupt (deleted with a warning) or for other clips
+    (a warning)."""
     path = _cache_path(dataset, source, frontend)
     meta = load_torch(path.with_suffix(".pt"))  # None if absent or corrupt (deleted, warned)
     if meta is None:
         return None
-    array = load_array(path)  # likewise
-    if array is None:
-        return None
     filenames = list(dataset.sources[source][1])
+    n = len(filenames)
     try:
-        n = len(filenames)
         fits = (
             meta["filenames"] == filenames
             and meta["frontend"] == frontend.to_dict()
-            and meta["sha256"] == recorded_checksum(path)
-            and array.dtype == np.float16
-            and array.shape == (n, frontend.n_mels, frontend.frames())
             and tuple(meta["sums"].shape) == (n,)
             and tuple(meta["m2"].shape) == (n,)
+            and isinstance(meta["sha256"], str)
         )
     except (KeyError, TypeError, AttributeError):
         fits = False
-    if not fits:
-        # a checksum-valid entry for other clips: a key collision or a bug, never use it
-        _LOG.warning("feature cache %s does not match the dataset; recomputing it", path)
-        return None
-    return _Entry(filenames, torch.from_numpy(array), meta["sums"].numpy(), meta["m2"].numpy())
+    if fits:
+        entry = _Entry(path, filenames, meta["sha256"], meta["sums"].numpy(), meta["m2"].numpy())
+        if not data:
+            return entry
+        entry.array = load_array(path)  # None if absent or corrupt (deleted, warned)
+        if entry.array is None:
+            return None
+        if (
+            entry.sha256 == recorded_checksum(path)
+            and entry.array.dtype == np.float16
+            and entry.array.shape == (n, frontend.n_mels, frontend.frames())
+        ):
+            return entry
+    # a checksum-valid entry for other clips: a key collision or a bug, never use it
+    _LOG.warning("feature cache %s does not match the dataset; recomputing it", path)
+    discard(path)
+    discard(path.with_suffix(".pt"))
+    return None
+
+
+def _entries(dataset, frontend: FrontEnd, data: dict[str, bool], progress: bool):
+    """:func:`_open_entry` of each group of ``data`` (with its array where it says so),
+    computing those that must be first (together)."""
+    entries = {source: _open_entry(dataset, source, frontend, d) for source, d in data.items()}
+    missing = [source for source, entry in entries.items() if entry is None]
+    if missing:
+        _compute_groups(dataset, [(source, (frontend,)) for source in missing], progress, None)
+        for source in missing:
+            entries[source] = _open_entry(dataset, source, frontend, data[source])
+            if entries[source] is None:
+                raise NasAscError(
+                    f"the feature cache {_cache_path(dataset, source, frontend)} could not be "
+                    "read back after it was written; check the disk, then run the command again"
+                )
+    return entries
+
+
+def _compute_groups(
+    dataset, jobs: list[tuple[str, tuple[FrontEnd, ...]]], progress: bool, workers: int | None
+) -> None:
+    """Compute and cache each ``(clip group, front ends)`` of ``jobs``, with worker processes
+    (started once for all of them) where they pay."""
+    clips = sum(len(dataset.sources[source][1]) for source, _ in jobs)
+    if workers is None:
+        workers = _usable_cores() if clips >= _PARALLEL_MIN else 1
+    with _Workers(min(workers, -(-clips // _TASK))) as pool:
+        for source, frontends in jobs:
+            _compute_group(dataset, source, frontends, progress, pool)
 
 
 def _compute_group(
-    dataset, source: str, frontends: tuple[FrontEnd, ...], progress: bool, workers: int | None
+    dataset, source: str, frontends: tuple[FrontEnd, ...], progress: bool, workers: _Workers
 ) -> None:
     """Compute and cache the log-mels of clip group ``source`` for ``frontends``, one pass."""
     filenames = list(dataset.sources[source][1])
@@ -568,7 +642,9 @@ def _compute_group(
     with contextlib.ExitStack() as stack:
         tmps = [
             stack.enter_context(
-                atomic_array(path, (len(filenames), fe.n_mels, fe.frames()), np.float16)
+                atomic_array(
+                    path, (len(filenames), fe.n_mels, fe.frames()), np.float16, keep_existing=True
+                )
             )
             for path, fe in zip(paths, frontends, strict=True)
         ]
@@ -591,6 +667,39 @@ def _compute_group(
         )
 
 
+def _open_split(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    array = load_array(path)  # None if absent or corrupt (deleted, warned)
+    if array is None or (array.shape == shape and array.dtype == np.float16):
+        return array
+    _LOG.warning("feature cache %s does not match the dataset; recomputing it", path)
+    discard(path)
+    return None
+
+
+def _write_split(group: np.ndarray, idx: np.ndarray, path: Path) -> np.ndarray:
+    """Write the rows ``idx`` of the mapped ``group`` array as the array entry ``path``.
+
+    The rows are read and written with plain file I/O, runs of consecutive rows at a time, so
+    neither file is mapped here: this process holds no more than one batch of rows.
+    """
+    row = math.prod(group.shape[1:]) * group.itemsize
+    shape = (len(idx), *group.shape[1:])
+    with atomic_array(path, shape, np.float16, keep_existing=True) as tmp:
+        out_offset = np.load(tmp, mmap_mode="r").offset
+        with open(group.filename, "rb") as src, open(tmp, "r+b") as dst:
+            for start in range(0, len(idx), _READ):
+                rows = idx[start : start + _READ]
+                breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+                parts = []
+                for run in np.split(rows, breaks):
+                    src.seek(group.offset + row * int(run[0]))
+                    parts.append(src.read(row * len(run)))
+                dst.seek(out_offset + row * start)
+                dst.write(b"".join(parts))
+    # just written and checksummed (or written by another process meanwhile): not read again
+    return np.load(path, mmap_mode="c")
+
+
 def _check_workers(workers) -> None:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
         raise TypeError(f"workers must be a positive integer or None, got {workers!r}")
@@ -607,36 +716,48 @@ def precompute_features(
     training split for a search view), the front ends whose cache entry is missing (or corrupt)
     are computed together: each clip is read once, resampled once per sample rate, transformed
     by the STFT once per STFT setting, and every front end's Mel filterbank is applied to that
-    spectrogram. :func:`load_features` then finds them cached. The values are those that
-    :func:`load_features` computes for one front end, bit for bit.
+    spectrogram. The files of the dataset's own splits are written too (a view's training part
+    and validation split, :func:`load_features`), so that processes started next (search
+    workers) find everything cached and only map it, sharing one copy. The values are those
+    that :func:`load_features` computes for one front end, bit for bit.
 
     Args:
         dataset: A TAU22 dataset or view (:func:`nas_asc.data.tau22.load_tau22`).
         frontends: The front ends, e.g. every Mel-bin count of a search space.
         progress: Show a progress bar (clips, rate and ETA) per group computed.
         workers: Processes that read and transform the audio (spawned, one torch thread each,
-            each writing its clips into the memory-mapped outputs); ``None`` uses every usable
-            core for groups of at least 4,096 clips and this process for smaller ones (where
-            starting the workers would cost more than they save).
+            each writing its clips into the memory-mapped outputs, started once for all the
+            groups); ``None`` uses every usable core for at least 8,192 clips in all and this
+            process (its torch threads) for fewer, where starting the workers costs more than
+            they save.
 
     Returns:
         The number of (clip group, front end) entries computed; 0 when all were cached.
+
+    Raises:
+        TypeError, ValueError: ``frontends`` holds something else than front ends, or
+            ``workers`` is not a positive integer or None.
+        DatasetError: a clip cannot be read.
 
     Example:
         >>> precompute_features(view, [FrontEnd(n_mels=n) for n in (64, 128)])  # doctest: +SKIP
     """
     _check_workers(workers)
-    frontends = tuple(dict.fromkeys(frontends))
+    frontends = tuple(frontends)
     for fe in frontends:
         if not isinstance(fe, FrontEnd):
             raise TypeError(f"frontends must hold FrontEnd instances, got {type(fe).__name__}")
-    computed = 0
+    frontends = tuple(dict.fromkeys(frontends))
+    jobs = []
     for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source)):
-        missing = tuple(fe for fe in frontends if _open_entry(dataset, source, fe) is None)
+        missing = tuple(fe for fe in frontends if _open_entry(dataset, source, fe, True) is None)
         if missing:
-            _compute_group(dataset, source, missing, progress, workers)
-            computed += len(missing)
-    return computed
+            jobs.append((source, missing))
+    if jobs:
+        _compute_groups(dataset, jobs, progress, workers)
+    for fe in frontends:  # a view's split files too: the processes started next only map them
+        load_features(dataset, fe, progress=False)
+    return sum(len(missing) for _, missing in jobs)
 
 
 def load_features(
@@ -647,46 +768,48 @@ def load_features(
     Log-mels are computed and cached per clip group (the training split, the test fold), and
     only the groups the dataset's frames come from are read: a search view (training part and
     validation split, :mod:`nas_asc.data.protocol`) never opens a clip of the test fold.
-    The sets read the cache's memory-mapped float16 log-mels (``raw``), without a private copy:
-    processes loading the same features share one copy in memory. Features are normalized by
-    the mean and standard deviation of the ``train`` frame (one scalar each, rounded to float32,
-    computed in float64 from per-clip sums), which the deployed front end applies as well.
+    Each set's ``raw`` is a read-only memory map of a cache file, never a private copy: the
+    processes of one machine that load the same features share one copy in memory. A frame
+    that is not its whole group in order (a view's training part or validation split) gets a
+    cache file of its own rows, written once from the group's. Features are normalized by the
+    mean and standard deviation of the ``train`` frame (one scalar each, computed in float64
+    from per-clip sums and rounded to float32), which the deployed front end applies as well.
     """
-    groups: dict[str, tuple[_Entry, dict[str, int]]] = {}
-    for source in dict.fromkeys((dataset.train_source, dataset.evaluate_source)):
-        entry = _open_entry(dataset, source, frontend)
-        if entry is None:
-            _compute_group(dataset, source, (frontend,), progress, None)
-            entry = _open_entry(dataset, source, frontend)
-            if entry is None:
-                raise NasAscError(
-                    f"the feature cache {_cache_path(dataset, source, frontend)} could not be "
-                    "read back after it was written; check the disk, then run the command again"
-                )
-        groups[source] = (entry, {name: i for i, name in enumerate(entry.filenames)})
-    splits = []
-    for frame, source in (
-        (dataset.train, dataset.train_source),
-        (dataset.evaluate, dataset.evaluate_source),
-    ):
-        entry, index = groups[source]
-        idx = np.fromiter((index[name] for name in frame.filename), np.int64, len(frame))
-        splits.append((frame, entry, idx))
-    _, train_entry, train_idx = splits[0]
-    mean, std = train_entry.moments(train_idx)
-    if not math.isfinite(std) or std == 0.0:
-        raise ValueError("training features have zero or non-finite variance; is the audio silent?")
-    mean, std = float(np.float32(mean)), float(np.float32(std))  # what float32 arithmetic uses
+    frames = ((dataset.train, dataset.train_source), (dataset.evaluate, dataset.evaluate_source))
+    shape = (frontend.n_mels, frontend.frames())
+    plans = []  # per frame: its clip names, group, array file, mapped rows (None: to write)
+    for frame, source in frames:
+        names = list(frame.filename)
+        group = _cache_path(dataset, source, frontend)
+        if names == list(dataset.sources[source][1]):
+            plans.append((names, source, group, None))
+        else:
+            path = _split_path(group, names)
+            plans.append((names, source, path, _open_split(path, (len(names), *shape))))
+    data: dict[str, bool] = {}  # the groups read, and whether their arrays are (not only stats)
+    for _, source, _, array in plans:
+        data[source] = data.get(source, False) or array is None
+    entries = _entries(dataset, frontend, data, progress)
+    index = {s: {name: i for i, name in enumerate(e.filenames)} for s, e in entries.items()}
     sets = []
-    for frame, entry, idx in splits:
-        whole = len(idx) == len(entry.filenames) and bool((idx == np.arange(len(idx))).all())
+    for (frame, _), (names, source, path, array) in zip(frames, plans, strict=True):
+        entry = entries[source]
+        idx = np.fromiter((index[source][name] for name in names), np.int64, len(names))
+        if not sets:  # the training frame: its normalization
+            mean, std = entry.moments(idx, math.prod(shape))
+            if not math.isfinite(std) or std == 0.0:
+                raise ValueError(
+                    "training features have zero or non-finite variance; is the audio silent?"
+                )
+            mean, std = float(np.float32(mean)), float(np.float32(std))  # as float32 math uses
+        if array is None:
+            array = entry.array if path == entry.path else _write_split(entry.array, idx, path)
         sets.append(
             FeatureSet(
-                raw=entry.logmel,
-                index=None if whole else torch.from_numpy(idx),
+                raw=torch.from_numpy(array),
                 y=torch.tensor(frame.label.to_numpy(), dtype=torch.long),
                 devices=list(frame.device),
-                filenames=list(frame.filename),
+                filenames=names,
                 rows=torch.tensor(frame.row.to_numpy(), dtype=torch.long),
                 mean=mean,
                 std=std,

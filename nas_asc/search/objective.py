@@ -167,7 +167,9 @@ class SearchContext:
     def features(self, frontend: FrontEnd) -> tuple[FeatureSet, FeatureSet]:
         """Training-part/validation features for ``frontend``, loaded once per search."""
         if frontend not in self._features:
-            if len(self._features) >= 2:  # bound memory: keep the two most recent front ends
+            # the sets map the shared feature cache (nothing private to hold), but their copies
+            # on a GPU are not: keep the four most recent front ends
+            if len(self._features) >= 4:
                 self._features.pop(next(iter(self._features)))
             self._features[frontend] = load_features(self.dataset, frontend, self.progress)
         return self._features[frontend]

@@ -243,23 +243,40 @@ class FrontEnd:
         self._mel = None
 
     def mel(self):
+        """(power spectrogram, Mel projection): torchaudio's MelSpectrogram in its two steps."""
         if self._mel is None:
             import torchaudio
 
             c = self.config
             window = {"hann": torch.hann_window, "hamming": torch.hamming_window}[c["window"]]
-            self._mel = torchaudio.transforms.MelSpectrogram(
-                sample_rate=self.sample_rate,
+            spectrogram = torchaudio.transforms.Spectrogram(
                 n_fft=c["n_fft"],
                 win_length=c["win_length"],
                 hop_length=c["hop_length"],
-                f_min=c["f_min"],
-                f_max=c["f_max"],
-                n_mels=c["n_mels"],
                 window_fn=window,
                 power=2.0,
             )
+            projection = torchaudio.transforms.MelScale(
+                n_mels=c["n_mels"],
+                sample_rate=self.sample_rate,
+                f_min=c["f_min"],
+                f_max=c["f_max"],
+                n_stft=c["n_fft"] // 2 + 1,
+            )
+            self._mel = (spectrogram, projection)
         return self._mel
+
+    def _power_to_mel(self, waves: torch.Tensor) -> torch.Tensor:
+        # the Mel projection on one thread, as nas-asc computed it: a multi-threaded matrix
+        # product splits its float32 sums, and the last bit would follow the thread count
+        spectrogram, projection = self.mel()
+        power = spectrogram(waves)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return projection(power)
+        finally:
+            torch.set_num_threads(threads)
 
     @staticmethod
     def read(path: str) -> tuple[np.ndarray, int]:
@@ -279,7 +296,7 @@ class FrontEnd:
             import torchaudio
 
             waves = torchaudio.functional.resample(waves, rate, self.sample_rate)
-        feats = torch.log(self.mel()(waves) + 1e-5).to(torch.float16).float()
+        feats = torch.log(self._power_to_mel(waves) + 1e-5).to(torch.float16).float()
         return ((feats - self.mean) / self.std).unsqueeze(1)
 
     def __call__(self, file_paths: Sequence[str]) -> list[torch.Tensor]:
