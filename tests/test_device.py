@@ -289,3 +289,31 @@ def test_amp_is_checked_and_kept_out_of_old_keys():
     with pytest.raises(ValueError, match=r"^train config: amp must be one of off, bf16, fp16"):
         TrainConfig(amp="fp8")
     assert "amp" not in TrainConfig().to_dict() and TrainConfig(amp="bf16").to_dict()["amp"]
+
+
+def test_sets_are_moved_to_a_device_once_per_process_and_freed_with_them():
+    import gc
+
+    from nas_asc.data.features import FeatureSet
+    from nas_asc.train import loop
+
+    def make():
+        return FeatureSet(
+            raw=torch.zeros(6, 4, 3, dtype=torch.float16),
+            y=torch.arange(6),
+            devices=["a"] * 6,
+            filenames=[f"{i}.wav" for i in range(6)],
+            rows=torch.arange(6),
+        )
+
+    meta = torch.device("meta")  # a device without memory: the moves run here without a GPU
+    fs = make()
+    moved = loop.on_device(fs, meta)
+    assert moved.device == meta and moved.raw.dtype == torch.float16 and moved.shape == fs.shape
+    assert loop.on_device(fs, meta) is moved and loop.on_device(fs, torch.device("cpu")) is fs
+    part = fs.subset(torch.tensor([4, 1]))  # rows of the same map: only they are moved
+    assert loop.on_device(part, meta).shape == (2, 1, 4, 3)
+    del fs, part
+    gc.collect()
+    loop.on_device(make(), meta)  # a later move drops the copies of sets that are gone
+    assert len(loop._ON_DEVICE) == 1

@@ -558,45 +558,38 @@ class _SimOnDevice:
     available: torch.Tensor
 
 
-# features moved to a GPU, kept for the process's next trials: (source tensor, device) -> copy
-_ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, torch.Tensor]] = {}
+# sets and tensors moved to a GPU, kept for the process's next trials: (id, device) -> copy
+_ON_DEVICE: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
 
 
-def on_device_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``t`` on ``device``, moved once per process and kept while ``t`` lives (a CPU tensor is
-    returned as it is)."""
-    if t.device == device:
-        return t
-    key = (id(t), str(device))
+def _kept_on_device(source, device: torch.device, move: Callable[[], Any]):
+    """``move()``'s result for ``source`` on ``device``, made once per process and kept while
+    ``source`` lives (copies of sources that are gone are dropped, freeing their memory)."""
+    key = (id(source), str(device))
     hit = _ON_DEVICE.get(key)
-    if hit is not None and hit[0]() is t:
+    if hit is not None and hit[0]() is source:
         return hit[1]
     for k in [k for k, (ref, _) in _ON_DEVICE.items() if ref() is None]:
-        del _ON_DEVICE[k]  # sources that are gone free their device copies
-    moved = t.to(device)
-    _ON_DEVICE[key] = (weakref.ref(t), moved)
+        del _ON_DEVICE[k]
+    moved = move()
+    _ON_DEVICE[key] = (weakref.ref(source), moved)
     return moved
 
 
+def on_device_tensor(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, moved once per process (a tensor already there is returned)."""
+    if t.device == device:
+        return t
+    return _kept_on_device(t, device, lambda: t.to(device))
+
+
 def on_device(features, device: torch.device):
-    """A :class:`~nas_asc.data.features.FeatureSet` on ``device``: its float16 log-mels (or
-    normalized features) and labels moved once per process, normalized per batch there."""
+    """A :class:`~nas_asc.data.features.FeatureSet` on ``device``, moved once per process
+    (:meth:`~nas_asc.data.features.FeatureSet.to`: its float16 log-mels, normalized per batch
+    there); a set already there is returned."""
     if features.device == device:
         return features
-    from nas_asc.data.features import FeatureSet
-
-    held = features.raw if features.raw is not None else features.x
-    moved = on_device_tensor(held, device)
-    return FeatureSet(
-        None if features.raw is not None else moved,
-        raw=moved if features.raw is not None else None,
-        y=features.y.to(device),
-        devices=features.devices,
-        filenames=features.filenames,
-        rows=features.rows,
-        mean=features.mean,
-        std=features.std,
-    )
+    return _kept_on_device(features, device, lambda: features.to(device))
 
 
 def _call_on_epoch(on_epoch, epoch: int, record: dict, model: nn.Module, qat: bool) -> None:
