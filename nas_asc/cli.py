@@ -696,15 +696,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(protocol.describe(), flush=True)
     # the search sees the training part and the validation split, never the test fold
     search_data = protocol.search_view()
-    # every front end the space (and the teacher) can use, in one pass over the audio, before
-    # any worker starts: the workers then map one shared copy
-    frontends = space.frontends()
-    if args.teacher_logits is None:
-        from nas_asc.train.teacher import TeacherConfig
-
-        frontends = list(dict.fromkeys([TeacherConfig().frontend, *frontends]))
-    precompute_features(search_data, frontends, progress=progress)
-    if args.teacher_logits is not None:
+    if args.teacher_logits is not None:  # a bad file fails here, before any feature is cached
         from nas_asc.train.teacher import load_teacher_logits
 
         teacher = load_teacher_logits(args.teacher_logits, search_data)
@@ -714,7 +706,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                 f"{teacher.report['ensemble_accuracy']:.1%} on the validation split)",
                 flush=True,
             )
-    else:
+    # every front end the space (and the teacher) can use, in one pass over the audio, before
+    # any worker starts: the workers then map one shared copy
+    frontends = space.frontends()
+    if args.teacher_logits is None:
+        from nas_asc.train.teacher import TeacherConfig
+
+        frontends = list(dict.fromkeys([TeacherConfig().frontend, *frontends]))
+    precompute_features(search_data, frontends, progress=progress)
+    if args.teacher_logits is None:
         with settings.thread_options(accel.get_options().device):  # --device, checked in main
             teacher = get_teacher(search_data, progress=progress)
     # created only once the inputs have been checked, so a bad input leaves no folder behind

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from nas_asc.data.features import FrontEnd
@@ -66,6 +67,7 @@ def _search(dataset, tmp_path, name: str):
     return run_search(context, settings, data_label="tiny")
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_two_searches_with_the_same_seed_measure_the_same(tiny_search, tmp_path):
     first = _search(tiny_search, tmp_path, "first").get_trials(deepcopy=False)
     second = _search(tiny_search, tmp_path, "second").get_trials(deepcopy=False)

@@ -165,6 +165,7 @@ def test_a_family_that_asserts_on_its_config_fails_only_its_trial(
     assert "AssertionError: faulty: width 8" in study.trials[0].user_attrs["fail_reason"]
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_failure_after_failure_stops_the_search_with_the_last_reason(
     faulty_family, tiny_search, tmp_path
 ):

@@ -273,6 +273,7 @@ def test_format_shows_every_test_device_and_the_summaries(tuned, searched):
 _SUMMARY = ("overall", "seen", "unseen")
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_rerun_resumes_and_other_settings_start_over(
     tuned, tuned_db, monkeypatch, tmp_path, capsys
 ):

@@ -85,6 +85,7 @@ def test_same_seed_and_config_give_the_same_metrics(context):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(context, tmp_path, monkeypatch):
     import nas_asc.search.objective as objective
 
@@ -166,6 +167,7 @@ def test_a_candidate_that_cannot_be_pruned_into_budget_is_never_trained(tiny_sea
 WIDE = 96  # TF-SepNet at width 96 is over the 128,000-byte budget
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_over_budget_proposals_take_no_slot_of_trials(context, tmp_path):
     """``--trials 2`` means two trained candidates: the proposals over budget before them are
     recorded (complexity, constraints) but not counted."""
@@ -185,6 +187,7 @@ def test_over_budget_proposals_take_no_slot_of_trials(context, tmp_path):
     assert all(study.trials[i].constraints["param_bytes"] > 0 for i in (0, 1, 3))
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_space_that_never_fits_stops_after_max_rejections_naming_the_smallest(
     context, tmp_path, monkeypatch
 ):

@@ -72,12 +72,14 @@ def test_references_keep_their_values_and_run_in_the_space_order(context, tmp_pa
     assert study.user_attrs["warm_start"]["queued"] == ["c12", "c8"]
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_no_warm_start_queues_nothing(context, tmp_path):
     study = run_search(context, _settings(tmp_path, 1, warm_start=False), data_label="tiny")
     assert study.user_attrs["warm_start"] == {"enabled": False, "queued": [], "skipped": {}}
     assert "reference" not in study.trials[0].user_attrs
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_ram_limit_rejects_untrained_and_tells_the_sampler(context, tmp_path, monkeypatch):
     import nas_asc.search.objective as objective
 
