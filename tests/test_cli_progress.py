@@ -59,6 +59,7 @@ TRIAL_LINE = re.compile(
 )
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_each_trial_is_one_line_with_its_searched_values_count_elapsed_and_eta(runs):
     out = runs[0].stdout.splitlines()
     lines = [m for m in map(TRIAL_LINE.match, out) if m]
@@ -90,6 +91,7 @@ def test_each_trial_is_one_line_with_its_searched_values_count_elapsed_and_eta(r
     assert not any("variant=" in line or "n_mels=" in line for line in out)  # fixed: not shown
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_the_running_trial_shows_each_epoch(runs):
     out = runs[0].stdout
     epochs = re.findall(r"^  trial (\d+): epoch (\d)/(\d), loss \d+\.\d{3}", out, re.M)
@@ -97,6 +99,7 @@ def test_the_running_trial_shows_each_epoch(runs):
     assert all(int(e) <= int(n) for _, e, n in epochs)
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_no_optuna_log_lines_unless_verbose_and_quiet_is_quiet(runs):
     first, second = runs
     assert "[I " not in first.stderr and "A new study created" not in first.stderr
@@ -107,6 +110,7 @@ def test_no_optuna_log_lines_unless_verbose_and_quiet_is_quiet(runs):
     assert "Trial 3 finished" in second.stderr
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_the_summary_time_covers_the_whole_study(runs):
     first, second = runs
     assert re.search(r"^3 trials \(.*\) in \d+ s$", first.stdout, re.M), first.stdout[-800:]

@@ -38,6 +38,10 @@ SPACE = {
     "dimensions": {"model.width": {"type": "int", "low": 8, "high": 12, "step": 4}},
 }
 
+# building and checking a package takes a search and a fresh interpreter: the slow suite (CI
+# runs it), so that the default suite stays within 10 minutes
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):

@@ -125,6 +125,7 @@ SPACE = {
 }
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_dominated_trial_is_stopped_and_recorded_as_pruned(tiny_search, tmp_path):
     """Three good trials, then one that cannot learn (lr 1e-7) at the same complexity."""
     context = SearchContext(

@@ -91,6 +91,7 @@ def recipe_study(tiny_search, tmp_path_factory):
     return run_search(context, settings, data_label="tiny"), space
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_every_recipe_element_trains_and_records_its_int8_accuracy(recipe_study):
     study, _ = recipe_study
     trials = study.get_trials(deepcopy=False)
@@ -113,6 +114,7 @@ def test_every_recipe_element_trains_and_records_its_int8_accuracy(recipe_study)
     assert [h["qat"] for h in qat["history"]] == [False, True]  # the space's qat_epochs: 1
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_the_qat_trial_checkpoint_rebuilds_the_measured_int8_model(recipe_study, tiny_search):
     study, space = recipe_study
     trial = study.get_trials(deepcopy=False)[0]

@@ -45,6 +45,7 @@ def _settings(tmp_path, n_trials, **kwargs) -> SearchSettings:
     )
 
 
+@pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_new_study_trains_the_references_that_fit_first(context, tmp_path):
     context.budget = parse_budget("bytes=6000")
     study = run_search(context, _settings(tmp_path, 2), data_label="tiny")
