@@ -192,14 +192,7 @@ class ConsoleReporter(Reporter):
         parts = [f"{who}: epoch {epoch}/{epochs}"]
         for name, value in metrics.items():
             parts.append(f"{name} {value:.1%}" if "accuracy" in name else f"{name} {value:.3f}")
-        text = "  " + ", ".join(parts)
-        if self._is_live():
-            out = self._out()
-            out.write("\r\033[K" + text)
-            out.flush()
-            self._pending = True
-        else:
-            self._line(text)
+        self._progress("  " + ", ".join(parts), self._is_live())
 
     def step(self, number: int | str, epoch: int, epochs: int, step: int, steps: int) -> None:
         if not self.epochs:
@@ -220,13 +213,17 @@ class ConsoleReporter(Reporter):
             f"  {who}: epoch {epoch}/{epochs}, step {step}/{steps} ({step / steps:.0%}), "
             f"epoch ETA {format_duration(eta)}"
         )
-        if live:
-            out = self._out()
-            out.write("\r\033[K" + text)
-            out.flush()
-            self._pending = True
-        else:
+        self._progress(text, live)
+
+    def _progress(self, text: str, live: bool) -> None:
+        """A progress line: rewritten in place when ``live``, else a line of its own."""
+        if not live:
             self._line(text)
+            return
+        out = self._out()
+        out.write("\r\033[K" + text)
+        out.flush()
+        self._pending = True
 
     def trial_finished(self, report: TrialReport) -> None:
         where = ""
