@@ -1112,6 +1112,16 @@ def _device_options(args: argparse.Namespace):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from nas_asc.redact import masked_output, url_password
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # one mask over all the command prints (messages, Reporter, logging, warnings, tracebacks,
+    # argparse's own errors): no form of a storage password reaches the screen
+    with masked_output(url_password(arg) for arg in argv):
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
     scrub = _scrubber(args)

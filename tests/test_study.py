@@ -37,14 +37,51 @@ SECRET = "hunter2"
         ("sqlite://ann:hunter2@/x.db", "sqlite://ann:***@/x.db"),
         ("mysql://ann@db/nas", "mysql://ann@db/nas"),
         ("sqlite:///studies/a.db", "sqlite:///studies/a.db"),
+        # in the query string, alone or among other parameters, any case
+        (
+            "postgresql://ann@127.0.0.1:1/nas?password=hunter2",
+            "postgresql://ann@127.0.0.1:1/nas?password=***",
+        ),
+        (
+            "postgresql:///nas?host=127.0.0.1&Password=hunter2&sslmode=disable",
+            "postgresql:///nas?host=127.0.0.1&Password=***&sslmode=disable",
+        ),
+        # an unencoded '@' (and ':') in the password: masked to the last '@'
+        ("postgresql://ann:h@unter2@db/nas", "postgresql://ann:***@db/nas"),
+        ("postgresql://ann:hu:nter2@db/nas", "postgresql://ann:***@db/nas"),
+        # a libpq key/value DSN, plain and quoted
+        ("host=db password=hunter2 dbname=nas", "host=db password=*** dbname=nas"),
+        ("host=db password='hun ter2' dbname=nas", "host=db password=*** dbname=nas"),
     ],
 )
 def test_safe_url_masks_the_password_also_of_urls_sqlalchemy_refuses(url, shown):
     assert safe_url(url) == shown
-    hidden = "***" if SECRET in url else SECRET  # scrub hides this URL's password, no other
-    assert scrub(f"could not connect to {url} (password {SECRET})", url) == (
-        f"could not connect to {shown} (password {hidden})"
+    # scrub hides this URL's password and no other word ('h@unter2' is not 'hunter2')
+    hidden = "***" if f":{SECRET}@" in url or f"={SECRET}" in url else SECRET
+    line = scrub(f"could not connect to {url} (password {SECRET})", url)
+    assert line == f"could not connect to {shown} (password {hidden})"
+
+
+def test_a_short_password_is_masked_in_its_url_not_in_every_word():
+    # 'p' as the password: its URL form is masked, the letter p elsewhere is left alone
+    url = "postgresql://ann:p@db/nas"
+    assert scrub(f"cannot open study storage {url}: please check", url) == (
+        "cannot open study storage postgresql://ann:***@db/nas: please check"
     )
+
+
+def test_masking_covers_encoded_and_plain_forms_of_a_known_password():
+    url = "postgresql://ann:h%40nter2x@db/nas"  # the password is h@nter2x
+    assert scrub("auth failed for h@nter2x and h%40nter2x", url) == "auth failed for *** and ***"
+
+
+def test_a_password_with_an_unencoded_at_is_refused_in_one_masked_line():
+    with pytest.raises(NasAscError) as err:
+        parse_storage_url("postgresql://ann:h@unter2@127.0.0.1/nas")
+    message = str(err.value)
+    assert "unter2" not in message and "\n" not in message
+    assert message.startswith("--storage postgresql://ann:***@127.0.0.1/nas: the password")
+    assert "percent-encode" in message
 
 
 def test_a_url_that_is_not_one_is_one_masked_line():
@@ -73,6 +110,10 @@ URLS = [
     "postgresql://ann:hunter2@127.0.0.1:99999/nas",  # a port out of range
     "postgresql://ann:hunter2@127.0.0.1:port/nas",  # a port SQLAlchemy cannot parse
     "sqlite://ann:hunter2@/missing.db",  # SQLite with credentials
+    "postgresql://ann@127.0.0.1:1/nas?password=hunter2",  # the password in the query string
+    "postgresql:///nas?host=127.0.0.1&port=1&password=hunter2",  # host and password as parameters
+    "host=127.0.0.1 port=1 password=hunter2 dbname=nas",  # a libpq key/value DSN
+    "postgresql://ann:hun@ter2@127.0.0.1:1/nas",  # an unencoded '@' in the password
 ]
 COMMANDS = [
     ["report", "--study", "s"],
@@ -80,6 +121,7 @@ COMMANDS = [
     ["dashboard", "--study", "s", "--port", "8799"],
     ["evaluate", "--study", "s"],
     ["search", "--space", "tfsepnet", "--study", "s"],
+    ["finetune", "--study", "s"],
 ]
 
 
@@ -95,7 +137,42 @@ def test_no_command_prints_a_storage_password(command, url, debug, tmp_path, mon
     code = main([*command, "--storage", url])
     out, err = capsys.readouterr()
     assert code in (1, 2), (out, err)
-    assert SECRET not in out + err
+    assert SECRET not in out + err and "ter2" not in out + err
+    assert "***" in out + err  # the URL is shown, masked
     if not debug:
         assert err.startswith("nas-asc: error: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_masked_output_covers_prints_logging_warnings_and_tracebacks(capsys):
+    import logging
+    import sys
+    import traceback
+    import warnings
+
+    from nas_asc.redact import masked_output
+
+    logger = logging.getLogger("nas_asc.test_masked_output")
+    handler = logging.StreamHandler(sys.stderr)  # bound to the stream before the block
+    logger.addHandler(handler)
+    try:
+        with masked_output(["hunter2"]):
+            print("study: postgresql://ann@db/nas?password=hunter2")
+            logger.warning("driver said: bad password hunter2")
+            # what warnings.showwarning writes (pytest records warnings instead of printing)
+            sys.stderr.write(
+                warnings.formatwarning("dsn host=db password=hunter2", UserWarning, "f", 1)
+            )
+            try:
+                raise RuntimeError("connect postgresql://ann:hunter2@db/nas")
+            except RuntimeError as exc:
+                traceback.print_exception(exc)
+        print("after: hunter2")  # outside the block: the streams are the caller's again
+    finally:
+        logger.removeHandler(handler)
+    out, err = capsys.readouterr()
+    assert "password=***" in out and "bad password ***" in err and "ann:***@db" in err
+    assert "host=db password=***" in err
+    assert out.count("hunter2") == 1 and out.endswith("after: hunter2\n")
+    assert "hunter2" not in err
+    assert handler.stream is sys.stderr

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import optuna
 
 from nas_asc.errors import NasAscError, sigterm_as_interrupt
+from nas_asc.redact import masked_output, url_password
 from nas_asc.search.backend import (
     BACKENDS,
     FailureStreak,
@@ -152,6 +153,11 @@ def _worker_main(
 ):
     """One worker process on ``device``: trials until the study is done, another worker stops,
     or an error."""
+    with masked_output([url_password(settings.storage)]):  # a worker prints no password either
+        _worker_body(context, settings, worker, device, stop, errors, verbosity)
+
+
+def _worker_body(context, settings, worker, device, stop, errors, verbosity: int) -> None:
     from nas_asc.train import accel
 
     optuna.logging.set_verbosity(verbosity)  # a spawned process starts at Optuna's default

@@ -66,6 +66,7 @@ from nas_asc.budget import DEFAULT_BUDGET, Budget
 from nas_asc.device import resolve_device
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
+from nas_asc.redact import masked_output, url_password
 from nas_asc.search.backend import (
     BACKENDS,
     FailureStreak,
@@ -543,6 +544,13 @@ def _ray_trial(
     config: dict, context: SearchContext, settings: SearchSettings, verbosity: int
 ) -> None:
     """The Ray trainable: run the Optuna trial ``config[TRIAL_KEY]`` and tell its outcome."""
+    with masked_output([url_password(settings.storage)]):  # a worker prints no password either
+        _run_ray_trial(config, context, settings, verbosity)
+
+
+def _run_ray_trial(
+    config: dict, context: SearchContext, settings: SearchSettings, verbosity: int
+) -> None:
     import ray
     from ray import tune
 

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from nas_asc._paths import create_dir
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
+from nas_asc.redact import mask_secrets, url_password
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -100,31 +101,29 @@ HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
 # Storage URLs
 # ---------------------------------------------------------------------------------------------
 
-# user:password@ of any scheme://... text; what safe_url masks when SQLAlchemy cannot parse it
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@]*):[^@/]*@")
-
 
 def safe_url(url: str) -> str:
     """``url`` with its password shown as ``***``: the only form in which nas-asc prints a URL.
 
-    A URL SQLAlchemy cannot parse is masked by pattern (``scheme://user:PASSWORD@``), so a typo
-    in the port does not print the password either.
+    Every form a password can take is masked (:func:`nas_asc.redact.mask_secrets`): in the user
+    part (also unencoded, with ``@`` in it), in the query string (``?password=``) and in a libpq
+    key/value DSN, whether or not SQLAlchemy can parse the URL.
 
     Example:
         >>> safe_url("postgresql://ann:s3cret@db/nas")
         'postgresql://ann:***@db/nas'
+        >>> safe_url("postgresql://ann@db/nas?password=s3cret")
+        'postgresql://ann@db/nas?password=***'
     """
-    text = str(url)
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(text).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse (a bad port, say): mask by pattern
-        return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+    return mask_secrets(str(url))
 
 
 def parse_storage_url(url: str) -> URL:
-    """The storage URL parsed by SQLAlchemy; ``NasAscError`` (password masked) if it is not one."""
+    """The storage URL parsed by SQLAlchemy; ``NasAscError`` (password masked) if it is not one.
+
+    A password with an unencoded ``@`` is refused (SQLAlchemy would take its tail for the host
+    and connect there): the message says to percent-encode it.
+    """
     from sqlalchemy.engine import make_url
 
     try:
@@ -132,11 +131,17 @@ def parse_storage_url(url: str) -> URL:
         parsed.port  # noqa: B018 -- make_url defers parsing the port; a bad one fails here
     except Exception as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = detail.replace(str(url), safe_url(url))
+        detail = scrub(detail, url)
         raise NasAscError(
             f"--storage {safe_url(url)} is not a database URL ({detail}); write e.g. "
             "sqlite:///studies/my.db or postgresql://USER@HOST:5432/DB"
         ) from None
+    if parsed.host and "@" in parsed.host:
+        raise NasAscError(
+            f"--storage {safe_url(url)}: the password contains an unencoded '@'; "
+            "percent-encode it ('@' as %40, ':' as %3A, '/' as %2F) or pass it in the "
+            "PGPASSWORD environment variable"
+        )
     return parsed
 
 
@@ -245,19 +250,7 @@ def _detail(exc: BaseException, url: str) -> str:
 
 def scrub(text: str, url: str) -> str:
     """``text`` with the storage URL shown masked and its password nowhere."""
-    text = str(text).replace(str(url), safe_url(url))
-    password = _password(url)
-    return text.replace(password, "***") if password else text
-
-
-def _password(url: str) -> str | None:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(str(url)).password
-    except Exception:
-        match = re.search(r"://[^:/@]*:([^@/]*)@", str(url))
-        return match.group(1) if match else None
+    return mask_secrets(text, [url_password(url) or ""])
 
 
 # ---------------------------------------------------------------------------------------------
