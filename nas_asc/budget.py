@@ -176,13 +176,21 @@ def parse_budget(spec: str | None) -> Budget:
     Examples: ``dcase2024``, ``macs=10M,bytes=64k``, ``dcase2023,macs=20M``, ``dtype=float16``,
     ``dcase2024,ram=64Ki`` (also limit the peak activation RAM to 65,536 bytes). Suffixes: k, M,
     G are powers of 1,000 (the DCASE limits are 128,000 bytes and 30,000,000 MACs); Ki and Mi
-    powers of 1,024 (SRAM sizes).
+    powers of 1,024 (SRAM sizes). Only ``None`` (no ``--budget``) means the default: an empty
+    spec (``""``, ``","``) and a limit given twice (``bytes=64k,bytes=32k``, or as ``bytes`` and
+    ``param_bytes``) are refused.
     """
-    if spec is None or not spec.strip():
+    if spec is None:
         return DEFAULT_BUDGET
-    budget, preset, overrides = DEFAULT_BUDGET, None, {}
     # values carry unit suffixes (64k, 30M), not YAML: only the item splitting of parse_spec fits
-    for i, part in enumerate(split_items(spec)):
+    parts = split_items(spec)
+    if not parts:  # "" or ",": a typo or an empty variable, not a request for the default
+        raise BudgetError(
+            f"budget {spec!r} is empty; name a preset ({', '.join(sorted(PRESETS))}) or limits "
+            "such as bytes=128k,macs=30M, or leave out --budget for dcase2024"
+        )
+    budget, preset, overrides, given = DEFAULT_BUDGET, None, {}, {}
+    for i, part in enumerate(parts):
         if "=" not in part:
             if i != 0:
                 raise BudgetError(f"budget preset {part!r} must come first in {spec!r}")
@@ -198,7 +206,16 @@ def parse_budget(spec: str | None) -> Budget:
             raise BudgetError(
                 f"unknown budget key {key!r} in {spec!r}; use bytes, macs, ram or dtype"
             )
-        overrides[_KEYS[key]] = value if key == "dtype" else _number(key, value)
+        field = _KEYS[key]
+        if field in given:  # bytes=64k,bytes=32k: which one was meant is not for us to guess
+            twice = (
+                f"{key} is given twice"
+                if given[field] == key
+                else f"{given[field]} and {key} set the same limit"
+            )
+            raise BudgetError(f"budget {spec!r}: {twice}; give each limit once")
+        given[field] = key
+        overrides[field] = value if key == "dtype" else _number(key, value)
     if overrides:
         name = f"{preset}+custom" if preset else "custom"
         budget = replace(budget, name=name, **overrides)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nas_asc import __version__
-from nas_asc.errors import NasAscError, sigterm_as_interrupt
+from nas_asc.errors import NasAscError, ProgramEnd, interrupts_once
 
 DEFAULT_VALIDATION = 0.2  # nas_asc.data.protocol.DEFAULT_VALIDATION, without importing pandas
 
@@ -31,10 +31,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (with where to find help), not a usage block.
 
     ``epilog_fn`` builds the epilog when help is shown (listing the spaces and families imports
-    the models, which a command that only runs should not wait for).
+    the models, which a command that only runs should not wait for). ``check_fn`` checks flags
+    that only make sense together, once all are parsed; its ``NasAscError`` is a usage error.
     """
 
     epilog_fn = None
+    check_fn = None
 
     def error(self, message: str):  # type: ignore[override]
         # every error line starts "nas-asc: error:", also a subcommand's ("see" names it)
@@ -44,6 +46,35 @@ class _Parser(argparse.ArgumentParser):
         if self.epilog_fn is not None:
             self.epilog = self.epilog_fn()
         return super().format_help()
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self.check_fn is not None:
+            try:
+                self.check_fn(namespace)
+            except NasAscError as exc:
+                self.error(str(exc))
+        return namespace, extras
+
+
+def _add_output_flags(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress output")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="also show Optuna's own log lines",
+    )
+
+
+class _CommandParser(_Parser):
+    """A command's parser: it takes ``-q``/``-v`` after the command name too. Their default is
+    SUPPRESS, so a flag given before the command name is not reset by the command's parser."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        _add_output_flags(self, argparse.SUPPRESS)
 
 
 def _spaces_epilog() -> str:
@@ -87,13 +118,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seeds(text: str) -> int:
+    from nas_asc.search.settings import MAX_EVALUATE_SEEDS
+
+    value = _positive_int(text)
+    if value > MAX_EVALUATE_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_EVALUATE_SEEDS} seeds (each a full retraining of every chosen "
+            f"trial), got {text!r}; pass --seeds {MAX_EVALUATE_SEEDS} or fewer"
+        )
+    return value
+
+
+def _check_search(args: argparse.Namespace) -> None:
+    """``search`` flags checked together: the workers of a local search must fit this machine
+    (a Ray cluster's run on its nodes)."""
+    from nas_asc.search.settings import check_workers
+
+    if args.ray_address is None:
+        check_workers(args.workers)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a finite positive number, got {text!r}"
+        ) from None
+    if not 0 < value < float("inf"):  # nan, inf and 1e400 (read as inf) too
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
     return value
 
 
@@ -151,18 +205,17 @@ def _add_validation(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nas_asc.search import settings as limits  # the machine limits, named in --help
+
     parser = _Parser(
         prog="nas-asc",
         description="Search architectures and hyperparameters for low-complexity acoustic scene "
         "classification under microcontroller budgets (DCASE Task 1).",
     )
     parser.add_argument("--version", action="version", version=f"nas-asc {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also show Optuna's own log lines"
-    )
+    _add_output_flags(parser, False)  # before or after the command name (_CommandParser)
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )
 
     p = sub.add_parser(
@@ -171,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.epilog_fn = _spaces_epilog
+    p.check_fn = _check_search
     p.add_argument(
         "--space",
         required=True,
@@ -241,8 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="trials run in parallel on this machine (default: 1); with --backend optuna more "
-        "than 1 needs --storage postgresql://...",
+        help="trials run in parallel on this machine (default: 1; at most "
+        f"{limits.WORKERS_PER_CORE} per core and one per "
+        f"{limits.WORKER_PEAK_BYTES / 1e9:.1f} GB of memory, here {limits.max_workers()}; "
+        "with --ray-address, on the cluster's nodes); with --backend optuna more than 1 needs "
+        "--storage postgresql://...",
     )
     p.add_argument(
         "--ray-address",
@@ -281,11 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=_threads,
-        default="auto",
         metavar="auto|N",
-        help="torch threads per trial: auto (default) uses the cores other processes leave "
-        "free, re-measured every epoch; N fixes them, and with them the float rounding, so "
-        "figures repeat exactly at the same N",
+        help="torch threads per trial (at most "
+        f"{limits.THREADS_PER_CORE} per core, here {limits.max_threads()}). Default: each "
+        "trial's share of the cores (cores // --workers), fixed whatever the load, so figures "
+        "repeat exactly on this machine; N: that many, so they repeat at the same N elsewhere "
+        "too; auto: the share lowered to the cores other processes leave free, re-measured "
+        "every epoch (faster beside busy processes, but figures then depend on the load; the "
+        "summary counts the trials that ran on fewer threads)",
     )
     _add_device(p)
     p.add_argument(
@@ -320,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. --set width=40 (repeatable)",
     )
-    p.add_argument("--input", default="1x128x44", help="model input CxFxT (default: 1x128x44)")
+    p.add_argument(
+        "--input",
+        help="model input CxFxT (default: the family's reference front end, e.g. 1x128x44 for "
+        "tfsepnet, 1x256x44 for bcresnet)",
+    )
     p.add_argument("--budget", help="budget to check against (default: dcase2024)")
     p.add_argument(
         "--json", action="store_true", help='print {"params": ..., "param_bytes": ..., "macs": ...}'
@@ -328,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(
-        dest="data_command", required=True, metavar="DATA_COMMAND", parser_class=_Parser
+        dest="data_command", required=True, metavar="DATA_COMMAND", parser_class=_CommandParser
     )
     s = data_sub.add_parser("synth", help="generate the synthetic dataset in the TAU22 layout")
     s.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
@@ -407,10 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seeds",
-        type=_positive_int,
+        type=_seeds,
         default=3,
-        help="retrainings per configuration, each with its own seed (default: 3); a rerun "
-        "trains only the seeds not yet finished",
+        help=f"retrainings per configuration, each with its own seed (default: 3, at most "
+        f"{limits.MAX_EVALUATE_SEEDS}); a rerun trains only the seeds not yet finished",
     )
     p.add_argument(
         "--data",
@@ -656,8 +720,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         artifact_dir_explicit=args.artifacts is not None,
         ram_objective=args.ram_objective,
         warm_start=args.warm_start,
-        # auto: each trial's share of the cores, lowered to what other processes leave free
-        threads=None if args.threads == "auto" else int(args.threads),
+        # default (None): each trial's share of the cores, fixed; auto: that share, lowered to
+        # what other processes leave free
+        threads=None if args.threads in (None, "auto") else int(args.threads),
         adapt_threads=args.threads == "auto",
         device=args.device,
         gpus=parse_gpus(args.gpus),
@@ -672,6 +737,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         from nas_asc.data.devicesim import load_impulse_responses
 
         load_impulse_responses(args.ir_dir, 32000)
+    if progress:  # the first line within a second or two: what runs, where it is recorded
+        print(
+            f"search: space {space.name}, {args.trials} trials, budget {budget.name}, study "
+            f"{study_name!r} in {safe_url(storage)}; loading the data",
+            flush=True,
+        )
     dataset, data_label = _load_dataset(args.data, args.train_split, progress)
     protocol = _protocol(dataset, args)
     # an existing study must be continued as it was started: checked before the teacher trains
@@ -717,6 +788,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.teacher_logits is None:
         with settings.thread_options(accel.get_options().device):  # --device, checked in main
             teacher = get_teacher(search_data, progress=progress)
+    note = _weak_teacher_note(teacher.report.get("ensemble_accuracy"), len(protocol.fit))
+    if note and progress:
+        print(note, flush=True)
     # created only once the inputs have been checked, so a bad input leaves no folder behind
     store = open_artifact_store(writable_dir(artifact_dir, "artifacts"))
     ir_dir = None if args.ir_dir is None else str(args.ir_dir.resolve())
@@ -776,6 +850,23 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+#: A teacher below this validation accuracy (twice chance for 10 scenes) has learnt too little
+#: for its students to learn from it: the search says so before it trains them.
+WEAK_TEACHER = 0.2
+
+
+def _weak_teacher_note(accuracy: float | None, n_train: int) -> str:
+    """A note when the teacher learnt little (the data are too few for the epochs), else ""."""
+    if accuracy is None or accuracy >= WEAK_TEACHER:
+        return ""
+    return (
+        f"note: the teacher reaches only {accuracy:.1%} on the validation split (chance is "
+        f"10%): {n_train:,} training clips are too few to learn from in a few epochs, so the "
+        "trials will score near chance too; train on more clips (--train-split, --data) or "
+        "for more epochs (--epochs, nas-asc teacher --epochs)"
+    )
+
+
 def _parse_set(items: Sequence[str]) -> dict:
     import yaml
 
@@ -792,11 +883,13 @@ def _parse_set(items: Sequence[str]) -> dict:
 def cmd_complexity(args: argparse.Namespace) -> int:
     from nas_asc.budget import parse_budget
     from nas_asc.complexity import parse_input_shape
-    from nas_asc.models import create_model
+    from nas_asc.models import create_model, get_reference_input
 
     budget = parse_budget(args.budget)
-    shape = parse_input_shape(args.input)
     model = create_model(args.model, **_parse_set(args.set))
+    if args.input is None:
+        args.input = "x".join(map(str, get_reference_input(args.model)))
+    shape = parse_input_shape(args.input)
     try:
         c = budget.count(model, shape, activations=True)
     except RuntimeError as exc:  # the model cannot run on that input (a pooling output below 1)
@@ -819,6 +912,18 @@ def cmd_complexity(args: argparse.Namespace) -> int:
         f"  peak activations {_peak_text(c.peak_activation_bytes, budget)}\n"
         f"  {verdict} ({budget.name})"
     )
+    if budget.rule == "dcase2025":
+        from nas_asc.complexity import count
+
+        old = count(model, shape, budget.weight_dtype)
+        print(
+            "  DCASE 2025 rule: the organizers' checker counts the exported int8 network, with "
+            "every BatchNorm folded into its convolution (its 2C parameters gone, a bias in "
+            "their place), biases and float layers' parameters at 4 bytes (float32) and MACs "
+            "as torchinfo counts them; the 2024 "
+            f"rule counts the float network: {old.params:,} parameters, {old.param_bytes:,} "
+            f"bytes, {old.macs:,} MACs"
+        )
     return 0
 
 
@@ -904,10 +1009,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def _print_ensemble(report: dict) -> None:
     ensemble = report.get("ensemble") or {}
-    unseen = ensemble.get("unseen_accuracy")
+    from nas_asc.train.loop import device_breakdown
+
     detail = (
-        f" (seen devices {ensemble['seen_accuracy']:.1%}, unseen "
-        f"{'n/a' if unseen is None else f'{unseen:.1%}'}; {ensemble['n_clips']} clips)"
+        f" ({device_breakdown(ensemble.get('seen_accuracy'), ensemble.get('unseen_accuracy'))}; "
+        f"{ensemble['n_clips']} clips)"
         if ensemble
         else ""
     )
@@ -1122,12 +1228,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    # Ctrl-C or SIGTERM at any moment is one line and exit code 130: while parsing and importing,
+    # in the command, in its clean-up (a second one is ignored) and, for the nas-asc process,
+    # after the command returned until the process ends
+    end = ProgramEnd.of(argv)
+    with interrupts_once():
+        try:
+            code = _command(argv)
+        except KeyboardInterrupt:  # before a command started (parsing, importing Optuna)
+            print("nas-asc: interrupted", file=sys.stderr)
+            code = 130
+        return code if end is None else end.finished(code)
+
+
+def _command(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries(args.verbose)
     scrub = _scrubber(args)
     debug = _debug_enabled(os.environ.get("NAS_ASC_DEBUG", ""))
     try:
-        with sigterm_as_interrupt(), _device_options(args):
+        with _device_options(args):
             return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # a search re-queues the trial it was running (same parameters and seed)

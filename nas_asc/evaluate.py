@@ -14,7 +14,9 @@ the summary ``evaluation``: ``seeds``, then ``{"mean", "std"}`` (sample standard
 the seeds; 0 for one seed) of ``int8_accuracy``, ``fp32_accuracy``, ``seen_accuracy``,
 ``unseen_accuracy`` and of every device in ``accuracy_by_device``, plus ``train_clips`` and
 ``test_clips``. A killed evaluate, run again, redoes only the seeds that did not finish; asking
-for more seeds later trains only the new ones.
+for more seeds later trains only the new ones. A database that refuses writes stops it before
+anything is trained; one that refuses the record of a finished seed (locked or full since) does
+not lose it: the seed waits in the artifact folder's ``unrecorded/`` and the next run records it.
 """
 
 from __future__ import annotations
@@ -117,14 +119,40 @@ def evaluate_study(
     from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.models import create_model
     from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
-    from nas_asc.search.holdout import load_study_data, reload, set_finished_trial_attrs
+    from nas_asc.search.holdout import (
+        check_recordable,
+        load_study_data,
+        record_trial_attrs,
+        record_unrecorded,
+        reload,
+    )
     from nas_asc.search.objective import measure_int8, train_candidate
+    from nas_asc.search.settings import MAX_EVALUATE_SEEDS
     from nas_asc.train.loop import TrainConfig
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NasAscError(f"--seeds must be a positive integer, got {seeds!r}")
+    if seeds > MAX_EVALUATE_SEEDS:  # each a full retraining; a typo must not run for years
+        raise NasAscError(
+            f"--seeds must be at most {MAX_EVALUATE_SEEDS}, got {seeds}; pass --seeds "
+            f"{MAX_EVALUATE_SEEDS} or fewer"
+        )
+    select_trials(study, trials, "evaluate")  # a bad trial number fails before any work
+    study_artifact_store(study)  # so does a missing artifact folder
+    study = record_unrecorded(study, "evaluate", progress)  # runs a refused write kept
     chosen = select_trials(study, trials, "evaluate")
-    study_artifact_store(study)  # a missing artifact folder fails before any work
+    todo = []
+    for trial in chosen:
+        runs = [
+            r
+            for r in trial.user_attrs.get("evaluation_runs", [])
+            if r.get("version") == EVALUATION_VERSION
+        ]
+        done = {r["index"] for r in runs}
+        todo.append((trial, runs, [k for k in range(seeds) if k not in done]))
+    total = sum(len(missing) for _, _, missing in todo)
+    if total:
+        check_recordable(study, "evaluate")  # each retraining is recorded: nothing trained yet
     budget = Budget(**study.user_attrs["budget"])
     study_seed = int(study.user_attrs.get("seed", 0))
     dataset, data_info, protocol = load_study_data(study, data_root, progress)
@@ -136,16 +164,6 @@ def evaluate_study(
     view = protocol.final_view()  # the whole training split; the test fold
     teacher = _Teacher(view, data_info, progress)
     features: dict[FrontEnd, Any] = {}
-    todo = []
-    for trial in chosen:
-        runs = [
-            r
-            for r in trial.user_attrs.get("evaluation_runs", [])
-            if r.get("version") == EVALUATION_VERSION
-        ]
-        done = {r["index"] for r in runs}
-        todo.append((trial, runs, [k for k in range(seeds) if k not in done]))
-    total = sum(len(missing) for _, _, missing in todo)
     if progress:
         print(
             f"evaluate: {len(chosen)} configuration(s) x {seeds} seed(s), {total} retraining(s) "
@@ -212,10 +230,11 @@ def evaluate_study(
                 }
             )
             runs.sort(key=lambda r: r["index"])
-            set_finished_trial_attrs(
+            record_trial_attrs(
                 study,
-                trial._trial_id,
+                trial,
                 {"evaluation_runs": runs, "evaluation": summarize_runs(runs)},
+                f"the retraining with seed {k + 1} of {seeds}",
             )
             if progress:
                 unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"

@@ -37,7 +37,10 @@ killed run resumes where it stopped::
 
 ``test_general``/``test_device`` (each model on the device's test clips) and ``test`` appear once
 every device is done; "seen" devices are those of the training part. A run with the same
-``epochs`` and ``lr_scale`` skips what is stored; other settings start the trial over.
+``epochs`` and ``lr_scale`` skips what is stored, except a device whose checkpoint file is
+missing (deleted because it was corrupt), which it fine-tunes anew; other settings start the
+trial over. Device checkpoints that the stored record no longer refers to are deleted from the
+artifact folder once it is stored.
 """
 
 from __future__ import annotations
@@ -192,8 +195,8 @@ def finetune_study(
 
     Raises:
         NasAscError: bad ``epochs`` or ``lr_scale``, an unknown trial or one without a
-            checkpoint, a study without a validation protocol or outside a database; raised
-            before anything is trained or stored.
+            checkpoint, a study without a validation protocol or outside a database, a
+            database that refuses writes; raised before anything is trained or stored.
 
     Example:
         >>> study = finetune_study(study, trials=[5], epochs=3, lr_scale=0.1)  # doctest: +SKIP
@@ -202,14 +205,23 @@ def finetune_study(
     from nas_asc.data.features import FrontEnd
     from nas_asc.evaluate import _Teacher, _uses_teacher
     from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
-    from nas_asc.search.holdout import _rdb, load_study_data, reload, set_finished_trial_attrs
+    from nas_asc.search.holdout import (
+        _rdb,
+        check_recordable,
+        load_study_data,
+        record_trial_attrs,
+        record_unrecorded,
+        reload,
+    )
     from nas_asc.train.loop import TrainConfig
 
     _check_settings(epochs, lr_scale)
     epochs, lr_scale = int(epochs), float(lr_scale)
-    chosen = select_trials(study, trials, "fine-tune")
+    select_trials(study, trials, "fine-tune")  # a bad trial number fails before any work
     _rdb(study)  # records go into the study's database: refuse any other storage now
     store = study_artifact_store(study)  # a missing artifact folder fails before any work
+    study = record_unrecorded(study, "fine-tune", progress)  # records a refused write kept
+    chosen = select_trials(study, trials, "fine-tune")
     study_seed = int(study.user_attrs.get("seed", 0))
     _, data_info, protocol = load_study_data(study, data_root, progress)
     if protocol is None:
@@ -223,8 +235,13 @@ def finetune_study(
     plans = []
     for trial in chosen:
         record = _start_record(trial, epochs, lr_scale, progress)
-        plans.append((trial, record, [d for d in devices if d not in record["devices"]]))
-    total = sum(len(missing) for _, _, missing in plans)
+        earlier = _checkpoint_ids(trial.user_attrs.get(_ATTR))  # deleted once superseded
+        _forget_lost(study, trial, record, progress)
+        missing = [d for d in devices if d not in record["devices"]]
+        plans.append((trial, record, missing, earlier))
+    total = sum(len(missing) for _, _, missing, _ in plans)
+    if any(missing or "test" not in record for _, record, missing, _ in plans):
+        check_recordable(study, "fine-tune")  # every device model is recorded: none trained yet
     if progress:
         print(
             f"fine-tune: {len(chosen)} trial(s) x {len(devices)} training device(s) "
@@ -235,7 +252,7 @@ def finetune_study(
             flush=True,
         )
     step = 0
-    for trial, record, missing in plans:
+    for trial, record, missing, earlier in plans:
         if not missing and "test" in record:
             if progress:
                 print(
@@ -271,7 +288,8 @@ def finetune_study(
             entry, built[device] = _finetune_device(job, device, seed)
             record["devices"][device] = entry
             record["devices"] = {d: record["devices"][d] for d in _device_order(record["devices"])}
-            set_finished_trial_attrs(study, trial._trial_id, {_ATTR: record})
+            record_trial_attrs(study, trial, {_ATTR: record}, f"the model of device {device}")
+            _remove_superseded(study, earlier, record)
             if progress:
                 print(
                     f"[{step}/{total}] trial {trial.number}, device {device}: "
@@ -283,10 +301,59 @@ def finetune_study(
             general = ckpt.build_int8(train_set)
         # the test view's training part is the search view's: models built on either are equal
         _measure_test(study, trial, general, built, record, devices, train_set, test_set)
-        set_finished_trial_attrs(study, trial._trial_id, {_ATTR: record})
+        record_trial_attrs(study, trial, {_ATTR: record}, "the test-fold figures")
+        _remove_superseded(study, earlier, record)
         if progress:
             print(_test_line(trial.number, record), flush=True)
     return reload(study)
+
+
+def _checkpoint_ids(record: Any) -> set[str]:
+    """The device checkpoints a ``device_models`` record refers to."""
+    models = record.get("devices") if isinstance(record, dict) else None
+    if not isinstance(models, dict):
+        return set()
+    ids = (e.get("checkpoint_artifact") for e in models.values() if isinstance(e, dict))
+    return {i for i in ids if isinstance(i, str) and i}
+
+
+def _forget_lost(study: optuna.Study, trial: FrozenTrial, record: dict, progress: bool) -> None:
+    """Drop from ``record`` the devices whose checkpoint file is gone (deleted because it was
+    corrupt, or lost): they are fine-tuned anew, and the test fold measured again."""
+    from nas_asc.search.artifacts import artifact_file
+
+    for device, entry in list(record["devices"].items()):
+        artifact = entry.get("checkpoint_artifact") if isinstance(entry, dict) else None
+        path = artifact_file(study, artifact) if isinstance(artifact, str) and artifact else None
+        if path is not None and path.is_file():
+            continue
+        del record["devices"][device]
+        record.pop("test", None)
+        if progress:
+            print(
+                f"note: trial {trial.number}'s model of device {device} has no checkpoint file "
+                f"({path or 'none recorded'}); fine-tuning it anew",
+                flush=True,
+            )
+
+
+def _remove_superseded(study: optuna.Study, earlier: set[str], record: dict) -> None:
+    """Once ``record`` is stored, delete the device checkpoints of the trial's ``earlier``
+    record that it no longer refers to (fine-tuned with other settings, or fine-tuned anew),
+    unless a record of any trial, loaded afresh from the database, still refers to one; the
+    deleted ones leave ``earlier``."""
+    from nas_asc.search.artifacts import remove_artifacts
+    from nas_asc.search.holdout import reload
+
+    stale = earlier - _checkpoint_ids(record)
+    if not stale:
+        return
+    kept = set()
+    for t in reload(study).get_trials(deepcopy=False):
+        kept |= _checkpoint_ids(t.user_attrs.get(_ATTR))
+        kept |= {t.user_attrs.get("checkpoint_artifact"), t.user_attrs.get("confusion_artifact")}
+    remove_artifacts(study, sorted(stale - kept))
+    earlier -= stale
 
 
 @dataclass
@@ -408,7 +475,24 @@ def _load_device_checkpoint(study: optuna.Study, number: int, device: str, artif
     from nas_asc.search.artifacts import read_checkpoint
 
     return read_checkpoint(
-        study, artifact_id, f"trial {number}", f"device {device!r} ", "; fine-tune the trial again"
+        study, artifact_id, f"trial {number}", f"device {device!r} ", _redo(study, number)
+    )
+
+
+def _redo(study: optuna.Study, number: int) -> str:
+    """The fix for a device checkpoint that is missing or unreadable: fine-tuning the trial
+    again with its recorded settings fine-tunes anew each device whose file is missing."""
+    record = next(
+        (t.user_attrs.get(_ATTR) for t in study.get_trials(deepcopy=False) if t.number == number),
+        None,
+    )
+    settings = ""
+    if isinstance(record, dict) and {"epochs", "lr_scale"} <= set(record):
+        settings = f" --epochs {record['epochs']} --lr-scale {record['lr_scale']}"
+    return (
+        f"; delete the file if it is there and run nas-asc finetune --study {study.study_name} "
+        f"--trials {number}{settings} again (it fine-tunes anew each device whose checkpoint "
+        "file is missing)"
     )
 
 

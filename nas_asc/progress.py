@@ -155,7 +155,7 @@ class ConsoleReporter(Reporter):
     _started: float | None = None
     _done_at_start: int = 0
     _pending: bool = False  # a live line is on screen, not yet ended by a newline
-    _trained: bool = False  # a trial that took time (not over budget) finished in this run
+    _trained: int = 0  # trials that took time (not over budget) finished in this run
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -228,17 +228,23 @@ class ConsoleReporter(Reporter):
     def trial_finished(self, report: TrialReport) -> None:
         where = ""
         if self.total and report.done >= 0:  # -1: the count could not be read
-            where = f" [{min(report.done, self.total)}/{self.total}]"
+            where = f" [{report.done}/{self.total}]"  # as it is: more than asked shows as such
         timing = ""
         if self._started is not None:
             elapsed = time.time() - self._started
             timing = f"; {format_duration(elapsed)} elapsed"
             finished_here = report.done - self._done_at_start
-            # an over-budget proposal takes no time: no rate to extrapolate before one trained
-            self._trained = self._trained or report.state != "infeasible"
-            if self.total and self._trained and finished_here > 0 and report.done < self.total:
-                eta = elapsed / finished_here * (self.total - report.done)
-                timing += f", ETA {format_duration(eta)}"
+            # an over-budget proposal takes no time: no rate to extrapolate before one trained;
+            # nor from the first trained trial alone (a new study's first is the smallest of
+            # the space's references), so the ETA starts at the second
+            self._trained += report.state != "infeasible"
+            left = self.total - report.done if self.total else 0
+            if self._trained >= 2 and finished_here > 0 and left > 0:
+                eta = elapsed / finished_here * left
+                timing += (
+                    f", ETA {format_duration(eta)} for the {left} trial{'s' * (left > 1)} left "
+                    "(then the front's test-fold measurement)"
+                )
         params = format_params(report.params)
         self._line(f"trial {report.number}{where}: {params} -> {report.summary}{timing}")
 

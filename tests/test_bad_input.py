@@ -27,8 +27,20 @@ import torch
 
 from nas_asc._cache import cache_root
 from nas_asc.cli import main
+from nas_asc.search.settings import (
+    MAX_EVALUATE_SEEDS,
+    THREADS_PER_CORE,
+    WORKERS_PER_CORE,
+    machine_cores,
+    max_threads,
+    max_workers,
+)
 
 UNREACHABLE_DB = "postgresql://nas@127.0.0.1:9/x"  # port 9 (discard): nothing listens there
+_EMPTY_BUDGET = (
+    "budget {spec} is empty; name a preset (cortex-m4, dcase2023, dcase2024, dcase2025) or "
+    "limits such as bytes=128k,macs=30M, or leave out --budget for dcase2024"
+)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -783,6 +795,132 @@ CASES = [
         None,
         ["report", "--study", "a/../../b"],
         ("study name 'a/../../b' (from --study)",),
+    ),
+    # issue 34: inputs that were taken as something else, or that the machine cannot hold
+    ("budget-empty", None, [*SEARCH, "--budget", ""], (_EMPTY_BUDGET.format(spec="''"),)),
+    ("budget-only-a-comma", None, [*SEARCH, "--budget", ","], (_EMPTY_BUDGET.format(spec="','"),)),
+    (
+        "budget-key-twice",
+        None,
+        [*SEARCH, "--budget", "bytes=64k,bytes=32k"],
+        ("budget 'bytes=64k,bytes=32k': bytes is given twice; give each limit once",),
+    ),
+    (
+        "budget-dtype-twice",
+        None,
+        [*SEARCH, "--budget", "dtype=int8,dtype=float32"],
+        ("budget 'dtype=int8,dtype=float32': dtype is given twice; give each limit once",),
+    ),
+    (
+        "complexity-budget-ram-twice",
+        None,
+        ["complexity", "tfsepnet", "--budget", "ram=64Ki,ram=1"],
+        ("budget 'ram=64Ki,ram=1': ram is given twice; give each limit once",),
+    ),
+    (
+        "budget-limit-under-two-names",
+        None,
+        [*SEARCH, "--budget", "bytes=64k,param_bytes=32k"],
+        ("bytes and param_bytes set the same limit; give each limit once",),
+    ),
+    (
+        "budget-nan",
+        None,
+        [*SEARCH, "--budget", "macs=nan"],
+        ("budget macs='nan' is not a number", "macs=30M"),
+    ),
+    (
+        "pruner-setting-overflows-to-infinity",
+        None,
+        [*SEARCH, "--pruner", "dominance:reduction_factor=1e400"],
+        ("pruner reduction_factor must be a finite number > 1, got inf", "reduction_factor=3"),
+    ),
+    (
+        "pruner-setting-nan",
+        None,
+        [*SEARCH, "--pruner", "dominance:reduction_factor=.nan"],
+        ("pruner reduction_factor must be a finite number > 1, got nan",),
+    ),
+    (
+        "sampler-setting-not-a-number",
+        None,
+        [*SEARCH, "--sampler", "tpe:n_startup_trials=abc"],
+        (
+            "sampler tpe: n_startup_trials must be an integer >= 0, got 'abc'; e.g. "
+            "tpe:n_startup_trials=8",
+        ),
+    ),
+    (
+        "sampler-setting-infinite",
+        None,
+        [*SEARCH, "--sampler", "nsga2:population_size=.inf"],
+        ("sampler nsga2: population_size must be an integer >= 2, got inf",),
+    ),
+    (
+        "timeout-overflows-to-infinity",
+        None,
+        [*SEARCH, "--timeout", "1e400"],
+        ("argument --timeout: expected a finite positive number, got '1e400'",),
+    ),
+    (
+        "finetune-lr-scale-nan",
+        None,
+        ["finetune", "--study", "s", "--lr-scale", "nan"],
+        ("argument --lr-scale: expected a finite positive number, got 'nan'",),
+    ),
+    (
+        "threads-beyond-the-machine",  # libgomp failed at 20,000, leaving trial 0 RUNNING
+        None,
+        [*SEARCH, "--threads", "20000"],
+        (
+            f"--threads 20000 is more than this machine runs: at most {max_threads()} "
+            f"({THREADS_PER_CORE} per core, {machine_cores()} cores); pass --threads "
+            f"{max_threads()} or fewer",
+        ),
+    ),
+    (
+        "workers-beyond-the-machine",
+        None,
+        [*SEARCH, "--workers", "1000"],
+        (
+            f"--workers 1000 is more than this machine holds: at most {max_workers()} "
+            f"({WORKERS_PER_CORE} per core on {machine_cores()} cores",
+            f"pass --workers {max_workers()} or fewer",
+        ),
+    ),
+    (
+        "local-ray-workers-beyond-the-machine",
+        None,
+        [*SEARCH, "--backend", "ray", "--workers", "1000"],
+        (f"--workers 1000 is more than this machine holds: at most {max_workers()} ",),
+    ),
+    (
+        "evaluate-seeds-beyond-the-cap",  # the list of seeds filled the memory
+        None,
+        ["evaluate", "--study", "s", "--seeds", "1000000000000"],
+        (
+            f"argument --seeds: at most {MAX_EVALUATE_SEEDS} seeds (each a full retraining of "
+            f"every chosen trial), got '1000000000000'; pass --seeds {MAX_EVALUATE_SEEDS} or "
+            "fewer",
+        ),
+    ),
+    (
+        "in-memory-sqlite-storage",  # the study vanished at exit, its checkpoints stayed
+        None,
+        [*SEARCH, "--storage", "sqlite:///:memory:"],
+        (
+            "--storage sqlite:///:memory: is an in-memory SQLite database",
+            "pass a file, sqlite:///PATH",
+        ),
+    ),
+    (
+        "sqlite-storage-is-a-folder",  # it left an empty artifacts folder behind
+        _nonempty_folder,
+        [*SEARCH, "--storage", "sqlite:///out"],
+        (
+            "--storage sqlite:///out names out, which is a folder, not an SQLite database "
+            "file; pass a file in it, e.g. sqlite:///out/study.db",
+        ),
     ),
 ]
 

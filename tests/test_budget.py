@@ -112,3 +112,30 @@ def test_the_ram_limit_is_a_constraint_and_a_violation_only_when_set():
 def test_bad_ram_limits_say_what_is_wrong(spec, message):
     with pytest.raises(BudgetError, match=message):
         parse_budget(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "budget '' is empty; name a preset"),
+        (",", "budget ',' is empty; name a preset"),
+        (" , ", "budget ' , ' is empty; name a preset"),
+        ("bytes=64k,bytes=32k", "budget 'bytes=64k,bytes=32k': bytes is given twice"),
+        ("dtype=int8,dtype=float32", "budget 'dtype=int8,dtype=float32': dtype is given twice"),
+        ("dcase2024,ram=64Ki,ram=1", "budget 'dcase2024,ram=64Ki,ram=1': ram is given twice"),
+        (
+            "ram=1k,activation_bytes=2k",
+            "budget 'ram=1k,activation_bytes=2k': ram and activation_bytes set the same limit",
+        ),
+    ],
+)
+def test_an_empty_budget_or_a_limit_given_twice_is_refused(spec, message):
+    """Only a missing --budget means the default; a repeated limit is not settled by order."""
+    with pytest.raises(BudgetError) as info:
+        parse_budget(spec)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_a_trailing_comma_after_a_preset_is_still_the_preset():
+    assert parse_budget("dcase2023,") == PRESETS["dcase2023"]

@@ -109,3 +109,156 @@ def test_nas_asc_debug_zero_means_off(value, traceback, tmp_path, monkeypatch, c
     assert ("Traceback" in err) is traceback, err
     if not traceback:
         assert err.count("\n") == 1 and err.startswith("nas-asc: error: tfsepnet cannot run")
+
+
+# --- issue 34: -q/-v on either side of the command, reproducible threads, limits in --help ----
+
+# every command with its required arguments (parsing only: nothing runs)
+_COMMAND_ARGS = {
+    "search": ["search", "--space", "tfsepnet"],
+    "complexity": ["complexity", "tfsepnet"],
+    "data": ["data", "synth", "--out", "o"],
+    "teacher": ["teacher"],
+    "report": ["report", "--study", "s"],
+    "evaluate": ["evaluate", "--study", "s"],
+    "finetune": ["finetune", "--study", "s"],
+    "dashboard": ["dashboard", "--study", "s"],
+    "export": ["export", "--study", "s", "--out", "o"],
+}
+
+
+def test_the_flag_table_covers_every_command():
+    from nas_asc import cli
+
+    assert set(_COMMAND_ARGS) == set(cli._COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(_COMMAND_ARGS))
+@pytest.mark.parametrize(
+    ("before", "after", "quiet", "verbose"),
+    [
+        ([], [], False, False),
+        (["-q"], [], True, False),
+        ([], ["-q"], True, False),
+        (["--verbose"], [], False, True),
+        ([], ["-v"], False, True),
+        (["-v"], ["-q"], True, True),  # one on each side: the command's default resets neither
+        (["-q"], ["-v"], True, True),
+        ([], ["--quiet", "--verbose"], True, True),
+    ],
+)
+def test_quiet_and_verbose_are_taken_before_and_after_the_command(
+    command, before, after, quiet, verbose
+):
+    from nas_asc.cli import build_parser
+
+    args = build_parser().parse_args([*before, *_COMMAND_ARGS[command], *after])
+    assert (args.quiet, args.verbose) == (quiet, verbose)
+
+
+def test_verbose_after_the_command_reaches_the_command(tmp_path, monkeypatch, capsys):
+    """``-v`` after the command turns on Optuna's log lines, and a ``-q`` after the command
+    does not undo a ``-v`` before it."""
+    import logging
+
+    import optuna
+
+    from nas_asc.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = optuna.logging.get_verbosity()
+    try:
+        assert main(["complexity", "tfsepnet", "--json", "-v"]) == 0
+        assert optuna.logging.get_verbosity() == logging.INFO
+        assert main(["-v", "complexity", "tfsepnet", "--json", "-q"]) == 0
+        assert optuna.logging.get_verbosity() == logging.INFO
+        assert main(["complexity", "tfsepnet", "--json"]) == 0
+        assert optuna.logging.get_verbosity() == logging.WARNING
+    finally:
+        optuna.logging.set_verbosity(before)
+    assert capsys.readouterr().err == ""
+    assert not list(tmp_path.iterdir())
+
+
+def test_quiet_after_the_command_is_not_an_unrecognized_argument(tmp_path):
+    """The command of the issue, ``nas-asc search --space tfsepnet -q``: the flag is taken
+    (the run then stops at the bad --trials, in one line, before any work)."""
+    r = run("search", "--space", "tfsepnet", "-q", "--trials", "0", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr == (
+        "nas-asc: error: argument --trials: expected a positive integer, got '0' "
+        "(see nas-asc search --help)\n"
+    )
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "threads", "adapt"),
+    [
+        ([], None, False),  # the default: each trial's share of the cores, whatever the load
+        (["--threads", "auto"], None, True),  # adapting to the load only when asked for
+        (["--threads", "1"], 1, False),
+    ],
+)
+def test_the_default_thread_count_does_not_follow_the_load(
+    flags, threads, adapt, tmp_path, monkeypatch, capsys
+):
+    from nas_asc.cli import main
+    from nas_asc.errors import NasAscError
+    from nas_asc.search import settings
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise NasAscError("recorded")
+
+    monkeypatch.setattr(settings, "SearchSettings", record)
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "search", "--space", "tfsepnet", *flags]) == 2
+    assert capsys.readouterr().err == "nas-asc: error: recorded\n"
+    assert (seen["threads"], seen["adapt_threads"]) == (threads, adapt)
+    assert not list(tmp_path.iterdir())
+
+
+def test_default_settings_train_on_the_fixed_share_of_the_cores():
+    from nas_asc.search.settings import SearchSettings
+
+    with SearchSettings("s", "sqlite:///s.db", 1).thread_options() as options:
+        assert (options.threads, options.adapt_threads) == (None, False)
+
+
+def test_help_names_the_machine_limits(capsys):
+    from nas_asc.cli import main
+    from nas_asc.search.settings import (
+        MAX_EVALUATE_SEEDS,
+        THREADS_PER_CORE,
+        WORKERS_PER_CORE,
+        max_threads,
+        max_workers,
+    )
+
+    texts = {}
+    for command in ("search", "evaluate"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    assert f"(at most {THREADS_PER_CORE} per core, here {max_threads()})" in texts["search"]
+    assert (
+        f"at most {WORKERS_PER_CORE} per core and one per 1.3 GB of memory, here "
+        f"{max_workers()}" in texts["search"]
+    )
+    assert "Default: each trial's share of the cores (cores // --workers)" in texts["search"]
+    assert f"(default: 3, at most {MAX_EVALUATE_SEEDS})" in texts["evaluate"]
+
+
+def test_a_teacher_near_chance_is_named_before_the_trials():
+    from nas_asc.cli import _weak_teacher_note
+
+    # the DCASE 2025 walk-through on the embedded data's 25 % split: 478 clips, teacher 19.6 %
+    note = _weak_teacher_note(0.196, 478)
+    assert note.startswith("note: the teacher reaches only 19.6% on the validation split")
+    assert "478 training clips are too few" in note and "\n" not in note
+    assert _weak_teacher_note(0.53, 1888) == ""  # the Quick start's teacher
+    assert _weak_teacher_note(None, 478) == ""  # a teacher-logits file without a figure

@@ -55,7 +55,8 @@ def runs(tiny_root, tmp_path_factory):
 
 TRIAL_LINE = re.compile(
     r"^trial (\d+) \[(\d)/3\]: width=(\S+) dropout=\S+ epochs=\d -> (.*); (\d+ s|\d+ min \d\d s) "
-    r"elapsed(, ETA (\d+ s|\d+ min \d\d s))?$"
+    r"elapsed(, ETA (\d+ s|\d+ min \d\d s) for the \d trials? left \(then the front's "
+    r"test-fold measurement\))?$"
 )
 
 
@@ -72,10 +73,10 @@ def test_each_trial_is_one_line_with_its_searched_values_count_elapsed_and_eta(r
     )
     counts = [0] + [int(m.group(2)) for m in lines]
     assert all(counts[i + 1] == counts[i] for i, r in enumerate(rejected) if r), out
-    # an ETA once a trial that took time has finished (an over-budget one takes none), and
-    # none after the last trial
+    # an ETA once two trials that took time have finished (an over-budget one takes none; the
+    # first trained alone is a poor guide), and none after the last trial
     took_time = [not r for r in rejected]
-    expected = [any(took_time[: i + 1]) for i in range(len(lines))]
+    expected = [sum(took_time[: i + 1]) >= 2 for i in range(len(lines))]
     expected[-1] = False
     assert [m.group(6) is not None for m in lines] == expected
     for m in lines:
@@ -136,3 +137,24 @@ def test_help_lists_the_spaces_and_families(command, listed, tmp_path):
     text = " ".join(r.stdout.split())
     for item in listed:
         assert item in text
+
+
+def test_the_eta_starts_at_the_second_trained_trial_and_says_what_it_covers():
+    import io
+
+    from nas_asc.progress import ConsoleReporter, TrialReport
+
+    out = io.StringIO()
+    reporter = ConsoleReporter(live=False, stream=out)
+    reporter.search_started(total=4, done=0)
+
+    def finish(number: int, state: str, done: int) -> str:
+        reporter.trial_finished(TrialReport(number, state, {}, "x", done))
+        return out.getvalue().splitlines()[-1]
+
+    assert "ETA" not in finish(0, "infeasible", 0)  # over budget: took no time
+    assert "ETA" not in finish(1, "trained", 1)  # one trained trial: a poor guide
+    line = finish(2, "trained", 2)
+    assert line.endswith("for the 2 trials left (then the front's test-fold measurement)")
+    assert "for the 1 trial left" in finish(3, "trained", 3)
+    assert "ETA" not in finish(4, "trained", 4)  # nothing left

@@ -346,3 +346,30 @@ def _cache_verifier():
     import torch
 
     return lambda path: torch.load(path, weights_only=False)
+
+
+@pytest.mark.slow  # a search killed once, then continued: two processes
+def test_a_killed_trials_copy_says_why_and_the_continued_search_is_quiet(tiny_root, tmp_path):
+    """kill -9 leaves the trial RUNNING; the next run finds its heartbeat stale and queues a
+    copy that records why in ``requeued_after`` (as README promises), starts clean (none of
+    the dead run's figures) and prints no warning of Optuna's (its own retry copied the
+    constraints, which the copy then set again: "The constraint value is ignored")."""
+    space = tmp_path / "crash.yaml"
+    space.write_text(SPACE_YAML)
+    db = tmp_path / "drill.db"
+    proc = _start(tmp_path, space, tiny_root, db, n_trials=2)
+    _kill_mid_trial(proc, db, min_complete=0)
+    assert "RUNNING" in [s for _, s in _states(db)]
+    proc = _start(tmp_path, space, tiny_root, db, n_trials=2, extra=("-q", "--epochs", "1"))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert err == "", err[-3000:]
+    study = optuna.load_study(study_name="drill", storage=f"sqlite:///{db}")
+    copies = [t for t in study.trials if retry_history(t)]
+    assert len(copies) == 1 and copies[0].state == TrialState.COMPLETE
+    killed = study.trials[retry_history(copies[0])[0]]
+    assert copies[0].user_attrs["requeued_after"] == (
+        f"trial {killed.number} was left running by a worker that died (no heartbeat for 4 s)"
+    )
+    assert copies[0].params == killed.params
+    assert trial_counts(study).done == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -225,3 +226,349 @@ def test_a_label_not_in_the_dcase_form_is_refused(label):
     with pytest.raises(NasAscError, match="is not a DCASE submission label"):
         check_label(label)
     assert check_label("Schmid_CPJKU_task1") == "Schmid_CPJKU_task1"
+
+
+# ------------------------------------------------------------------------------------------
+# The package's predict() on the organizers' clips: its errors, warnings and device IDs
+# ------------------------------------------------------------------------------------------
+
+CHEAP = "Cheap_NASASC_task1"
+
+
+def _int8(shape, seed):
+    torch.manual_seed(seed)
+    model = create_model("cpmobile").eval()
+    return quantize_ptq(model, torch.randn(8, *shape))
+
+
+@pytest.fixture(scope="module")
+def cheap(tiny_protocol, tmp_path_factory):
+    """A package written by the export's own writer without a search: submission 1 is a general
+    int8 cpmobile and another for device s1 (random weights), on the tiny test fold's
+    normalization. Yields the imported module, the two nas-asc int8 models and the features."""
+    import importlib
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from nas_asc.data.features import FrontEnd, load_features
+    from nas_asc.export.dcase2025 import package
+
+    frontend = FrontEnd(n_mels=32)
+    train_set, test_set = load_features(tiny_protocol.test_view(), frontend, progress=False)
+    shape = frontend.input_shape()
+    int8 = {"general": _int8(shape, 0), "s1": _int8(shape, 1)}
+    example = test_set.x[:1]
+    networks = {name: standalone(q, example) for name, q in int8.items()}
+    counts = {name: checker_count(n.module, (1, *shape)) for name, n in networks.items()}
+    per_device = {
+        d: dict(zip(("MACs", "Params"), counts.get(d, counts["general"]), strict=True))
+        for d in package.DEVICE_IDS
+    }
+    built = package._Built(
+        1,
+        SimpleNamespace(number=0),
+        "cpmobile",
+        frontend,
+        train_set.mean,
+        train_set.std,
+        networks,
+        int8,
+        per_device,
+        np.zeros(0),
+        0.0,
+        "",
+    )
+    study = SimpleNamespace(study_name="cheap")
+    root = tmp_path_factory.mktemp("cheap") / "pkg"
+    root.mkdir()
+    package._write(root, CHEAP, study, [built])
+    row = {
+        "index": 1,
+        "trial": 0,
+        "family": "cpmobile",
+        "devices": ["s1"],
+        "max_macs": max(c["MACs"] for c in per_device.values()),
+        "max_param_bytes": max(c["Params"] for c in per_device.values()),
+        "accuracy": 0.0,
+    }
+    (root / "README.md").write_text(package._readme(CHEAP, study, [row], ["for the tests"]))
+    sys.path.insert(0, str(root))
+    try:
+        api = importlib.import_module(f"{CHEAP}.{CHEAP}_1")
+        yield SimpleNamespace(root=root, api=api, int8=int8, test_set=test_set)
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m == CHEAP or m.startswith(f"{CHEAP}.")]:
+            del sys.modules[name]
+
+
+def _clip_files(tiny_protocol, test_set, n):
+    view = tiny_protocol.test_view()
+    return [str(view.path(name)) for name in test_set.filenames[:n]]
+
+
+def _clip_warnings(fn, *args, **kwargs):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn(*args, **kwargs)
+    # the package's own copy of the runtime: its ClipWarning, not nas-asc's
+    clip_warning = sys.modules[fn.__module__]._runtime.ClipWarning
+    return result, [w for w in caught if issubclass(w.category, clip_warning)]
+
+
+def test_predict_on_valid_clips_is_nas_ascs_int8_network_bit_for_bit(cheap, tiny_protocol):
+    """The organizers' call on the task's clips (1 s, 44.1 kHz, mono): the logits of nas-asc's
+    own int8 models on nas-asc's features, bit for bit, in any batch size, and no warning."""
+    test_set = cheap.test_set
+    n = 48
+    files = _clip_files(tiny_protocol, test_set, n)
+    devices = [str(d) for d in test_set.devices[:n]]
+    devices[::5] = ["s1"] * len(devices[::5])
+    x = test_set.x[:n]
+    own = torch.tensor([d == "s1" for d in devices])
+    with torch.no_grad():
+        expected = torch.where(own[:, None], cheap.int8["s1"](x), cheap.int8["general"](x))
+    for batch_size in (64, 7):
+        (logits, classes), warned = _clip_warnings(
+            cheap.api.predict, files, devices, use_cuda=False, batch_size=batch_size
+        )
+        assert torch.equal(torch.stack(logits), expected)
+        assert len(classes) == 10 and warned == []
+    inputs = cheap.api.load_inputs(files[:3], devices[:3], cheap.api.load_model())
+    assert torch.equal(torch.cat(inputs), x[:3])
+
+
+def test_device_ids_match_in_any_case_and_others_get_the_general_model(cheap, tiny_protocol):
+    model = cheap.api.load_model()
+    assert cheap.api.get_model_for_device(model, "S1") is model.models["s1"]
+    assert cheap.api.get_model_for_device(model, " s1 ") is model.models["s1"]
+    for other in ("unknown", "S4", "a", "x"):
+        assert cheap.api.get_model_for_device(model, other) is model.models["general"]
+    clip = _clip_files(tiny_protocol, cheap.test_set, 1)[0]
+    logits, _ = cheap.api.predict([clip] * 4, ["S1", "s1", "unknown", "a"], use_cuda=False)
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[2], logits[3])
+    assert not torch.equal(logits[0], logits[2])
+
+
+def _wav(path, seconds=1.0, rate=44100, channels=1, seed=0):
+    import numpy as np
+    import soundfile
+
+    noise = np.random.default_rng(seed).standard_normal((int(seconds * rate), channels)) * 0.05
+    soundfile.write(str(path), noise.astype(np.float32), rate, subtype="PCM_24")
+    return str(path)
+
+
+def test_clips_off_the_task_format_are_converted_with_one_warning_per_kind(cheap, tmp_path):
+    """A 5-second clip is cut to its first second (its logits are those of that second as a
+    clip of its own), 6 channels are mixed down, 22.05 kHz is resampled, half a second is
+    padded: each kind is said once per call, with how many clips and the first of them."""
+    import soundfile
+
+    long_clip = _wav(tmp_path / "long.wav", seconds=5)
+    data, rate = soundfile.read(long_clip, dtype="float32")
+    first = tmp_path / "first_second.wav"
+    soundfile.write(str(first), data[:rate], rate, subtype="FLOAT")
+    files = [
+        long_clip,
+        _wav(tmp_path / "long2.wav", seconds=5, seed=1),
+        _wav(tmp_path / "six.wav", channels=6),
+        _wav(tmp_path / "six2.wav", channels=6, seed=1),
+        _wav(tmp_path / "slow.wav", rate=22050),
+        _wav(tmp_path / "short.wav", seconds=0.5),
+        str(first),
+    ]
+    (logits, _), warned = _clip_warnings(cheap.api.predict, files, ["a"] * 7, use_cuda=False)
+    assert len(logits) == 7 and all(t.shape == (10,) for t in logits)
+    assert torch.equal(logits[0], logits[6])
+    messages = [str(w.message) for w in warned]
+    assert len(messages) == 4, messages
+    cut, six, short, slow = (
+        next(m for m in messages if kind in m)
+        for kind in ("longer than", "not mono:", "shorter than", "not at 44.1 kHz")
+    )
+    assert cut.startswith("2 of 7 clip(s) are longer than 1 s: only their first 1 s is used")
+    assert f"(first: {long_clip}, 5.000 s)" in cut
+    assert six.startswith("2 of 7 clip(s) are not mono: mixed down") and "6 channels" in six
+    assert short.startswith("1 of 7 clip(s) are shorter than 1 s: padded with silence")
+    assert slow.startswith("1 of 7 clip(s) are not at 44.1 kHz: each is resampled")
+    assert "22050 Hz" in slow and str(tmp_path / "slow.wav") in slow
+    assert all(runtime.RULE in m for m in messages)
+
+
+def _bad_clip(folder, kind):
+    path = folder / f"{kind}.wav"
+    if kind in ("truncated", "header-only", "no-data-chunk"):  # a 1-s 24-bit WAV, cut short
+        size = {"truncated": 60, "header-only": 44, "no-data-chunk": 30}[kind]
+        path.write_bytes(open(_wav(path), "rb").read()[:size])  # noqa: SIM115
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not audio")
+    elif kind == "folder":
+        path.mkdir()
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "words"),
+    [
+        ("missing", FileNotFoundError, ["file_paths[1]", "not found"]),
+        ("truncated", ValueError, ["file_paths[1]", "truncated", "holds 16"]),
+        ("header-only", ValueError, ["truncated", "declares 132,300 bytes", "holds 0"]),
+        ("no-data-chunk", ValueError, ["file_paths[1]", "cannot be decoded"]),
+        ("empty", ValueError, ["0 bytes"]),
+        ("text", ValueError, ["cannot be decoded"]),
+        ("folder", ValueError, ["is not a file"]),
+    ],
+)
+def test_a_bad_clip_is_an_error_naming_the_file_and_the_rule(
+    cheap, tiny_protocol, tmp_path, kind, error, words
+):
+    good = _clip_files(tiny_protocol, cheap.test_set, 1)[0]
+    bad = _bad_clip(tmp_path, kind)
+    with pytest.raises(error) as info:
+        cheap.api.predict([good, bad], ["a", "b"], use_cuda=False)
+    message = str(info.value)
+    assert bad in message and runtime.RULE in message, message
+    assert all(w in message for w in words), message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "words"),
+    [
+        ({"batch_size": -1}, ValueError, ["batch_size", "positive whole number", "-1"]),
+        ({"batch_size": 0}, ValueError, ["batch_size", "positive whole number"]),
+        ({"batch_size": 2.5}, ValueError, ["batch_size", "positive whole number"]),
+        ({"device_ids": ["a", "b"]}, ValueError, ["equally long", "1 and 2"]),
+        ({"device_ids": [None]}, ValueError, ["device_ids[0]", "not a string", "'s1'"]),
+        ({"device_ids": "a"}, ValueError, ["device_ids must be a list", "['a']"]),
+        ({"file_paths": "x.wav"}, ValueError, ["file_paths must be a list", "['x.wav']"]),
+        ({"file_paths": [3]}, ValueError, ["file_paths[0]", "not a path"]),
+        ({"model_file_path": "WAV"}, ValueError, ["model_file_path", "not a PyTorch checkpoint"]),
+        ({"model_file_path": "NONE"}, FileNotFoundError, ["model_file_path", "not found"]),
+        ({"model_file_path": "DIR"}, ValueError, ["model_file_path", "not a file"]),
+        ({"model_file_path": "FOREIGN"}, ValueError, ["not a checkpoint of this package"]),
+    ],
+)
+def test_a_bad_argument_is_an_error_naming_it_and_the_rule(
+    cheap, tiny_protocol, tmp_path, kwargs, error, words
+):
+    clip = _clip_files(tiny_protocol, cheap.test_set, 1)[0]
+    paths = {
+        "WAV": clip,
+        "NONE": str(tmp_path / "missing.pt"),
+        "DIR": str(tmp_path),
+        "FOREIGN": str(tmp_path / "foreign.pt"),
+    }
+    torch.save({"state_dict": {}}, paths["FOREIGN"])
+    if kwargs.get("model_file_path") in paths:
+        kwargs = {**kwargs, "model_file_path": paths[kwargs["model_file_path"]]}
+        words = [*words, kwargs["model_file_path"]]
+    call = {"file_paths": [clip], "device_ids": ["a"], "use_cuda": False, **kwargs}
+    with pytest.raises(error) as info:
+        cheap.api.predict(**call)
+    message = str(info.value)
+    assert all(w in message for w in words), message
+
+
+def test_every_command_the_package_readme_names_works(cheap, tmp_path):
+    """The README's commands: ``pip install -e .`` (a wheel of the folder holds the package,
+    its checkpoints and resources), ``pip install torchinfo`` and ``python test_complexity.py``,
+    which prints the checker's figures and writes the complexity.json the export wrote."""
+    import importlib.util
+    import json
+    import re
+    import shlex
+    import shutil
+    import subprocess
+    import zipfile
+
+    readme = (cheap.root / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 3
+    for command in commands:
+        argv = shlex.split(command)
+        if argv == ["pip", "install", "-e", "."]:
+            copy = tmp_path / "copy"
+            shutil.copytree(cheap.root, copy)
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+                + ["--no-index", "-q", "-w", str(tmp_path / "wheel"), str(copy)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            (wheel,) = (tmp_path / "wheel").glob("*.whl")
+            names = set(zipfile.ZipFile(wheel).namelist())
+            for rel in ("_runtime.py", f"{CHEAP}_1.py", "_nets/net_1.py"):
+                assert f"{CHEAP}/{rel}" in names, rel
+            assert {f"{CHEAP}/ckpts/{CHEAP}_1.pt", f"{CHEAP}/resources/dummy.wav"} <= names
+        elif argv == ["pip", "install", "torchinfo"]:
+            assert importlib.util.find_spec("torchinfo") is not None
+        elif argv[:2] == ["python", "test_complexity.py"]:
+            script = cheap.root / argv[1]
+            env = {**os.environ, "PYTHONPATH": str(cheap.root)}
+            done = subprocess.run(
+                [sys.executable, str(script), *argv[2:]],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp_path,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "s10 | MACs:" in done.stdout and "limits: 30,000,000 MACs" in done.stdout
+            rel = f"predictions/{CHEAP}_1/complexity.json"
+            got = json.loads((tmp_path / rel).read_text())
+            assert got == json.loads((cheap.root / rel).read_text())
+        else:
+            pytest.fail(f"the README names a command the test does not know: {command}")
+
+
+def test_folders_of_killed_exports_are_removed_and_no_other(tmp_path):
+    """A killed export's folder (its pid no longer runs) goes; one whose writer runs, one
+    without the mark, a file and a symlink of that name stay."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    from nas_asc.export.dcase2025.package import _WORKDIR_MARK, remove_stale_workdirs
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+
+        def workdir(name, pid, mark=True):
+            folder = tmp_path / f".{name}.tmp-{pid}-abc_123"
+            (folder / "pkg").mkdir(parents=True)
+            if mark:
+                record = {"tool": "nas-asc export", "pid": pid, "host": socket.gethostname()}
+                (folder / _WORKDIR_MARK).write_text(json.dumps({**record, "created": time.time()}))
+            return folder
+
+        stale = workdir("pkg", dead.pid)
+        other_out = workdir("submission", dead.pid)
+        running = workdir("pkg", alive.pid)
+        mine = workdir("pkg", os.getpid())
+        unmarked = workdir("pkg", dead.pid + 100_000_000, mark=False)
+        (tmp_path / f".x.tmp-{dead.pid}-file").write_text("a file")
+        (tmp_path / f".y.tmp-{dead.pid}-link").symlink_to(stale)
+        (tmp_path / "pkg").mkdir()
+        removed = remove_stale_workdirs(tmp_path)
+        assert sorted(removed) == sorted([stale, other_out])
+        assert not stale.exists() and not other_out.exists()
+        for kept in (running, mine, unmarked, tmp_path / "pkg"):
+            assert kept.is_dir(), kept
+        assert (tmp_path / f".x.tmp-{dead.pid}-file").is_file()
+        assert (tmp_path / f".y.tmp-{dead.pid}-link").is_symlink()
+    finally:
+        alive.kill()
+        alive.wait()

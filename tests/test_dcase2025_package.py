@@ -80,10 +80,28 @@ def study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
     return finetune_study(study, [0], epochs=1, progress=False)
 
 
+def _killed_export_folder(parent, name="pkg"):
+    """The folder an export killed with ``kill -9`` leaves: named and marked by a process that
+    no longer runs."""
+    import socket
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = parent / f".{name}.tmp-{dead.pid}-k1lled_"
+    (folder / LABEL).mkdir(parents=True)
+    mark = {"tool": "nas-asc export", "pid": dead.pid, "host": socket.gethostname()}
+    (folder / package_module._WORKDIR_MARK).write_text(json.dumps({**mark, "created": time.time()}))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def written(study, tmp_path_factory):
     out = tmp_path_factory.mktemp("packages") / "pkg"
-    return export_dcase2025(study, out, LABEL, trials=[0, 1], progress=False)
+    stale = _killed_export_folder(out.parent, "other")
+    result = export_dcase2025(study, out, LABEL, trials=[0, 1], progress=False)
+    result.stale = stale
+    return result
 
 
 # The organizers' method, written from their README and checker (complexity.py,
@@ -183,8 +201,10 @@ def test_the_package_layout_and_its_complexity_files(written, study):
         f"{LABEL}/{LABEL}_1.py",
         f"{LABEL}/{LABEL}_2.py",
         f"{LABEL}/ckpts/{LABEL}_1.pt",
+        "test_complexity.py",
     ):
         assert (root / rel).is_file(), rel
+    assert not (root / package_module._WORKDIR_MARK).exists()
     for path in root.rglob("*.py"):
         assert "nas_asc" not in path.read_text(), path
     figures = json.loads((root / "predictions" / f"{LABEL}_2" / "complexity.json").read_text())
@@ -195,6 +215,39 @@ def test_the_package_layout_and_its_complexity_files(written, study):
     readme = (root / "README.md").read_text()
     assert "trials 0, 1, as named by --trials" in readme
     assert not list(root.parent.glob(".pkg.tmp-*"))
+    assert not written.stale.exists()  # a killed export's folder: the next export removed it
+
+
+def test_the_readme_command_prints_the_checkers_figures(written, tmp_path):
+    """``python test_complexity.py ...`` as the README writes it, in a fresh interpreter
+    without nas-asc: the figures of complexity.json, for every device ID."""
+    import re
+    import shlex
+
+    readme = (written.directory / "README.md").read_text()
+    (command,) = re.findall(r"^python test_complexity\.py .*$", readme, re.M)
+    argv = shlex.split(command)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "sys.modules['nas_asc'] = None\n"
+        f"sys.argv = {[str(written.directory / argv[1]), *argv[2:]]!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(written.directory)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rel = f"predictions/{LABEL}_1/complexity.json"
+    got = json.loads((tmp_path / rel).read_text())
+    assert got == json.loads((written.directory / rel).read_text())
+    assert all(f"{d:>7} | MACs:" in done.stdout for d in DEVICE_IDS)
 
 
 def _storage(study) -> str:
@@ -236,6 +289,7 @@ def test_an_existing_output_folder_is_refused_untouched(study, tmp_path, capsys)
 def test_a_package_that_fails_its_check_is_not_left_behind(study, tmp_path, monkeypatch):
     monkeypatch.setattr(package_module, "MIN_AGREEMENT", 1.01)
     out = tmp_path / "pkg"
+    _killed_export_folder(tmp_path)
     with pytest.raises(NasAscError, match="predicts nas-asc's int8 scene"):
         export_dcase2025(study, out, LABEL, trials=[1], progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # nor a killed export's folder

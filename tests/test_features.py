@@ -88,7 +88,7 @@ def _reference(dataset, names, frontend):
 def test_one_pass_gives_every_front_end_logmel_bit_for_bit(tiny_dataset, cache, capsys):
     assert precompute_features(tiny_dataset, PASS, progress=True) == 6  # 3 front ends x 2 groups
     err = capsys.readouterr().err
-    assert "log-mel 16+24+20 bins" in err and "clip" in err  # one bar per group
+    assert "log-mel features, 16+24+20 Mel bins" in err and "clip" in err  # one bar per group
     assert precompute_features(tiny_dataset, PASS, progress=False) == 0  # all cached
     for fe in PASS:
         train, evaluate = load_features(tiny_dataset, fe, progress=False)

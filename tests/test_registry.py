@@ -11,6 +11,7 @@ import nas_asc.models  # noqa: F401  (registers the model families and the block
 import nas_asc.search.pruning  # noqa: F401
 import nas_asc.train.distill  # noqa: F401
 from nas_asc._registry import Registry, all_registries, build_config, parse_spec, split_items
+from nas_asc.models import create_model, list_models
 
 # registries added later, and the modules that fill them: checked once the modules exist
 _LATER = (
@@ -198,3 +199,35 @@ def test_every_package_registry_refuses_duplicates_and_lists_its_names(registry)
     assert str(err.value) == (
         f"unknown {registry.kind} 'no-such-name'; known {registry.plural}: {', '.join(names)}"
     )
+
+
+@pytest.mark.parametrize("family", list_models())
+def test_complexity_counts_on_the_family_reference_input_by_default(family, capsys):
+    import json
+
+    from nas_asc.cli import main
+    from nas_asc.complexity import count
+    from nas_asc.models import get_reference_input
+
+    shape = get_reference_input(family)
+    assert main(["complexity", family, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    c = count(create_model(family), (1, *shape))
+    assert (shown["params"], shown["macs"]) == (c.params, c.macs)
+
+
+def test_reference_inputs_are_the_reports_front_ends():
+    from nas_asc.models import get_reference_input
+
+    assert get_reference_input("bcresnet") == (1, 256, 44)  # BC-ResNet student, 256 Mel bins
+    assert get_reference_input("cpmobile") == (1, 256, 65)  # the DCASE 2024 baseline
+    assert get_reference_input("tfsepnet") == (1, 128, 44)
+
+
+def test_complexity_under_the_2025_rule_explains_its_other_count(capsys):
+    from nas_asc.cli import main
+
+    assert main(["complexity", "tfsepnet", "--budget", "dcase2025"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters             52,670" in out
+    assert "the 2024 rule counts the float network: 54,270 parameters, 57,510 bytes" in out

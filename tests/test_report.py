@@ -444,7 +444,8 @@ def test_format_pareto_table_with_test_figures() -> None:
     assert lines[5:] == [
         "",
         "rank agreement of validation and test int8 accuracy across the front: "
-        "Kendall tau = 1.00 (2 models)",
+        "Kendall tau = 1.00 from 2 models: too few to tell (p = 1.00; 5 or more models can "
+        "show an agreement at p < 0.05)",
     ]
 
 
@@ -474,7 +475,18 @@ def test_rank_agreement_line() -> None:
     )
     assert rank_agreement_line(pareto_frame(study)) == (
         "rank agreement of validation and test int8 accuracy across the front: "
-        "Kendall tau = 0.33 (3 models)"
+        "Kendall tau = 0.33 from 3 models: too few to tell (p = 1.00; 5 or more models can "
+        "show an agreement at p < 0.05)"
+    )
+
+
+def test_rank_agreement_line_states_significance_from_five_models() -> None:
+    # five models ranked alike on both sides: tau = 1, exact two-sided p = 2/5! = 0.017
+    vals = [0.30, 0.40, 0.50, 0.45, 0.35]
+    frame = pd.DataFrame({"int8_accuracy": vals, "test_int8_accuracy": [v - 0.1 for v in vals]})
+    assert rank_agreement_line(frame) == (
+        "rank agreement of validation and test int8 accuracy across the front: "
+        "Kendall tau = 1.00 (5 models, p = 0.02)"
     )
 
 
@@ -521,7 +533,8 @@ def test_index_page_protocol_rank_agreement_and_test_columns(tmp_path: Path) -> 
     ) in page
     assert (
         "<tr><th>rank agreement</th><td>rank agreement of validation and test int8 accuracy "
-        "across the front: Kendall tau = 0.33 (3 models)</td></tr>"
+        "across the front: Kendall tau = 0.33 from 3 models: too few to tell (p = 1.00; 5 or "
+        "more models can show an agreement at p &lt; 0.05)</td></tr>"
     ) in page
     assert "chosen\non the validation split (held-out locations of the training data)" in page
     assert "test fold\n(fold1_evaluate; devices s4-s6 never seen in training)" in page

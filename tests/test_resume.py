@@ -176,3 +176,95 @@ def test_a_fatal_error_in_one_worker_stops_the_search_in_one_line(tiny_root, tmp
     assert len(study.trials) == len(stopped) + len(queued)
     assert all("DatasetError" in t.user_attrs["requeued_after"] for t in queued)
     assert trial_counts(study).done == 0
+
+
+def test_a_requeued_copy_runs_within_the_bounds_of_the_continued_search(tmp_path):
+    """A copy queued under ``--epochs 6`` and run by a search continued under ``--epochs 4``:
+    its epochs are clipped to 4, and Optuna finds the distribution it is asked for (no warning
+    of inconsistent parameter values, no old bound kept)."""
+    import warnings
+
+    from optuna.distributions import IntDistribution
+
+    from nas_asc.search.study import fit_to_space
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'fit.db'}")
+    width = IntDistribution(8, 16, step=4)
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params={"train.epochs": 6, "model.width": 12},
+            distributions={"train.epochs": IntDistribution(1, 6), "model.width": width},
+        )
+    )
+    trial = study.ask()  # the queued copy, now running
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_to_space(trial, {"train.epochs": IntDistribution(1, 4), "model.width": width})
+        assert trial.suggest_int("train.epochs", 1, 4) == 4
+        assert trial.suggest_int("model.width", 8, 16, step=4) == 12
+    assert study.trials[0].params == {"train.epochs": 4, "model.width": 12}
+    assert study.trials[0].distributions["train.epochs"] == IntDistribution(1, 4)
+
+
+EPOCHS_YAML = """
+name: epochs
+model: tfsepnet
+fixed:
+  frontend: {n_mels: 32}
+  train: {batch_size: 8, lr: 0.02}
+dimensions:
+  model.width: {type: int, low: 8, high: 16, step: 4}
+  train.epochs: {type: int, low: 4, high: 20}
+  train.kd_lambda: {type: float, low: 0.0, high: 0.5, step: 0.05}
+"""
+
+
+@pytest.mark.slow  # a search interrupted, then continued: two processes
+def test_continuing_an_interrupted_search_under_other_epochs_is_quiet(tiny_root, tmp_path):
+    """Ctrl-C re-queues the running trial; the same search continued with a lower ``--epochs``
+    runs the copy within the new bound and prints no warning (Optuna's "Inconsistent parameter
+    values" and "constraint value is ignored" before)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    space = tmp_path / "epochs.yaml"
+    space.write_text(EPOCHS_YAML)
+    storage = f"sqlite:///{tmp_path / 'e.db'}"
+    argv = [sys.executable, "-m", "nas_asc", "search", "--space", str(space), "--data"]
+    argv += [str(tiny_root), "--storage", storage, "--study", "e", "--trials", "2"]
+    argv += ["--pruner", "none", "--threads", "1", "--heartbeat", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(
+        [*argv, "--epochs", "8"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for line in first.stdout:  # interrupted in its first trial's training
+        if "epoch 2/" in line:
+            first.send_signal(signal.SIGINT)
+            break
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    time.sleep(0.1)
+    second = subprocess.run(
+        [*argv, "-q", "--epochs", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stderr == "", second.stderr[-3000:]
+    study = optuna.load_study(study_name="e", storage=storage)
+    copy = next(t for t in study.trials if "requeued_after" in t.user_attrs)
+    assert copy.state == optuna.trial.TrialState.COMPLETE
+    assert copy.params["train.epochs"] <= 4
+    assert trial_counts(study).done == 2

@@ -76,10 +76,51 @@ def test_a_sampler_spec_is_parsed_once_into_an_instance():
         ValueError, match="unknown sampler 'cma'; known samplers: gp, nsga2, random, tpe"
     ):
         create_sampler("cma")
-    with pytest.raises(ValueError, match="population_size must be >= 2, got 1"):
+    with pytest.raises(ValueError, match="population_size must be an integer >= 2, got 1"):
         create_sampler("nsga2:population_size=1")
     with pytest.raises(ValueError, match=r"unknown config field\(s\) \['startup'\]"):
         create_sampler("tpe:startup=3")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "tpe:n_startup_trials=abc",
+            "sampler tpe: n_startup_trials must be an integer >= 0, got 'abc'",
+        ),
+        (
+            "tpe:n_startup_trials=1e400",
+            "sampler tpe: n_startup_trials must be an integer >= 0, got inf",
+        ),
+        (
+            "gp:n_startup_trials=.nan",
+            "sampler gp: n_startup_trials must be an integer >= 0, got nan",
+        ),
+        (
+            "gp:n_startup_trials=2.5",
+            "sampler gp: n_startup_trials must be an integer >= 0, got 2.5",
+        ),
+        (
+            "nsga2:population_size=.inf",
+            "sampler nsga2: population_size must be an integer >= 2, got inf",
+        ),
+        (
+            "nsga2:population_size=true",
+            "sampler nsga2: population_size must be an integer >= 2, got True",
+        ),
+        ("tpe:multivariate=3", "sampler tpe: multivariate must be true or false, got 3"),
+        ("tpe:n_startup_trials=4,n_startup_trials=8", "n_startup_trials is given twice"),
+    ],
+)
+def test_a_sampler_setting_of_the_wrong_type_is_refused_by_name(spec, message):
+    """A string, a bool or a non-finite number where an integer belongs is refused in one
+    line naming the sampler and the key, not met later as a comparison error or an endless
+    random phase."""
+    with pytest.raises(ValueError) as info:
+        create_sampler(spec)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", SAMPLERS.names())

@@ -137,3 +137,54 @@ def test_the_pruner_compares_ram_too_in_a_study_with_the_ram_objective():
     assert pruner.should_prune(study(False), 99, 100, 100, [0.5], 1_000)
     assert not pruner.should_prune(study(True), 99, 100, 100, [0.5], 1_000)
     assert pruner.should_prune(study(True), 99, 100, 100, [0.5], 5_000)
+
+
+def test_a_search_queues_no_more_references_than_its_trials():
+    from nas_asc.search.warmstart import queue_references
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    space = SearchSpace.from_dict(SPACE)
+    outcome = queue_references(study, space, DEFAULT_BUDGET, limit=1)
+    assert outcome == {
+        "queued": ["c12"],
+        "skipped": {"c8": "no room: the search trains 1 trial(s) in all (--trials)"},
+    }
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.WAITING]
+
+
+REFS_YAML = """
+name: refs
+model: tfsepnet
+fixed:
+  frontend: {n_mels: 32}
+  train: {batch_size: 32, lr: 0.02, epochs: 1}
+dimensions:
+  model.width: {type: int, low: 8, high: 16, step: 4}
+  train.kd_lambda: {type: float, low: 0.0, high: 0.5}
+references:
+  c8: {model.width: 8}
+  c12: {model.width: 12}
+  c16: {model.width: 16}
+"""
+
+
+@pytest.mark.slow  # a real search through the CLI (data, teacher, one trial)
+def test_trials_1_trains_one_trial_also_with_three_references(tiny_root, tmp_path, capsys):
+    """--trials N is N trained trials in all, the queued references included, and the counter
+    says so (three were trained, each printed as [1/1])."""
+    import re
+
+    from nas_asc.cli import main
+
+    space = tmp_path / "refs.yaml"
+    space.write_text(REFS_YAML)
+    db = tmp_path / "refs.db"
+    argv = ["search", "--space", str(space), "--data", str(tiny_root), "--trials", "1"]
+    argv += ["--storage", f"sqlite:///{db}", "--reports", str(tmp_path / "r"), "--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^trial \d+ \[(\d+/\d+)\]", out, flags=re.M) == ["1/1"], out
+    assert "warm start: queued the reference configurations c8; skipped c12 (no room" in out
+    study = optuna.load_study(study_name="refs", storage=f"sqlite:///{db}")
+    assert len(study.trials) == 1 and study.trials[0].user_attrs["reference"] == "c8"
+    assert trial_counts(study).done == 1

@@ -124,3 +124,57 @@ def test_parallel_workers_on_sqlite_are_refused_before_any_work(tmp_path, monkey
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "reports").exists()
     assert not list((tmp_path / "studies").glob("*.db"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow  # two searches of two worker processes each
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the worker processes from /proc")
+def test_workers_end_with_their_killed_parent_and_the_search_continues(
+    postgres_url, tiny_root, warm_teacher, tmp_path
+):
+    """kill -9 of a two-worker search: the workers do not train on, printing to the terminal,
+    but end within seconds; their trials are re-queued (each copy saying why), and the same
+    command finishes the search."""
+    import signal
+    import time
+
+    space = tmp_path / "workers.yaml"
+    space.write_text(SPACE_YAML.replace("epochs: 1", "epochs: 6").replace("32,", "8,"))
+    study_name = f"orphans-{uuid.uuid4().hex[:8]}"
+    proc = _worker(tmp_path, space, tiny_root, postgres_url, study_name, "--workers", "2")
+    seen: list[str] = []
+    for line in proc.stdout:  # both workers training
+        seen.append(line)
+        if sum("epoch 2/" in s for s in seen) >= 2:
+            break
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    workers = [int(pid) for pid in out.stdout.split()]
+    assert len(workers) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "workers outlived their parent"
+
+    # the same command, its trials cut to one epoch (the test's time)
+    args = ("--workers", "2", "-q", "--epochs", "1")
+    again = _worker(tmp_path, space, tiny_root, postgres_url, study_name, *args)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=study_name, storage=postgres_url)
+    counts = trial_counts(study)
+    assert counts.running == counts.waiting == 0 and counts.done >= 8
+    stopped = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert stopped  # the trials the workers were running
+    copies = [t for t in study.trials if "requeued_after" in t.user_attrs]
+    assert {t.user_attrs["requeued_after"].split()[1] for t in copies} == {
+        str(t.number) for t in stopped
+    }

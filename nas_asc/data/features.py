@@ -491,10 +491,15 @@ def _fill(
     notes: dict[str, int] = {}
     tasks = list(range(0, n, _TASK))
     bins = "+".join(str(fe.n_mels) for fe in frontends)
-    bar = tqdm(total=n, desc=f"log-mel {bins} bins", unit="clip", disable=not progress)
     done: set[int] = set()
+    # the bar is drawn once a clip has shown varying log-mels: audio that is all silent (or not
+    # finite) then fails the training statistics' check (load_features) in one line, no bar
+    # printed before it; on real audio it appears after the first task
+    bar = None
+    clips = 0
 
     def collect(result) -> None:
+        nonlocal bar, clips
         start, task_stats, task_notes = result
         for (sums, m2), (task_sums, task_m2) in zip(stats, task_stats, strict=True):
             sums[start : start + len(task_sums)] = task_sums
@@ -502,7 +507,12 @@ def _fill(
         for note, count in task_notes.items():
             notes[note] = notes.get(note, 0) + count
         done.add(start)
-        bar.update(len(task_stats[0][0]))
+        clips += len(task_stats[0][0])
+        if bar is not None:
+            bar.update(len(task_stats[0][0]))
+        elif progress and any(bool((task_m2 > 0).any()) for _, task_m2 in task_stats):
+            desc = f"log-mel features, {bins} Mel bins (once, then cached)"
+            bar = tqdm(total=n, initial=clips, desc=desc, unit="clip")
 
     args = (str(root), frontends, [str(p) for p in paths])
     try:
@@ -511,7 +521,8 @@ def _fill(
             if start not in done:
                 collect(_task(args[0], filenames[start : start + _TASK], start, *args[1:]))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return stats, notes
 
 

@@ -1334,7 +1334,12 @@ def generate(
         raise DatasetError(f"workers={workers!r} is invalid; use an integer >= 1 or None")
     with atomic_dir(out) as tmp:
         (tmp / "audio").mkdir()
-        bar = tqdm(total=total, unit="file", desc="synth", disable=not progress)
+        bar = tqdm(
+            total=total,
+            unit="file",
+            desc="generating the synthetic TAU22 dataset (once, then cached)",
+            disable=not progress,
+        )
         try:
             _render_all(config, tmp, clips, workers, bar)
         finally:

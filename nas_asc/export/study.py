@@ -543,6 +543,14 @@ def _install(workdir: Path, target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """Delete ``folder`` if nothing is in it (an export folder that received no model)."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty, or already gone: it stays as it is
+
+
 def _write_index(out_dir: Path, study: optuna.Study, results: list[ExportResult]) -> Path:
     path = out_dir / "index.json"
     entries: dict[str, dict] = {}
@@ -633,6 +641,7 @@ def export_study(
     names = [_folder_name(study.study_name, t.number) for t in selected]
     _check_targets(out_dir, names, overwrite)
     dataset, data_info, protocol = load_study_data(study, data_root, progress)
+    created = not out_dir.exists()  # a folder made here and left empty is taken back
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -643,8 +652,14 @@ def export_study(
     results: list[ExportResult] = []
     failures: dict[int, str] = {}
     features: dict = {}
-    for trial, name in zip(selected, names, strict=True):
+    for k, (trial, name) in enumerate(zip(selected, names, strict=True), 1):
         started = time.perf_counter()
+        if progress:  # the work below takes tens of seconds per model: say what it is
+            print(
+                f"trial {trial.number} ({k}/{len(selected)}): rebuilding its int8 model, writing "
+                "ONNX and verifying it with ONNX Runtime on the test fold",
+                flush=True,
+            )
         workdir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
         try:
             card, checks, figures = _export_trial(
@@ -665,6 +680,11 @@ def export_study(
                 print(f"trial {trial.number}: FAILED ({exc})", flush=True)
             shutil.rmtree(workdir, ignore_errors=True)
             continue
+        except BaseException:  # anything else (a bug, Ctrl-C) stops the export, leaving nothing
+            shutil.rmtree(workdir, ignore_errors=True)
+            if created and not results:
+                _remove_if_empty(out_dir)
+            raise
         try:
             if not card:
                 failures[trial.number] = _failure_message(trial.number, checks)
@@ -701,6 +721,8 @@ def export_study(
     if results:
         _write_index(out_dir, study, results)
     if failures:
+        if created and not results:
+            _remove_if_empty(out_dir)
         raise ExportError(
             f"{len(failures)} of {len(selected)} models failed and were not exported: "
             + " | ".join(failures[n] for n in failures),

@@ -16,6 +16,7 @@ from nas_asc.models._registry import (
     create_model,
     get_model_config,
     get_model_revision,
+    get_reference_input,
     list_models,
     register_model,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "create_model",
     "get_model_config",
     "get_model_revision",
+    "get_reference_input",
     "list_models",
     "register_model",
 ]

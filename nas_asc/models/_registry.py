@@ -21,6 +21,7 @@ __all__ = [
     "list_models",
     "get_model_config",
     "get_model_revision",
+    "get_reference_input",
     "MODELS",
 ]
 
@@ -30,7 +31,10 @@ _MODELS = MODELS  # the former name, kept for code that removes a test family
 
 
 def register_model(
-    name: str, config_cls: type, revision: int = 1
+    name: str,
+    config_cls: type,
+    revision: int = 1,
+    reference_input: tuple[int, int, int] = (1, 128, 44),
 ) -> Callable[[Callable[..., nn.Module]], Callable]:
     """Register ``fn(cfg) -> nn.Module`` under ``name`` with its config dataclass.
 
@@ -40,12 +44,26 @@ def register_model(
         revision: raised whenever the function a config builds changes (a layer, its order, a
             normalization's formula): checkpoints record it, and one of another revision is
             refused instead of being loaded into a different network.
+        reference_input: ``(channels, mel bins, frames)`` of one clip through the front end of
+            the family's report (what ``nas-asc complexity`` counts on by default).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls for model {name!r} must be a dataclass, got {config_cls!r}")
     if not isinstance(revision, int) or revision < 1:
         raise ValueError(f"model {name!r} revision must be an integer >= 1, got {revision!r}")
-    return MODELS.register(name, config=config_cls, revision=revision)
+    shape = tuple(reference_input)
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ValueError(
+            f"model {name!r} reference_input must be (channels, mel bins, frames), got "
+            f"{reference_input!r}"
+        )
+    return MODELS.register(name, config=config_cls, revision=revision, reference_input=shape)
+
+
+def get_reference_input(name: str) -> tuple[int, int, int]:
+    """``(channels, mel bins, frames)`` of one clip through the front end of family ``name``'s
+    report, e.g. ``(1, 256, 44)`` for ``bcresnet``."""
+    return MODELS.meta(name).get("reference_input", (1, 128, 44))
 
 
 def get_model_revision(name: str) -> int:

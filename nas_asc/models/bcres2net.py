@@ -363,7 +363,7 @@ class BCRes2Net(nn.Module):
         return self.classifier(x).flatten(1)
 
 
-@register_model("bcres2net", BCRes2NetConfig, revision=2)
+@register_model("bcres2net", BCRes2NetConfig, revision=2, reference_input=(1, 256, 32))
 def bcres2net(cfg: BCRes2NetConfig) -> BCRes2Net:
     """BC-Res2Net; defaults build the authors' submitted C=24 student (256 Mel bins)."""
     return BCRes2Net(cfg)

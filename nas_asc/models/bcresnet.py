@@ -225,7 +225,7 @@ class BCResNet(nn.Module):
         return self.classifier(self.features(x)).mean(dim=(2, 3))
 
 
-@register_model("bcresnet", BCResNetConfig)
+@register_model("bcresnet", BCResNetConfig, reference_input=(1, 256, 44))
 def bcresnet(cfg: BCResNetConfig) -> BCResNet:
     """BC-ResNet; defaults build the report's c=40 student (Table 5)."""
     return BCResNet(cfg)

@@ -158,7 +158,7 @@ class BlocksNet(nn.Module):
         return self.classifier(self.features(x)).mean(dim=(2, 3))
 
 
-@register_model("blocks", BlocksConfig)
+@register_model("blocks", BlocksConfig, reference_input=(1, 64, 44))
 def blocks(cfg: BlocksConfig) -> BlocksNet:
     """The generic block-type backbone; defaults mix BSConv, TF-SepConv and BC-Res stages."""
     return BlocksNet(cfg)

@@ -174,7 +174,7 @@ class BSConvNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("bsconv", BSConvConfig)
+@register_model("bsconv", BSConvConfig, reference_input=(1, 256, 44))
 def bsconv(cfg: BSConvConfig) -> BSConvNet:
     """BSConv-CNN; defaults build this reconstruction of report 000's student."""
     return BSConvNet(cfg)

@@ -308,7 +308,7 @@ def _select_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
     bn.num_features = len(idx)
 
 
-@register_model("cnn", CNNConfig, revision=2)
+@register_model("cnn", CNNConfig, revision=2, reference_input=(1, 140, 8))
 def cnn(cfg: CNNConfig) -> CNN:
     """AI4EDGE student CNN; defaults build the report's SM1 (the official ``BM2``)."""
     return CNN(cfg)

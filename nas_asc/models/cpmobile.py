@@ -218,7 +218,7 @@ class CPMobile(nn.Module):
         return self.classifier(self.blocks(self.stem(x))).mean(dim=(2, 3))
 
 
-@register_model("cpmobile", CPMobileConfig)
+@register_model("cpmobile", CPMobileConfig, reference_input=(1, 256, 65))
 def cpmobile(cfg: CPMobileConfig) -> CPMobile:
     """CP-Mobile; defaults build the DCASE 2024 Task 1 baseline."""
     return CPMobile(cfg)

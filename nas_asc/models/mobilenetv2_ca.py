@@ -299,7 +299,7 @@ class MobileNetV2CA(nn.Module):
 
 
 # revision 2: the default activation became ReLU6 (revision 1 used ReLU throughout)
-@register_model("mobilenetv2_ca", MobileNetV2CAConfig, revision=2)
+@register_model("mobilenetv2_ca", MobileNetV2CAConfig, revision=2, reference_input=(1, 128, 36))
 def mobilenetv2_ca(cfg: MobileNetV2CAConfig) -> MobileNetV2CA:
     """MobileNetV2 + coordinate attention; defaults build report 002's model (Table 2)."""
     return MobileNetV2CA(cfg)

@@ -185,7 +185,7 @@ class TFSepNet(nn.Module):
         return self.classifier(self.features(x)).mean(dim=(2, 3))
 
 
-@register_model("tfsepnet", TFSepNetConfig, revision=2)
+@register_model("tfsepnet", TFSepNetConfig, revision=2, reference_input=(1, 128, 44))
 def tfsepnet(cfg: TFSepNetConfig) -> TFSepNet:
     """TF-SepNet; defaults build the report's C=40 configuration."""
     return TFSepNet(cfg)

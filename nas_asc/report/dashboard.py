@@ -17,6 +17,19 @@ accuracy 0. So the dashboard is served through a read view of the storage that g
 trial that list (its constraint values; ``[1.0]`` for a trial with ``feasible`` false and no
 constraint), without writing anything, and the study's "best trials" (a Pareto front the
 dashboard computes over all trials, constraints ignored) are cut to the feasible ones.
+
+What the plots draw. An over-budget candidate is never trained: the 0 stored as its int8
+accuracy is a placeholder, not a measurement, and the dashboard would draw it as a grey point at
+accuracy 0 (Pareto front, history, ...). The study API's answer therefore names, for each
+infeasible trial, the objectives it did not measure (``nas_asc_unmeasured``: the indices of the
+objectives the trial does not record as user attributes; an untrained trial records ``macs``
+and ``param_bytes`` but no ``int8_accuracy``), and the dashboard's script is served with a few
+exact edits (``_BUNDLE_PATCHES``) that keep such a value off every plot axis and show it as
+``null`` on hover. The same edits colour the Pareto front's trials with scales that have no grey
+in them (the dashboard's "Best Trial" scale, plotly's ``Reds``, starts at light grey, so the
+earliest Pareto trial looked like an infeasible one). The edits are written for the script of
+optuna-dashboard 0.21; with another version, any that no longer matches is left out and
+``serve`` says so in a line.
 """
 
 from __future__ import annotations
@@ -24,11 +37,17 @@ from __future__ import annotations
 import abc
 import copy
 import errno
+import functools
+import gzip
+import hashlib
 import json
 import re
 import socket
+import sys
+import textwrap
 import warnings
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -92,6 +111,36 @@ def _title(plot_json: str) -> str:
     return title if isinstance(title, str) else ""
 
 
+# The dashboard shows each saved plot in a half-width card (about 600 px at a 1400 px window)
+# and never wraps a title: a longer one is cut at the card's edge. Titles are wrapped at this
+# many characters, in this font size, about 420 px a line (so down to a window of ~1000 px).
+_TITLE_CHARS = 60
+_TITLE_FONT_SIZE = 12
+_CARD_HEIGHT = 450  # px, the dashboard's card for a saved plot
+_MODEBAR = 40  # px at the top of the card, where plotly's tool buttons show
+
+
+def _dashboard_figure(fig: Any) -> Any:
+    """A copy of ``fig`` laid out for a dashboard card: its title wrapped in lines of at most
+    ``_TITLE_CHARS`` characters (``<br>``), below plotly's tool buttons and above the plot, and
+    the card's height (a taller figure would run out of its card)."""
+    shown = copy.deepcopy(fig)
+    title = shown.layout.title.text or ""
+    lines = textwrap.wrap(title, _TITLE_CHARS, break_long_words=False, break_on_hyphens=False)
+    line_height = round(1.4 * _TITLE_FONT_SIZE)
+    shown.update_layout(
+        title={
+            "text": "<br>".join(lines),
+            "font": {"size": _TITLE_FONT_SIZE},
+            "y": 1 - _MODEBAR / _CARD_HEIGHT,
+            "yanchor": "top",
+        },
+        height=_CARD_HEIGHT,
+        margin={"t": _MODEBAR + line_height * max(len(lines), 1) + 15},
+    )
+    return shown
+
+
 def _delete_study_system_attrs(storage: BaseStorage, study_id: int, keys: list[str]) -> None:
     """Delete study system attributes (Optuna has no call for it; RDB storages only)."""
     backend = getattr(storage, "_backend", storage)  # under Optuna's _CachedStorage
@@ -109,6 +158,7 @@ def _delete_study_system_attrs(storage: BaseStorage, study_id: int, keys: list[s
 def publish_report_plots(study: optuna.Study) -> int:
     """Save the per-device and hypervolume figures as dashboard plots of ``study``.
 
+    The figures are those of the report, laid out for the dashboard's cards (titles wrapped).
     Each figure is saved under its id in ``PLOT_IDS``: publishing again replaces it, and skips
     it when it has not changed. Copies that earlier versions saved under random ids are
     deleted (RDB storages).
@@ -125,6 +175,7 @@ def publish_report_plots(study: optuna.Study) -> int:
         device_figure(pareto_frame(study)),
         hypervolume_figure(hypervolume_history(study), reference_point(study)),
     ]
+    figures = [None if fig is None else _dashboard_figure(fig) for fig in figures]
     storage = study._storage
     study_id = storage.get_study_id_from_name(study.study_name)
     saved = _saved_plots(storage.get_study_system_attrs(study_id))
@@ -216,8 +267,40 @@ def _feasible(trial: dict[str, Any]) -> bool:
     return all(value <= 0 for value in trial.get("constraints") or [])
 
 
-def _feasible_best_trials(app: Callable[..., Any]) -> Callable[..., Any]:
-    """WSGI middleware: the study API's ``best_trials`` without infeasible trials.
+_UNMEASURED = "nas_asc_unmeasured"  # trial field the edited dashboard script reads
+
+
+def _unmeasured(trial: dict[str, Any], objectives: list[str]) -> list[int]:
+    """Indices of the objectives an infeasible trial (study API form) did not measure.
+
+    A trial of a nas-asc study records each objective it measured as a user attribute of the
+    objective's name; an over-budget candidate, never trained, records its ``macs`` and
+    ``param_bytes`` but has no ``int8_accuracy``: the value stored for it is a placeholder.
+    Feasible trials, and trials that record none of their objectives (not written by nas-asc),
+    are taken as measured.
+    """
+    if _feasible(trial) or not objectives:
+        return []
+    keys = {attr.get("key") for attr in trial.get("user_attrs") or [] if isinstance(attr, dict)}
+    if not keys.intersection(objectives):
+        return []
+    return [i for i, name in enumerate(objectives) if name not in keys]
+
+
+def _shown_study(study: dict[str, Any]) -> dict[str, Any]:
+    """The study API's answer as the dashboard is to draw it: ``best_trials`` without
+    infeasible trials, and each infeasible trial's unmeasured objectives named."""
+    study["best_trials"] = [t for t in study["best_trials"] if _feasible(t)]
+    objectives = study.get("objective_names") or []
+    for trial in study["trials"]:
+        unmeasured = _unmeasured(trial, objectives)
+        if unmeasured:
+            trial[_UNMEASURED] = unmeasured
+    return study
+
+
+def _study_api(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: the study API's answer through :func:`_shown_study`.
 
     The dashboard's front spans all complete trials; an infeasible trial (accuracy 0) cannot
     dominate a trained feasible one, so the feasible part of that front is the feasible front.
@@ -242,15 +325,122 @@ def _feasible_best_trials(app: Callable[..., Any]) -> Callable[..., Any]:
         headers = answer["headers"]
         if answer["status"].startswith("200"):
             try:
-                study = json.loads(body)
-                study["best_trials"] = [t for t in study["best_trials"] if _feasible(t)]
-                body = json.dumps(study).encode()
+                body = json.dumps(_shown_study(json.loads(body))).encode()
             except (ValueError, KeyError, TypeError):
                 pass  # not the study detail we know: pass it on as it is
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
             headers.append(("Content-Length", str(len(body))))
         start_response(answer["status"], headers, answer["exc_info"])
         return [body]
+
+    return middleware
+
+
+# --------------------------------------------------------------------------------------------
+# The dashboard's script
+# --------------------------------------------------------------------------------------------
+
+_BUNDLE_URL = "/static/bundle.js"
+# Defined ahead of the script; the edits below call them.
+_BUNDLE_PRELUDE = (
+    "globalThis.__nasAscUnmeasured=function(t,i){var u=t&&t." + _UNMEASURED + ";"
+    "return Array.isArray(u)&&u.indexOf(i)>=0};"
+    "globalThis.__nasAscValues=function(t){return t.values&&t.values.map("
+    "function(v,i){return __nasAscUnmeasured(t,i)?null:v})};"
+    # a point's value on axis i, null when it has no value on axis i or j (it is not drawn, and
+    # does not stretch the other axis)
+    "globalThis.__nasAscAt=function(t,i,j){"
+    "return __nasAscUnmeasured(t,i)||__nasAscUnmeasured(t,j)?null:t.values[i]};\n"
+)
+# Pareto front colour scales by trial number, none reaching grey (the infeasible trials' colour):
+# the other feasible trials light to dark blue, the Pareto ("best") trials orange to dark red.
+_FEASIBLE_SCALE = '[[0,"#6baed6"],[1,"#08306b"]]'
+_PARETO_SCALE = '[[0,"#fdae61"],[1,"#a50026"]]'
+# (what it changes, exact text in optuna-dashboard 0.21's bundle.js, replacement); each text
+# occurs once there.
+_BUNDLE_PATCHES: tuple[tuple[str, str, str], ...] = (
+    (
+        "keep the unmeasured objectives a trial carries",
+        "artifacts:e.artifacts,constraints:e.constraints}}",
+        f"artifacts:e.artifacts,constraints:e.constraints,{_UNMEASURED}:e.{_UNMEASURED}}}}}",
+    ),
+    (
+        "history, slice, EDF, parallel coordinates: no unmeasured value",
+        "const r=e.values[t];return r===1/0||r===-1/0?null:r}",
+        "const r=e.values[t];return r===1/0||r===-1/0||__nasAscUnmeasured(e,t)?null:r}",
+    ),
+    (
+        "hover text: an unmeasured value as null",
+        "pb=e=>JSON.stringify({number:e.number,values:e.values,",
+        "pb=e=>JSON.stringify({number:e.number,values:__nasAscValues(e),",
+    ),
+    (
+        "Pareto front: no unmeasured value",
+        "x:e.map(e=>e.values?e.values[t]:null),y:e.map(e=>e.values?e.values[r]:null)",
+        "x:e.map(e=>e.values?__nasAscAt(e,t,r):null),y:e.map(e=>e.values?__nasAscAt(e,r,t):null)",
+    ),
+    (
+        "contour: no unmeasured value",
+        "if(s.values[r]&&l.values[r]&&e.values){",
+        "if(s.values[r]&&l.values[r]&&e.values&&!__nasAscUnmeasured(e,t)){",
+    ),
+    (
+        "rank: no unmeasured value",
+        "if(n&&i&&e.values){s.push(n),l.push(i);const r=e.values[t];",
+        "if(n&&i&&e.values&&!__nasAscUnmeasured(e,t)){s.push(n),l.push(i);const r=e.values[t];",
+    ),
+    (
+        "Pareto front: feasible trials in blue, none grey",
+        'colorscale:"Blues",reversescale:!0,colorbar:{title:{text:"Trial"}}}',
+        f'colorscale:{_FEASIBLE_SCALE},colorbar:{{title:{{text:"Trial"}}}}}}',
+    ),
+    (
+        "Pareto front: Pareto trials in orange to red, none grey",
+        'colorscale:"Reds",colorbar:{title:{text:"Best Trial"}',
+        f'colorscale:{_PARETO_SCALE},colorbar:{{title:{{text:"Best Trial"}}',
+    ),
+)
+
+
+@functools.cache
+def _bundle() -> tuple[bytes, bytes, str, tuple[str, ...]]:
+    """optuna-dashboard's script with ``_BUNDLE_PATCHES`` applied: the script, gzipped, its
+    ETag, and what could not be changed (an edit whose text is not found once)."""
+    dashboard = _import_dashboard()
+    original = (Path(dashboard.__file__).parent / "public" / "bundle.js").read_text("utf-8")
+    script, missing = original, []
+    for what, old, new in _BUNDLE_PATCHES:
+        if script.count(old) == 1:
+            script = script.replace(old, new)
+        else:
+            missing.append(what)
+    data = (_BUNDLE_PRELUDE + script).encode("utf-8")
+    etag = '"nas-asc-' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    return data, gzip.compress(data, compresslevel=6, mtime=0), etag, tuple(missing)
+
+
+def _edited_bundle(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: the dashboard's script served with ``_BUNDLE_PATCHES`` applied."""
+
+    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != _BUNDLE_URL:
+            return app(environ, start_response)
+        data, zipped, etag, _ = _bundle()
+        headers = [
+            ("Content-Type", "application/javascript; charset=UTF-8"),
+            ("ETag", etag),
+            ("Cache-Control", "no-cache"),  # revalidate: an unedited copy may be cached
+            ("Vary", "Accept-Encoding"),
+        ]
+        if etag in environ.get("HTTP_IF_NONE_MATCH", ""):
+            start_response("304 Not Modified", headers)
+            return [b""]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            data = zipped
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(data))))
+        start_response("200 OK", headers)
+        return [data]
 
     return middleware
 
@@ -264,7 +454,7 @@ def dashboard_app(storage: BaseStorage, artifact_store: Any = None) -> Callable[
     """The optuna-dashboard WSGI application for ``storage``, infeasible trials shown so."""
     dashboard = _import_dashboard()
     app = dashboard.wsgi(_DashboardStorage(storage), artifact_store=artifact_store)
-    return _feasible_best_trials(app)
+    return _edited_bundle(_study_api(app))
 
 
 def check_listenable(host: str, port: int) -> None:
@@ -318,6 +508,14 @@ def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bo
         store = study_artifact_store(study)
     publish_report_plots(study)
     app = dashboard_app(open_storage(storage), artifact_store=store)
+    missing = _bundle()[3]
+    if missing:
+        version = getattr(_import_dashboard(), "__version__", "?")
+        print(
+            f"nas-asc: note: optuna-dashboard {version} is not the version whose plots nas-asc "
+            f"adjusts (0.21); left as they are: {'; '.join(missing)}",
+            file=sys.stderr,
+        )
     print(f"optuna-dashboard for study {study.study_name!r}: {study_url(study, host, port)}")
     print("press Ctrl+C to stop", flush=True)
     try:

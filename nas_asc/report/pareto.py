@@ -359,7 +359,7 @@ def rank_agreement_line(frame: pd.DataFrame) -> str:
         0.60 (5 models)``; a line saying tau needs two measured models when fewer have both;
         ``""`` when no row has a test figure (a study measured before the test fold was).
     """
-    from nas_asc.search.holdout import kendall_tau
+    from nas_asc.search.holdout import kendall_test
 
     if frame is None or not _has_any(frame, "test_int8_accuracy"):
         return ""
@@ -370,10 +370,21 @@ def rank_agreement_line(frame: pd.DataFrame) -> str:
     n = len(both)
     if n < 2:
         return prefix + f"Kendall tau needs at least 2 measured models ({n} measured)"
-    tau = kendall_tau(both["val"].tolist(), both["test"].tolist())
-    if tau is None:
+    test = kendall_test(both["val"].tolist(), both["test"].tolist())
+    if test is None:
         return prefix + f"Kendall tau undefined, equal accuracies on one side ({n} models)"
-    return prefix + f"Kendall tau = {tau:.2f} ({n} models)"
+    tau, p = test
+    if n < MIN_RANKED:
+        # with n < 5 models even a perfect agreement has p >= 0.08: the figure means nothing
+        return prefix + (
+            f"Kendall tau = {tau:.2f} from {n} models: too few to tell (p = {p:.2f}; "
+            f"{MIN_RANKED} or more models can show an agreement at p < 0.05)"
+        )
+    return prefix + f"Kendall tau = {tau:.2f} ({n} models, p = {p:.2f})"
+
+
+#: The fewest models whose perfect rank agreement is significant (two-sided exact p = 0.017)
+MIN_RANKED = 5
 
 
 def _table_columns(frame: pd.DataFrame) -> list[tuple[str, Any]]:
@@ -947,7 +958,6 @@ def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
     from nas_asc.report.plots import device_figure, hypervolume_figure
 
     directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     paths = ReportPaths(
         directory=directory,
         trials_csv=directory / "trials.csv",
@@ -967,9 +977,16 @@ def write_report(study: optuna.Study, out_dir: str | Path) -> ReportPaths:
         device_figure(front),
         hypervolume_figure(history, reference_point(study)),
     ]
-    _write_atomic(paths.trials_csv, frame.to_csv(index=False))
-    _write_atomic(paths.pareto_csv, front.to_csv(index=False))
-    _write_atomic(paths.hypervolume_csv, history.to_csv(index=False))
-    _write_atomic(paths.pareto_html, pareto_fig.to_html(include_plotlyjs=True, full_html=True))
-    _write_atomic(paths.index_html, _index_page(study, frame, front, figures, hv))
+    # every file is rendered before the first is written: a study the report cannot render
+    # leaves no half report behind
+    contents = {
+        paths.trials_csv: frame.to_csv(index=False),
+        paths.pareto_csv: front.to_csv(index=False),
+        paths.hypervolume_csv: history.to_csv(index=False),
+        paths.pareto_html: pareto_fig.to_html(include_plotlyjs=True, full_html=True),
+        paths.index_html: _index_page(study, frame, front, figures, hv),
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, text in contents.items():
+        _write_atomic(path, text)
     return paths

@@ -27,15 +27,16 @@ import contextlib
 import io
 import numbers
 import os
+import re
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from nas_asc._cache import torch_save
@@ -46,6 +47,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "QUANTIZATION_MODES",
     "Checkpoint",
+    "artifact_file",
     "calibration_indices",
     "default_artifact_dir",
     "open_artifact_store",
@@ -53,6 +55,8 @@ __all__ = [
     "study_artifact_store",
     "save_checkpoint",
     "load_checkpoint",
+    "read_checkpoint",
+    "remove_artifacts",
     "save_confusion_image",
     "select_trials",
 ]
@@ -291,11 +295,18 @@ def remove_artifacts_of_failed_trials(
         for key in t.system_attrs
         if key.startswith(_ARTIFACT_ATTR)
     ]
-    folder = study.user_attrs.get("artifact_dir") if ids else None
+    return remove_artifacts(study, ids)
+
+
+def remove_artifacts(study: optuna.Study, artifact_ids: Sequence[str]) -> int:
+    """Delete the files of ``artifact_ids`` from the study's artifact folder; the caller has
+    made sure that no record refers to them. Files already gone are fine; a file that cannot be
+    deleted is left (clean-up, never a reason to stop). Returns the number of files deleted."""
+    folder = study.user_attrs.get("artifact_dir") if artifact_ids else None
     if not folder:
         return 0
     store, removed = FileSystemArtifactStore(folder), 0
-    for artifact_id in ids:
+    for artifact_id in artifact_ids:
         with contextlib.suppress(ArtifactNotFound, OSError, ValueError):
             store.remove(artifact_id)
             removed += 1
@@ -333,31 +344,88 @@ def load_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Che
     return read_checkpoint(study, artifact_id, f"trial {trial.number}")
 
 
+def artifact_file(study: optuna.Study, artifact_id: str) -> Path:
+    """The file that holds artifact ``artifact_id`` in the study's artifact folder."""
+    return Path(str(study.user_attrs.get("artifact_dir", ""))) / artifact_id
+
+
 def read_checkpoint(
     study: optuna.Study, artifact_id: str, owner: str, prefix: str = "", fix: str = ""
 ) -> Checkpoint:
-    """Download and read checkpoint ``artifact_id`` from the study's artifact store.
+    """Read checkpoint ``artifact_id`` from the study's artifact store: the one reader of
+    checkpoints, for a trial's and for a fine-tuned device's.
 
-    ``owner`` (``"trial 3"``), ``prefix`` (``"device 'b' "``) and ``fix`` (``"; fine-tune the
-    trial again"``) word the errors for a missing file or a foreign format.
+    ``owner`` (``"trial 3"``), ``prefix`` (``"device 'b' "``) and ``fix`` (``"; run nas-asc
+    finetune ... again"``; by default: restore the file or leave the trial out) word the errors.
+    Any file that is not a readable checkpoint of this
+    nas-asc (missing, truncated, garbage, another format, fields missing) is one
+    ``NasAscError`` line naming the file, never torch's or pickle's exception.
     """
     store = study_artifact_store(study)
-    with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
-        path = os.path.join(tmp, "checkpoint.pt")
-        try:
-            download_artifact(artifact_store=store, file_path=path, artifact_id=artifact_id)
-        except Exception as exc:  # the store raises several types for a missing file
-            raise NasAscError(
-                f"{prefix}checkpoint {artifact_id} of {owner} is missing from "
-                f"{study.user_attrs.get('artifact_dir')}: {exc}{fix}"
-            ) from None
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+    where = artifact_file(study, artifact_id)
+    what = f"{prefix}checkpoint of {owner}"
+    fix = fix or (
+        f"; restore the file from a backup, or leave {owner} out (name other trials with "
+        "--trials; a search trains new ones)"
+    )
+    try:
+        with store.open_reader(artifact_id) as reader:
+            data = reader.read()
+    except (ArtifactNotFound, FileNotFoundError):
+        raise NasAscError(f"{what}, {where}, is missing from its artifact folder{fix}") from None
+    except (OSError, ValueError) as exc:  # ValueError: an artifact id that leaves the folder
+        raise NasAscError(f"{what}, {where}, cannot be read ({_first_line(exc)}){fix}") from None
+    try:  # the whole file is in memory: torch reads no file it could leave open
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or garbage: torch, zip and pickle raise many types
+        raise NasAscError(
+            f"{what}, {where}, is corrupt or truncated ({len(data):,} bytes; "
+            f"{_first_line(exc)}){fix}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise NasAscError(
+            f"{what}, {where}, holds a {type(payload).__name__}, not a nas-asc checkpoint "
+            f"(a dictionary of format {CHECKPOINT_FORMAT!r}){fix}"
+        )
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise NasAscError(
-            f"{prefix}checkpoint of {owner} has format {payload.get('format')!r}; this "
-            f"nas-asc reads {CHECKPOINT_FORMAT!r}"
+            f"{what}, {where}, has format {payload.get('format')!r}; this nas-asc reads "
+            f"{CHECKPOINT_FORMAT!r}{fix}"
         )
+    problem = _payload_problem(payload)
+    if problem:
+        raise NasAscError(f"{what}, {where}, is malformed ({problem}){fix}")
     return Checkpoint(**payload)
+
+
+def _first_line(exc: BaseException) -> str:
+    """``Type: first sentence of the message`` of an exception (its type alone if it has none);
+    what follows is torch's advice for trusted files (``weights_only=False``), not ours."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    first = re.split(r"(?<=[.!?])\s", text.splitlines()[0], maxsplit=1)[0]
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
+def _payload_problem(payload: dict) -> str | None:
+    """What keeps a checkpoint dictionary from being a :class:`Checkpoint`, or None."""
+    known = {f.name: f for f in fields(Checkpoint)}
+    unknown = sorted(set(payload) - set(known))
+    if unknown:
+        return f"unknown fields {unknown}"
+    required = [
+        n for n, f in known.items() if MISSING is f.default and MISSING is f.default_factory
+    ]
+    absent = [n for n in required if n not in payload]
+    if absent:
+        return f"fields {absent} missing"
+    for name in ("model_config", "frontend", "train", "state_dict", "calibration", "complexity"):
+        if not isinstance(payload[name], dict):
+            return f"{name} is a {type(payload[name]).__name__}, not a dictionary"
+    if not all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values()):
+        return "state_dict holds values that are not tensors"
+    return None
 
 
 def _confusion_png(confusion: Any, labels: list[str], title: str) -> bytes:

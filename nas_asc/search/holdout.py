@@ -20,9 +20,12 @@ every backend's study is (SQLite, PostgreSQL, MySQL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,11 +36,15 @@ from nas_asc.errors import NasAscError
 
 __all__ = [
     "TEST_ATTRS",
+    "check_recordable",
     "kendall_tau",
+    "kendall_test",
     "load_study_data",
     "measure_front",
     "measure_trials",
     "rank_agreement",
+    "record_trial_attrs",
+    "record_unrecorded",
     "reload",
     "set_finished_trial_attrs",
 ]
@@ -111,6 +118,157 @@ def reload(study: optuna.Study) -> optuna.Study:
     )
 
 
+# Results a command computed but the database refused to record wait in this folder of the
+# study's artifact folder, one JSON file per trial and record, until the next run records them.
+_UNRECORDED = "unrecorded"
+
+
+def _database_name(backend: optuna.storages.RDBStorage) -> str:
+    """The study's database as a user knows it: an SQLite file's path, else its URL (masked)."""
+    from nas_asc.redact import mask_secrets
+
+    url = backend.engine.url
+    if url.drivername.startswith("sqlite") and url.database:
+        return url.database
+    return mask_secrets(url.render_as_string(hide_password=True))
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(exc, (SQLAlchemyError, optuna.exceptions.StorageInternalError))
+
+
+def _database_detail(exc: BaseException) -> str:
+    """The driver's own words (``attempt to write a readonly database``), on one line."""
+    cause = getattr(exc, "orig", None) or exc.__cause__ or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
+def check_recordable(study: optuna.Study, command: str) -> None:
+    """Fail in one line, before ``command`` does any work, if the study's database refuses the
+    writes that record its results (a read-only SQLite file or folder, a read-only database
+    user). The probe is a write that is rolled back: it changes nothing.
+
+    Raises:
+        NasAscError: naming the database, the driver's reason and the fix.
+    """
+    from optuna.storages._rdb import models
+
+    backend = _rdb(study)
+    model = models.StudyModel
+    session = backend.scoped_session()
+    try:
+        session.query(model).filter(model.study_id == study._study_id).update(
+            {model.study_name: model.study_name}, synchronize_session=False
+        )
+        session.flush()
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        raise NasAscError(
+            f"cannot write to the study database {_database_name(backend)} "
+            f"({_database_detail(exc)}); {command} records its results there: make it writable "
+            "(the file and its folder, not locked by another process, its disk not full), or "
+            "copy it somewhere writable and pass --storage with the copy"
+        ) from None
+    finally:
+        session.rollback()
+        session.close()
+
+
+def record_trial_attrs(
+    study: optuna.Study, trial: FrozenTrial, attrs: Mapping[str, Any], what: str
+) -> None:
+    """:func:`set_finished_trial_attrs`, keeping the results if the database refuses them.
+
+    A refused write (the database turned read-only, locked or full since
+    :func:`check_recordable`) does not throw away the work that produced ``attrs``: they are
+    kept in a JSON file under the artifact folder's ``unrecorded/`` and a one-line
+    ``NasAscError`` names it; the next run of the command records them first
+    (:func:`record_unrecorded`). ``what`` words the message (``"seed 2 of 3"``).
+    """
+    try:
+        set_finished_trial_attrs(study, trial._trial_id, attrs)
+        return
+    except Exception as exc:
+        if not _is_database_error(exc):
+            raise
+        error = exc
+    where, detail = _database_name(_rdb(study)), _database_detail(error)
+    folder = study.user_attrs.get("artifact_dir")
+    path = None
+    if folder:
+        path = Path(folder) / _UNRECORDED / f"{study.study_name}-trial{trial.number}-"
+        path = path.with_name(path.name + "+".join(sorted(attrs)) + ".json")
+        entry = {
+            "study": study.study_name,
+            "trial": trial.number,
+            "trial_id": trial._trial_id,
+            "attrs": dict(attrs),
+        }
+        try:
+            path.parent.mkdir(exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            path = None
+    kept = (
+        f"they are kept in {path}: make the database writable and run the same command again, "
+        "which records them first"
+        if path is not None
+        else "they could not be kept; make the database writable and run the command again"
+    )
+    raise NasAscError(
+        f"the study database {where} refused to record {what} of trial {trial.number} "
+        f"({detail}); {kept}"
+    ) from None
+
+
+def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) -> optuna.Study:
+    """Record the results that :func:`record_trial_attrs` kept when the database refused them,
+    then delete their files; the study, loaded again if anything was recorded.
+
+    Raises:
+        NasAscError: the database still refuses writes, or a kept file is unreadable or names
+            no trial of the study (the message names the file).
+    """
+    folder = study.user_attrs.get("artifact_dir")
+    kept = Path(folder) / _UNRECORDED if folder else None
+    files = sorted(kept.glob(f"{study.study_name}-trial*.json")) if kept and kept.is_dir() else []
+    if not files:
+        return study
+    check_recordable(study, command)
+    ids = {t._trial_id: t.number for t in study.get_trials(deepcopy=False)}
+    for path in files:
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            trial_id, number, attrs = entry["trial_id"], entry["trial"], entry["attrs"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise NasAscError(
+                f"the kept results {path} cannot be read ({type(exc).__name__}: {exc}); "
+                "delete the file (its results are then lost) and run the command again"
+            ) from None
+        if entry.get("study") != study.study_name or ids.get(trial_id) != number:
+            raise NasAscError(
+                f"the kept results {path} belong to no trial of study {study.study_name!r} "
+                f"(trial {number}); delete the file and run the command again"
+            )
+        set_finished_trial_attrs(study, trial_id, attrs)
+        path.unlink()
+        if progress:
+            print(
+                f"recorded the results of trial {number} kept in {path} when the database "
+                "refused them",
+                flush=True,
+            )
+    with contextlib.suppress(OSError):
+        kept.rmdir()  # only if empty
+    return reload(study)
+
+
 def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optuna.Study:
     """Measure every Pareto trial without test-fold figures on the test fold; store them.
 
@@ -144,6 +302,7 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
     from nas_asc.search.artifacts import load_checkpoint
     from nas_asc.train.loop import evaluate
 
+    check_recordable(study, "the test-fold measurement")  # before anything is measured
     view = protocol.test_view()
     features: dict[FrontEnd, Any] = {}
     for trial in sorted(trials, key=lambda t: t.number):
@@ -226,21 +385,27 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
 
 
 def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Kendall's tau-b rank correlation of two equally long sequences (ties allowed).
+    """Kendall's tau-b rank correlation of two equally long sequences (ties allowed), by SciPy.
 
     None with fewer than two pairs or when either side is constant (no ranking to compare).
     """
+    result = kendall_test(xs, ys)
+    return None if result is None else result[0]
+
+
+def kendall_test(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
+    """Kendall's tau-b and its two-sided p-value (``scipy.stats.kendalltau``; exact for small
+    samples without ties). None with fewer than two pairs or a constant side."""
+    from scipy.stats import kendalltau
+
     x = np.asarray(xs, dtype=float)
     y = np.asarray(ys, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"kendall_tau needs two sequences of one length, got {x.shape}, {y.shape}")
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    concordance = float((dx * dy).sum())
-    n_x, n_y = float((dx != 0).sum()), float((dy != 0).sum())
-    if n_x == 0 or n_y == 0:
+    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
-    return concordance / float(np.sqrt(n_x * n_y))
+    result = kendalltau(x, y)
+    return float(result.statistic), float(result.pvalue)
 
 
 def rank_agreement(trials: Iterable[FrozenTrial]) -> tuple[float | None, int]:

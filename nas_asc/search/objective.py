@@ -44,7 +44,7 @@ from nas_asc.search.artifacts import (
 from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.samplers import trial_seed
 from nas_asc.search.space import SearchSpace
-from nas_asc.search.study import DIRECTIONS, OBJECTIVE_NAMES, retry_history
+from nas_asc.search.study import DIRECTIONS, OBJECTIVE_NAMES, fit_to_space, retry_history
 from nas_asc.train import accel
 from nas_asc.train.loop import TrainConfig, TrainResult, evaluate, train
 from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
@@ -239,6 +239,8 @@ class Objective:
     def propose(self, trial: optuna.Trial) -> Candidate:
         """Sample the trial's config, seed it, build the model and count its complexity."""
         ctx = self.ctx
+        if isinstance(trial, optuna.Trial):  # a re-queued copy, queued under other bounds
+            fit_to_space(trial, {d.name: d.distribution() for d in ctx.space.dimensions})
         cfg = ctx.space.sample(trial)
         trial.set_user_attr("config", cfg)
         frontend = FrontEnd(**cfg["frontend"])

@@ -16,14 +16,20 @@ one process; asking it for parallel workers is refused with a pointer to Postgre
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 
 import optuna
 
-from nas_asc.errors import NasAscError, sigterm_as_interrupt
+from nas_asc.errors import NasAscError, interrupts_once
 from nas_asc.redact import masked_output, url_password
 from nas_asc.search.backend import (
     BACKENDS,
@@ -118,16 +124,18 @@ class OptunaBackend(SearchBackend):
             )
             for worker in range(settings.workers)
         ]
-        for p in procs:
-            p.start()
         try:
+            with _interrupts_held():
+                for p in procs:
+                    p.start()
             for p in procs:
                 p.join()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every worker re-queues its trial, exits
-            for p in procs:
+            started = [p for p in procs if p.pid is not None]
+            for p in started:
                 if p.is_alive():
                     p.terminate()  # SIGTERM: the worker takes it as an interrupt
-            for p in procs:
+            for p in started:
                 p.join(60)
             raise
         reasons = []
@@ -152,9 +160,83 @@ def _worker_main(
     verbosity: int,
 ):
     """One worker process on ``device``: trials until the study is done, another worker stops,
-    or an error."""
-    with masked_output([url_password(settings.storage)]):  # a worker prints no password either
-        _worker_body(context, settings, worker, device, stop, errors, verbosity)
+    its parent dies, or an error.
+
+    Ctrl-C reaches every process of the terminal's group. The worker starts with SIGINT blocked
+    (the parent held it back while starting the workers, and the mask is inherited), so one that
+    arrives while Python starts and the arguments are unpickled (imports of seconds) waits until
+    the handlers are in place and then stops the worker in silence, as it would a moment later;
+    SIGTERM (the parent stopping it) ends a worker that is not set up yet at once, silently.
+    """
+    try:
+        with interrupts_once():  # as in the parent: the running trial re-queued at once
+            _exit_with_parent()
+            if hasattr(signal, "pthread_sigmask"):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            with masked_output([url_password(settings.storage)]):  # no password printed either
+                _worker_body(context, settings, worker, device, stop, errors, verbosity)
+    except KeyboardInterrupt:  # its trial was re-queued; the parent prints the one line
+        raise SystemExit(130) from None
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back in the block and raised as it ends, never in the middle of
+    starting a process (a worker half started, with its arguments half written, would print an
+    UnpicklingError). Processes started in the block begin with SIGINT blocked: the mask of the
+    thread that starts them is inherited (see :func:`_worker_main`)."""
+    held: list[int] = []
+
+    def hold(signum, frame) -> None:  # Python runs signal handlers in the main thread
+        held.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: an embedding application's handlers stay
+        previous = {}
+    blocking = hasattr(signal, "pthread_sigmask") and bool(previous)  # not on Windows
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if blocking else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # one pending now goes to `hold`
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if held:
+            signal.raise_signal(held[0])  # to the handler it was meant for, now
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_ORPHAN_GRACE = 30.0  # seconds an orphaned worker has to re-queue its trial before it is ended
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the process that started it dies (``kill -9`` of nas-asc), instead of
+    training on and printing to the terminal.
+
+    The worker gets SIGTERM, which it takes as an interrupt: its running trial is re-queued and
+    it exits. On Linux the kernel sends it (``prctl(PR_SET_PDEATHSIG)``); everywhere, and for a
+    parent that died before that was set, a thread watches the pipe the parent holds open and
+    sends it. Should the re-queueing hang (an unreachable database), the thread ends the process
+    after ``_ORPHAN_GRACE`` seconds; a trial left ``RUNNING`` is re-queued by its stale heartbeat.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    parent = multiprocessing.parent_process()
+    if parent is None:  # not started by multiprocessing: nothing to watch
+        return
+    threading.Thread(
+        target=_stop_when_gone, args=(parent.sentinel,), name="nas-asc-parent-watch", daemon=True
+    ).start()
+
+
+def _stop_when_gone(sentinel) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready when the parent's end of the pipe closes
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(_ORPHAN_GRACE)
+    os._exit(130)
 
 
 def _worker_body(context, settings, worker, device, stop, errors, verbosity: int) -> None:
@@ -165,16 +247,13 @@ def _worker_body(context, settings, worker, device, stop, errors, verbosity: int
     # each worker its share of the cores: more threads per process only oversubscribe the CPU
     accel.configure_threads(parallel_trials=settings.workers)
     try:
-        with sigterm_as_interrupt():  # as in the parent: the running trial re-queued at once
-            study = open_study(
-                settings.study_name,
-                settings.storage,
-                heartbeat=settings.heartbeat,
-                max_retry=settings.max_retry,
-            )
-            optimize(study, context, settings, stop=stop, device=device)
-    except KeyboardInterrupt:  # its trial was re-queued; the parent prints the one line
-        raise SystemExit(130) from None
+        study = open_study(
+            settings.study_name,
+            settings.storage,
+            heartbeat=settings.heartbeat,
+            max_retry=settings.max_retry,
+        )
+        optimize(study, context, settings, stop=stop, device=device)
     except Exception as exc:  # reported by the parent in one line; the other workers stop
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         message = scrub(message, settings.storage)  # a driver's error may quote the URL
@@ -236,14 +315,15 @@ def _optimize_loop(study, objective, settings: SearchSettings, streaks, stop) ->
         if settings.timeout is not None and time.monotonic() - started >= settings.timeout:
             break
         counts = fail_stale_trials(study)  # a dead worker's trials are re-queued
-        if not counts.waiting:
-            if counts.done >= settings.n_trials:
-                break
-            if counts.done + counts.running >= settings.n_trials:
-                # the last trials run elsewhere: wait until they finish, or until their worker
-                # is found dead and they are re-queued here
-                time.sleep(min(settings.heartbeat, 5))
-                continue
+        # --trials N is N trials in all: a queued trial (a reference, or a stopped trial's copy,
+        # which replaces one that does not count) starts only where one is still missing
+        if counts.done >= settings.n_trials:
+            break
+        if counts.done + counts.running >= settings.n_trials:
+            # the last trials run elsewhere: wait until they finish, or until their worker is
+            # found dead and they are re-queued here
+            time.sleep(min(settings.heartbeat, 5))
+            continue
         objective.trial_id = None
         try:
             study.optimize(

@@ -94,6 +94,11 @@ class DominancePruner(EpochPruner):
         eta = self.reduction_factor
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
             raise ValueError(f"pruner reduction_factor must be a number > 1, got {eta!r}")
+        if not math.isfinite(eta):  # inf, nan, or 1e400 (read as inf): no share to keep
+            raise ValueError(
+                f"pruner reduction_factor must be a finite number > 1, got {eta!r}; e.g. "
+                "reduction_factor=3"
+            )
         if not eta > 1:
             raise ValueError(f"pruner reduction_factor must be > 1, got {eta}")
         for key in ("min_peers", "min_epochs"):

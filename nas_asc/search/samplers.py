@@ -66,6 +66,17 @@ class SamplerFactory(abc.ABC):
         return {"name": self.name, **fields}
 
 
+def _check_int(factory: SamplerFactory, key: str, low: int) -> None:
+    """Refuse a setting that is not an integer >= ``low`` (a string, a bool, a float such as
+    inf, nan or 1e400 from ``tpe:n_startup_trials=...``), naming the sampler and the key."""
+    value = getattr(factory, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(
+            f"sampler {factory.name}: {key} must be an integer >= {low}, got {value!r}; "
+            f"e.g. {factory.name}:{key}={max(low, 8)}"
+        )
+
+
 @dataclass(frozen=True)
 class _ModelBasedFactory(SamplerFactory):
     """A sampler that models the study after ``n_startup_trials`` random ones."""
@@ -73,10 +84,7 @@ class _ModelBasedFactory(SamplerFactory):
     n_startup_trials: int = 4  # random trials before the sampler models the study
 
     def __post_init__(self) -> None:
-        if self.n_startup_trials < 0:
-            raise ValueError(
-                f"sampler {self.name}: n_startup_trials must be >= 0, got {self.n_startup_trials}"
-            )
+        _check_int(self, "n_startup_trials", 0)
 
 
 @SAMPLERS.register("tpe")
@@ -92,6 +100,14 @@ class TPEFactory(_ModelBasedFactory):
     multivariate: bool = True  # model the dimensions jointly (they interact: width x Mel bins)
 
     name = "tpe"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.multivariate, bool):
+            raise ValueError(
+                f"sampler tpe: multivariate must be true or false, got {self.multivariate!r}; "
+                "e.g. tpe:multivariate=false"
+            )
 
     def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
@@ -140,10 +156,7 @@ class NSGA2Factory(SamplerFactory):
     name = "nsga2"
 
     def __post_init__(self) -> None:
-        if self.population_size < 2:
-            raise ValueError(
-                f"sampler nsga2: population_size must be >= 2, got {self.population_size}"
-            )
+        _check_int(self, "population_size", 2)
 
     def __call__(self, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(population_size=self.population_size, seed=seed)

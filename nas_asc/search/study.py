@@ -53,6 +53,7 @@ __all__ = [
     "close_storage",
     "default_storage",
     "fail_stale_trials",
+    "fit_to_space",
     "load_lowered_threads",
     "open_existing_study",
     "open_storage",
@@ -208,14 +209,26 @@ def absolute_storage(url: str) -> str:
 def check_storage(url: str) -> None:
     """Fail in one line, before the dataset is loaded or a teacher trained, if the storage
     cannot be opened. Creates nothing: an SQLite file's folder is checked (connecting would
-    create the file); a database server is connected to once, with a short timeout."""
+    create the file); a database server is connected to once, with a short timeout. An
+    in-memory SQLite database (gone at exit, its checkpoints not) and an SQLite path that is a
+    folder are refused."""
     from nas_asc._paths import check_creatable
 
     parsed = parse_storage_url(url)
     if parsed.drivername.startswith("sqlite"):
         db = sqlite_path(url)
-        if db is not None:
-            check_creatable(db.parent, "studies", "--storage")
+        if db is None:  # sqlite:///:memory: or sqlite://
+            raise NasAscError(
+                f"--storage {safe_url(url)} is an in-memory SQLite database: the study would "
+                "vanish when the command exits while its checkpoints stay on disk; pass a file, "
+                "sqlite:///PATH (e.g. sqlite:///studies/my.db), or leave --storage out"
+            )
+        if db.is_dir():
+            raise NasAscError(
+                f"--storage {safe_url(url)} names {db}, which is a folder, not an SQLite "
+                f"database file; pass a file in it, e.g. sqlite:///{db / 'study.db'}"
+            )
+        check_creatable(db.parent, "studies", "--storage")
         return
     import sqlalchemy
 
@@ -326,14 +339,12 @@ def open_storage(
     parsed = parse_storage_url(url)
     kwargs: dict = {}
     if heartbeat is not None:
-        with warnings.catch_warnings():
-            # experimental since Optuna 2.8 and unchanged since
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
         kwargs = dict(
             heartbeat_interval=heartbeat,
             grace_period=HEARTBEAT_GRACE * heartbeat,
-            heartbeat_stale_trial_callback=retry,
+            heartbeat_stale_trial_callback=_RequeueStaleTrial(
+                max_retry, HEARTBEAT_GRACE * heartbeat
+            ),
         )
     if (db := sqlite_path(url)) is not None:
         fix = "run from a writable folder or pass --storage"
@@ -461,7 +472,32 @@ def open_existing_study(name: str, storage: str | None) -> tuple[optuna.Study, s
             f"no study database {db}; check --storage, or run "
             f"`nas-asc search --study {name} --storage {safe_url(storage)}` first"
         )
-    return open_study(name, storage), storage
+    study = open_study(name, storage)
+    _check_made_by_nas_asc(study, storage)  # before a command writes anything for it
+    return study, storage
+
+
+def _check_made_by_nas_asc(study: optuna.Study, url: str) -> None:
+    """Refuse a study that ``nas-asc search`` did not create (plain Optuna's, another tool's):
+    its trials lack what every command reads (MACs, parameter bytes, checkpoints).
+
+    A nas-asc study has nas-asc's objectives (with or without the RAM one) in their directions,
+    named so, or, from before the names were recorded, unnamed with the budget it recorded.
+    """
+    for ram in (False, True):
+        names = objective_names(ram)
+        if list(study.directions) != _directions(names):
+            continue
+        recorded = study.metric_names
+        if recorded == list(names) or (recorded is None and "budget" in study.user_attrs):
+            return
+    directions = ", ".join(d.name.lower() for d in study.directions)
+    raise NasAscError(
+        f"study {study.study_name!r} in {safe_url(url)} was not created by nas-asc (objectives "
+        f"{study.metric_names or 'unnamed'}, directions {directions}; nas-asc's are "
+        f"{', '.join(objective_names())} [+ {RAM_OBJECTIVE}]); pass the --study of a "
+        "nas-asc search, or run `nas-asc search` to create one"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -691,7 +727,7 @@ def _warm_start(study: optuna.Study, context: SearchContext, settings: SearchSet
         return {"enabled": False, "queued": [], "skipped": {}}
     from nas_asc.search.warmstart import queue_references
 
-    outcome = queue_references(study, context.space, context.budget)
+    outcome = queue_references(study, context.space, context.budget, limit=settings.n_trials)
     queued = ", ".join(outcome["queued"]) or "none"
     skipped = "".join(f"; skipped {n} ({why})" for n, why in outcome["skipped"].items())
     context.reporter.message(f"warm start: queued the reference configurations {queued}{skipped}")
@@ -820,6 +856,83 @@ def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None
     with contextlib.suppress(Exception):  # clean-up (room on a full disk), never a reason to stop
         remove_artifacts_of_failed_trials(study, [t for t in trials if t._trial_id == trial_id])
     return max(t.number for t in trials)
+
+
+class _RequeueStaleTrial:
+    """What happens to a dead worker's trial (its heartbeat stale) once Optuna has failed it:
+    :func:`requeue_trial` queues its copy, whose ``requeued_after`` says why, at most
+    ``max_retry`` times along a chain of copies (a trial that keeps killing its worker, say out
+    of memory, then stays failed).
+
+    In place of Optuna's ``RetryHeartbeatStaleTrialCallback``, whose copy carries the dead run's
+    user attributes (its partial figures, no ``requeued_after``) and constraints (which the copy
+    sets again, so that Optuna warns they are ignored).
+    """
+
+    def __init__(self, max_retry: int, grace: float) -> None:
+        self.max_retry = max_retry
+        self.grace = grace  # seconds without a heartbeat after which a trial counts as abandoned
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if len(retry_history(trial)) >= self.max_retry:
+            return
+        reason = f"was left running by a worker that died (no heartbeat for {self.grace:g} s)"
+        requeue_trial(study, trial._trial_id, reason)
+
+
+def fit_to_space(trial: optuna.Trial, distributions: dict[str, Any]) -> None:
+    """Fit the parameters a queued copy brought along to the space it runs in now.
+
+    A copy (:func:`requeue_trial`) keeps its parameters with the distributions of the search
+    that stopped it. A continued search may bound a dimension differently (``--epochs`` is the
+    upper bound of ``train.epochs``): the copy's value is then clipped into the new bounds and
+    stored with the current distribution, so it trains as this search allows and Optuna finds
+    the distribution it is asked for (else it warns of inconsistent parameter values and keeps
+    the old one). Categorical dimensions cannot change within a study (Optuna refuses it).
+
+    Args:
+        trial: the running trial, before its parameters are suggested.
+        distributions: the current space's distribution of each parameter name.
+    """
+    from optuna.distributions import distribution_to_json
+    from optuna.storages._rdb import models
+
+    backend = getattr(trial.storage, "_backend", trial.storage)
+    stored = trial.distributions
+    changed = {
+        name: new
+        for name, new in distributions.items()
+        if name in stored
+        and stored[name] != new
+        and isinstance(new, _NUMERIC)
+        and type(stored[name]) is type(new)
+    }
+    if not changed or not isinstance(backend, optuna.storages.RDBStorage):
+        return
+    frozen = trial._cached_frozen_trial  # what Trial.suggest_* compares with (Optuna's own)
+    session = backend.scoped_session()
+    try:
+        for name, new in changed.items():
+            value = min(max(trial.params[name], new.low), new.high)
+            if new.step is not None:  # onto the grid, inside the bounds
+                value = min(new.low + round((value - new.low) / new.step) * new.step, new.high)
+            value = type(trial.params[name])(value)
+            row = (
+                session.query(models.TrialParamModel)
+                .filter(models.TrialParamModel.trial_id == trial._trial_id)
+                .filter(models.TrialParamModel.param_name == name)
+                .one()
+            )
+            row.param_value = new.to_internal_repr(value)
+            row.distribution_json = distribution_to_json(new)
+            frozen.params[name] = value
+            frozen.distributions[name] = new
+        session.commit()
+    finally:
+        session.close()
+
+
+_NUMERIC = (optuna.distributions.IntDistribution, optuna.distributions.FloatDistribution)
 
 
 def fail_stale_trials(study: optuna.Study) -> TrialCounts:

@@ -309,10 +309,30 @@ def make_adamw(
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=bool(fused))
 
 
+class _NoCudaNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning.
+
+    ``torch.utils.cpp_extension`` logs it when it is imported (inductor imports it to compile)
+    on a machine that has a CUDA toolkit (``nvcc`` on PATH) but no GPU. The compile here is for
+    the CPU, which needs no CUDA runtime: the notice is benign, and it is emitted at import
+    whatever nas-asc does, so it is filtered, this one message only.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def _quiet_cpu_compile() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaNotice) for f in logger.filters):
+        logger.addFilter(_NoCudaNotice())
+
+
 class _CompiledForward:
     """A compiled module's call that falls back to eager if compilation fails on first use."""
 
     def __init__(self, net: nn.Module, session: TrainingAccel) -> None:
+        _quiet_cpu_compile()
         self.net = net
         self.session = session
         self.compiled = torch.compile(net, mode=session.options.compile_mode)

@@ -207,6 +207,24 @@ class EvalResult:
         }
 
 
+def device_breakdown(seen_accuracy: float | None, unseen_accuracy: float | None) -> str:
+    """The per-device figures beside an overall accuracy, named for what they are: means of the
+    per-device accuracies (not the overall figure over clips). Without unseen devices (the
+    validation split holds only devices seen in training) there is one mean, over all devices.
+
+    Example:
+        >>> device_breakdown(0.406, None)
+        'mean over devices 40.6%'
+        >>> device_breakdown(0.61, 0.48)
+        'mean over seen devices 61.0%, over unseen devices 48.0%'
+    """
+    if seen_accuracy is None or seen_accuracy != seen_accuracy:  # none, or NaN (no seen device)
+        return "" if unseen_accuracy is None else f"mean over unseen devices {unseen_accuracy:.1%}"
+    if unseen_accuracy is None:
+        return f"mean over devices {seen_accuracy:.1%}"
+    return f"mean over seen devices {seen_accuracy:.1%}, over unseen devices {unseen_accuracy:.1%}"
+
+
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:

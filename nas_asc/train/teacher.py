@@ -32,7 +32,7 @@ from nas_asc._registry import build_config, parse_spec
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
 from nas_asc.progress import ConsoleReporter, Reporter
-from nas_asc.train.loop import TrainConfig, evaluate, predict, train
+from nas_asc.train.loop import TrainConfig, device_breakdown, evaluate, predict, train
 
 __all__ = [
     "TeacherMember",
@@ -276,10 +276,10 @@ def get_teacher(
             }
         )
         if progress:
-            unseen = "" if ev.unseen_accuracy is None else f", unseen {ev.unseen_accuracy:.1%}"
             reporter.message(
-                f"  accuracy {ev.accuracy:.1%} on {_split_name(dataset)} (seen "
-                f"{ev.seen_accuracy:.1%}{unseen}) in {result.seconds:.0f} s"
+                f"  accuracy {ev.accuracy:.1%} on {_split_name(dataset)} "
+                f"({device_breakdown(ev.seen_accuracy, ev.unseen_accuracy)}) "
+                f"in {result.seconds:.0f} s"
             )
     logits = torch.full((n_rows, N_CLASSES), float("nan"))
     logits[all_rows] = summed[all_rows] / n

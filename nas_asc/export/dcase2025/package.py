@@ -22,7 +22,13 @@ the class order. :func:`export_dcase2025` writes one for up to four trials of a 
   MACs and bytes nas-asc counted (and recorded, for a study searched under the ``dcase2025``
   rule), and ``predict`` on the test fold must give the top-1 scene of nas-asc's int8 models on
   at least :data:`MIN_AGREEMENT` of the clips, within ``tolerance_pp`` of the accuracy the study
-  recorded. A package that fails is not left behind.
+  recorded. A package that fails is not left behind;
+* the package is written in a hidden folder next to ``--out`` (``.<out>.tmp-<pid>-<random>``)
+  and renamed when checked; such a folder that a killed export left is removed by the next
+  export into the same parent folder (:func:`remove_stale_workdirs`: only if its writer no
+  longer runs);
+* the package ships ``test_complexity.py``, which prints what the organizers' checker computes,
+  so every command its README names runs.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +63,7 @@ __all__ = [
     "check_label",
     "choose_submissions",
     "export_dcase2025",
+    "remove_stale_workdirs",
 ]
 
 MAX_SUBMISSIONS = 4  # the task's limit of submissions per participant
@@ -378,6 +387,7 @@ def predict(
     batch_size: int = 64,
 ) -> Tuple[List[Tensor], List[str]]:
     """Logits (n_classes,) per file in input order, and the class order."""
+    _runtime.check_arguments(file_paths, device_ids, batch_size)
     model = load_model(model_file_path)
     return _runtime.predict(file_paths, device_ids, model, batch_size=batch_size)
 '''
@@ -466,8 +476,20 @@ def _readme(label: str, study, result_rows: list[dict], choice: list[str]) -> st
         "",
         "```bash",
         "pip install -e .",
+        "pip install torchinfo  # test_complexity.py counts MACs with it, as the checker does",
         f"python test_complexity.py --submission_name {label} --submission_index 1",
         "```",
+        "",
+        "`test_complexity.py` (in this folder) computes what the organizers' checker computes "
+        "for every device ID: torchinfo's `total_mult_adds` of the device's model on the input "
+        "`load_inputs` gives for `resources/dummy.wav`, and the bytes of its `parameters()`; it "
+        "prints them against the limits (30,000,000 MACs, 128,000 bytes), writes "
+        f"`predictions/{label}_<k>/complexity.json` and exits 1 if a device is over.",
+        "",
+        "`predict` takes the task's clips: one second of mono audio at 44.1 kHz. Another clip "
+        "is cut or padded to one second, resampled or mixed down, and a warning says so; a "
+        "missing, truncated or undecodable file is an error naming it. Device IDs match in "
+        "any case (`S1` is `s1`); a device without its own model gets the general one.",
         "",
         "## Submissions",
         "",
@@ -524,6 +546,7 @@ def _write(workdir: Path, label: str, study, built: list[_Built]) -> None:
         }
         (folder / "complexity.json").write_text(json.dumps(complexity, indent=2) + "\n")
     (workdir / "pyproject.toml").write_text(_pyproject(label))
+    (workdir / "test_complexity.py").write_text(_TEST_COMPLEXITY)
 
 
 def _test_split(path: Path, filenames: list[str], scenes: list[str]) -> None:
@@ -531,6 +554,175 @@ def _test_split(path: Path, filenames: list[str], scenes: list[str]) -> None:
         f"{f}\t{s}" for f, s in zip(filenames, scenes, strict=True)
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+#: The package's ``test_complexity.py``: the organizers' checker's figures for every device ID.
+_TEST_COMPLEXITY = '''"""Complexity of a submission as the DCASE 2025 Task 1 checker counts it.
+
+Written by nas-asc into the inference package. It follows the organizers' checker
+(CPJKU/dcase2025_task1_inference: test_complexity.py, complexity.py): import
+<name>.<name>_<index>, load_model(), load_inputs on resources/dummy.wav for every device ID,
+get_model_for_device, torchinfo's total_mult_adds of a float copy of the device's model and the
+bytes of its parameters() at their dtype. It prints one line per device, writes
+predictions/<name>_<index>/complexity.json and exits 1 if a device is over the limits.
+
+    pip install -e . && pip install torchinfo
+    python test_complexity.py --submission_name <name> --submission_index 1
+"""
+
+import argparse
+import copy
+import importlib
+import importlib.resources
+import json
+import os
+import sys
+
+MAX_MACS = 30_000_000
+MAX_PARAMS_MEMORY = 128_000
+DEVICE_IDS = ["a", "b", "c", *(f"s{i}" for i in range(1, 11)), "unknown"]
+
+
+def macs_and_bytes(model, input_size):
+    import torch
+    import torchinfo
+
+    size = {
+        torch.float32: 4,
+        torch.float16: 2,
+        torch.bfloat16: 2,
+        torch.int8: 1,
+        torch.uint8: 1,
+        torch.int32: 4,
+        torch.qint8: 1,
+        torch.quint8: 1,
+    }
+    profiled = copy.deepcopy(model).float()
+    macs = torchinfo.summary(profiled, input_size=tuple(input_size), verbose=0).total_mult_adds
+    total = 0
+    for p in model.parameters():
+        if p.dtype not in size:
+            raise ValueError(f"a parameter has dtype {p.dtype}, which the checker does not count")
+        total += p.numel() * size[p.dtype]
+    return int(macs), int(total)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submission_name", required=True, help="e.g. Surname_INST_task1")
+    parser.add_argument("--submission_index", type=int, required=True, help="1 to 4")
+    args = parser.parse_args(argv)
+    try:
+        import torchinfo  # noqa: F401
+    except ImportError:
+        sys.exit("test_complexity.py counts MACs with torchinfo, as the checker does: "
+                 "pip install torchinfo")
+    name, index = args.submission_name, args.submission_index
+    api = importlib.import_module(f"{name}.{name}_{index}")
+    dummy = str(importlib.resources.files(f"{name}.resources") / "dummy.wav")
+    model = api.load_model()
+    inputs = api.load_inputs([dummy] * len(DEVICE_IDS), DEVICE_IDS, model)
+    per_device, over = {}, []
+    for tensor, device in zip(inputs, DEVICE_IDS):
+        macs, nbytes = macs_and_bytes(api.get_model_for_device(model, device), tensor.shape)
+        per_device[device] = {"MACs": macs, "Params": nbytes}
+        ok = macs <= MAX_MACS and nbytes <= MAX_PARAMS_MEMORY
+        if not ok:
+            over.append(device)
+        print(f"{device:>7} | MACs: {macs:>11,} | Params: {nbytes:>8,} bytes | "
+              + ("ok" if ok else "OVER THE LIMIT"))
+    figures = {
+        "per_device": per_device,
+        "max_MACs": max(c["MACs"] for c in per_device.values()),
+        "max_Params": max(c["Params"] for c in per_device.values()),
+    }
+    folder = os.path.join("predictions", f"{name}_{index}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "complexity.json")
+    with open(path, "w") as f:
+        f.write(json.dumps(figures, indent=2) + "\\n")
+    print(f"limits: {MAX_MACS:,} MACs, {MAX_PARAMS_MEMORY:,} bytes per device; wrote {path}")
+    if over:
+        print(f"over the limits: {', '.join(over)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+# --------------------------------------------------------------------------------------------
+# The temporary folder a package is written in
+# --------------------------------------------------------------------------------------------
+
+#: In the folder an export writes its package in until it is checked; says whose it is.
+_WORKDIR_MARK = ".nas-asc-export.json"
+_WORKDIR_NAME = re.compile(r"\..+\.tmp-(\d+)-[A-Za-z0-9_]+")
+
+
+def _make_workdir(out: Path) -> Path:
+    """A new hidden folder next to ``out`` (``.<out>.tmp-<pid>-<random>``), marked with this
+    process's id, host and start, so a later export can tell whether its writer died."""
+    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    mark = {"tool": "nas-asc export", "pid": os.getpid(), "host": socket.gethostname()}
+    (workdir / _WORKDIR_MARK).write_text(json.dumps({**mark, "created": time.time()}))
+    return workdir
+
+
+def _process_alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` may still be the one that made a folder at time ``since``
+    (when in doubt: yes). A pid that a process started later reuses is not it (Linux)."""
+    if pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would not just probe
+        return pid > 0
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return started <= since + 60  # a minute's slack for the clock
+
+
+def remove_stale_workdirs(parent: Path) -> list[Path]:
+    """Remove the folders that exports killed before they finished (``kill -9``, a crash) left
+    in ``parent``, and return them. Only a folder named as :func:`_make_workdir` names them,
+    holding its mark, made on this host by a process that no longer runs, is removed: another
+    export's folder in progress, and anything not an export's, are left alone."""
+    try:
+        entries = sorted(Path(parent).iterdir())
+    except OSError:
+        return []
+    host, removed = socket.gethostname(), []
+    for entry in entries:
+        match = _WORKDIR_NAME.fullmatch(entry.name)
+        if match is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            mark = json.loads((entry / _WORKDIR_MARK).read_text())
+            pid, created = int(mark["pid"]), float(mark["created"])
+            ours = mark["tool"] == "nas-asc export" and mark["host"] == host
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not ours or pid != int(match.group(1)) or pid == os.getpid():
+            continue
+        if _process_alive(pid, created):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +885,14 @@ def export_dcase2025(
     clip_devices = [str(d) for d in test.device]
     labels = test.label.to_numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    removed = remove_stale_workdirs(out.parent)
+    if removed and progress:
+        print(
+            f"removed {len(removed)} folder(s) that killed exports left in {out.parent}: "
+            + ", ".join(p.name for p in removed),
+            flush=True,
+        )
+    workdir = _make_workdir(out)
     try:
         _write(workdir, label, study, built)
         _test_split(
@@ -754,6 +953,7 @@ def export_dcase2025(
                 }
             )
         (workdir / "README.md").write_text(_readme(label, study, rows, choice))
+        (workdir / _WORKDIR_MARK).unlink()
         os.replace(workdir, out)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,9 +11,14 @@ standard library, NumPy, soundfile, PyTorch and torchaudio. It holds
   arithmetic is PyTorch's own int8 kernels (``torch.ops.quantized``, the engine nas-asc measured
   with), so a network computes exactly what nas-asc measured;
 * the front end: WAV -> mono -> one second -> resampling -> log-mel -> normalization, exactly as
-  nas-asc computed the features the networks were trained and measured on;
+  nas-asc computed the features the networks were trained and measured on. The task's clips are
+  one second of mono audio at 44.1 kHz: another clip is converted so, and a :class:`ClipWarning`
+  says what was done (once per kind of conversion and call); a missing, truncated or undecodable
+  file, or an argument against the API's rules, is a ``FileNotFoundError`` or ``ValueError``
+  that names the file or argument and the rule;
 * :class:`Submission`, the model that ``load_model`` returns: the general network, one network
-  per device that has its own, the front end and the class order;
+  per device that has its own (device IDs match in any case, ``"S1"`` is ``"s1"``), the front
+  end and the class order;
 * the four functions of the DCASE 2025 inference API, which each submission module forwards to.
 
 The int8 kernels run on the CPU (PyTorch has no CUDA kernels for them): ``use_cuda`` is
@@ -22,6 +27,7 @@ accepted by :func:`predict` as the API asks, and the networks stay on the CPU.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
@@ -220,6 +226,199 @@ LAYERS = {cls.__name__: cls for cls in (QConv2d, QLinear, QBatchNorm2d, QHardswi
 
 
 # ------------------------------------------------------------------------------------------
+# The task's rules on input
+# ------------------------------------------------------------------------------------------
+
+#: The clips of DCASE 2025 Task 1 (TAU Urban Acoustic Scenes 2022 Mobile): 1-second mono WAV
+#: files at 44.1 kHz.
+CLIP_SAMPLE_RATE = 44100
+RULE = "DCASE 2025 Task 1 clips are 1-second mono audio files (WAV) at 44.1 kHz"
+DEVICE_RULE = (
+    "DCASE 2025 device IDs are strings: 'a', 'b', 'c', 's1' ... 's10' (any case), and any other "
+    "(e.g. 'unknown') gets the general model"
+)
+
+
+class ClipWarning(UserWarning):
+    """A clip departs from the task's format and was converted as the package's front end does
+    for every clip: cut or padded to one second, resampled, or mixed down to mono. Issued once
+    per kind of conversion and call, naming how many clips and the first of them."""
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str | os.PathLike)
+
+
+def _as_list(value, name: str, what: str) -> list:
+    if _is_path(value) or isinstance(value, bytes):
+        raise ValueError(
+            f"{name} must be a list of {what}, one per clip, got the single value {value!r}; "
+            f"pass [{value!r}]"
+        )
+    try:
+        return list(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be a list of {what}, one per clip, got {type(value).__name__}"
+        ) from None
+
+
+def device_name(device_id, where: str = "device_id") -> str:
+    """The device ID as the models are keyed: stripped and lower case (``"S1"`` is ``"s1"``)."""
+    if not isinstance(device_id, str):
+        raise ValueError(f"{where} is {device_id!r}, not a string; {DEVICE_RULE}")
+    return device_id.strip().lower()
+
+
+def check_arguments(file_paths, device_ids, batch_size=None) -> tuple[list, list[str]]:
+    """The arguments of :func:`load_inputs` and :func:`predict` as lists, or a ``ValueError``
+    naming the argument and the rule it breaks (before anything is read)."""
+    files = _as_list(file_paths, "file_paths", "audio file paths")
+    devices = _as_list(device_ids, "device_ids", "device ID strings")
+    if len(files) != len(devices):
+        raise ValueError(
+            f"file_paths and device_ids must be equally long (one device ID per clip), got "
+            f"{len(files)} and {len(devices)}"
+        )
+    for i, path in enumerate(files):
+        if not _is_path(path):
+            raise ValueError(
+                f"file_paths[{i}] is {path!r} ({type(path).__name__}), not a path; file_paths "
+                "holds one audio file path (str) per clip"
+            )
+    for i, device in enumerate(devices):
+        device_name(device, f"device_ids[{i}]")
+    if batch_size is not None and (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int | np.integer)
+        or batch_size < 1
+    ):
+        raise ValueError(
+            f"batch_size must be a positive whole number (clips per forward pass), got "
+            f"{batch_size!r}"
+        )
+    return files, devices
+
+
+def _check_model(model) -> None:
+    if not (hasattr(model, "frontend") and hasattr(model, "get_model_for_device")):
+        raise ValueError(
+            f"model is a {type(model).__name__}, not the model load_model() returns; pass "
+            "load_model()'s result"
+        )
+
+
+def _wav_shortfall(path: str) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF WAV file's audio when the file holds fewer than
+    its header declares (a truncated copy: soundfile would read what is there without a word);
+    None for a complete WAV file or another format."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk = f.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                present = size - offset - 8
+                # 0xFFFFFFFF: an RF64 file or a stream whose length was never written
+                if declared != 0xFFFFFFFF and declared > present:
+                    return declared, present
+                return None
+            offset += 8 + declared + (declared & 1)
+    return None
+
+
+def read_clip(path, where: str = "audio file") -> tuple[np.ndarray, int, int]:
+    """``(mono float32 samples, sample rate, channels)`` of one clip; channels are averaged.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a folder, an empty, truncated or undecodable file, or one with no samples or
+            with NaN or infinite samples; the message names ``where`` and the file.
+    """
+    import soundfile
+
+    name = os.fspath(path)
+    label = f"{where} ({name})" if where != "audio file" else f"audio file {name}"
+    if not os.path.exists(name):
+        raise FileNotFoundError(
+            f"{label} not found; file_paths must name existing audio files ({RULE})"
+        )
+    if not os.path.isfile(name):
+        raise ValueError(f"{label} is not a file (a folder?); {RULE}")
+    if os.path.getsize(name) == 0:
+        raise ValueError(f"{label} is empty (0 bytes), an interrupted copy?; {RULE}")
+    shortfall = _wav_shortfall(name)
+    if shortfall is not None:
+        declared, present = shortfall
+        raise ValueError(
+            f"{label} is truncated: its WAV header declares {declared:,} bytes of audio, the "
+            f"file holds {present:,}; copy the whole clip again ({RULE})"
+        )
+    errors = (RuntimeError, OSError, ValueError, getattr(soundfile, "SoundFileError", OSError))
+    try:
+        data, rate = soundfile.read(name, dtype="float32", always_2d=True)
+    except errors as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{label} cannot be decoded as audio ({detail}); {RULE}") from exc
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise ValueError(f"{label} holds no samples; {RULE}")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{label} holds NaN or infinite samples; {RULE}")
+    samples = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32), int(rate), int(data.shape[1])
+
+
+class _Conversions:
+    """What the front end did to clips that depart from the task's format, told once per kind
+    (:class:`ClipWarning`) when a call ends."""
+
+    def __init__(self, total: int, seconds: float, model_rate: int) -> None:
+        self.total, self.seconds, self.model_rate = total, seconds, model_rate
+        self.found: dict[str, list] = {}  # kind -> [clips, first path, its detail]
+
+    def _note(self, kind: str, path, detail: str) -> None:
+        if kind in self.found:
+            self.found[kind][0] += 1
+        else:
+            self.found[kind] = [1, os.fspath(path), detail]
+
+    def clip(self, path, samples: int, rate: int, channels: int) -> None:
+        length = int(round(self.seconds * rate))
+        if samples > length:
+            self._note("cut", path, f"{samples / rate:.3f} s")
+        elif samples < length:
+            self._note("padded", path, f"{samples / rate:.3f} s")
+        if rate != CLIP_SAMPLE_RATE:
+            self._note("resampled", path, f"{rate} Hz")
+        if channels != 1:
+            self._note("mixed down", path, f"{channels} channels")
+
+    def warn(self) -> None:
+        s = f"{self.seconds:g} s"
+        done = {
+            "cut": f"longer than {s}: only their first {s} is used",
+            "padded": f"shorter than {s}: padded with silence to {s}",
+            "resampled": (
+                f"not at 44.1 kHz: each is resampled from its own rate to the model's "
+                f"{self.model_rate} Hz"
+            ),
+            "mixed down": "not mono: mixed down to mono (the mean of the channels)",
+        }
+        for kind, (count, path, detail) in self.found.items():
+            warnings.warn(
+                f"{count} of {self.total} clip(s) are {done[kind]} (first: {path}, {detail}); "
+                f"{RULE}",
+                ClipWarning,
+                stacklevel=4,
+            )
+
+
+# ------------------------------------------------------------------------------------------
 # Front end
 # ------------------------------------------------------------------------------------------
 
@@ -232,7 +431,9 @@ class FrontEnd:
     channels averaged, padded with silence or cut to ``seconds`` at the file's rate, resampled
     by :func:`torchaudio.functional.resample`, torchaudio's power Mel spectrogram, ``log(x +
     1e-5)``, rounded to float16 (nas-asc's feature cache), normalized by the training split's
-    mean and standard deviation."""
+    mean and standard deviation. A clip that is not one second of mono audio at 44.1 kHz is
+    converted so and a :class:`ClipWarning` says so (once per kind of conversion and call); a
+    missing, truncated or undecodable file is an error naming it (:func:`read_clip`)."""
 
     def __init__(self, config: dict) -> None:
         self.config = dict(config)
@@ -280,15 +481,9 @@ class FrontEnd:
 
     @staticmethod
     def read(path: str) -> tuple[np.ndarray, int]:
-        import soundfile
-
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        if data.shape[0] == 0 or data.shape[1] == 0:
-            raise ValueError(f"audio file {path} holds no samples")
-        if not np.isfinite(data).all():
-            raise ValueError(f"audio file {path} holds NaN or infinite samples")
-        samples = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-        return np.ascontiguousarray(samples, dtype=np.float32), int(rate)
+        """``(mono float32 samples, sample rate)`` of one clip (see :func:`read_clip`)."""
+        samples, rate, _ = read_clip(path)
+        return samples, rate
 
     def _logmel(self, batch: np.ndarray, rate: int) -> torch.Tensor:
         waves = torch.from_numpy(batch)
@@ -301,10 +496,12 @@ class FrontEnd:
 
     def __call__(self, file_paths: Sequence[str]) -> list[torch.Tensor]:
         out: list[torch.Tensor | None] = [None] * len(file_paths)
+        conversions = _Conversions(len(file_paths), self.seconds, self.sample_rate)
         for start in range(0, len(file_paths), _CHUNK):
             by_rate: dict[int, list[tuple[int, np.ndarray]]] = defaultdict(list)
             for i, path in enumerate(file_paths[start : start + _CHUNK]):
-                wave, rate = self.read(path)
+                wave, rate, channels = read_clip(path, f"file_paths[{start + i}]")
+                conversions.clip(path, len(wave), rate, channels)
                 by_rate[rate].append((start + i, wave))
             for rate, items in by_rate.items():
                 length = int(round(self.seconds * rate))
@@ -314,6 +511,7 @@ class FrontEnd:
                 feats = self._logmel(batch, rate)
                 for j, (index, _) in enumerate(items):
                     out[index] = feats[j : j + 1].clone()
+        conversions.warn()
         return out  # type: ignore[return-value]
 
 
@@ -324,8 +522,8 @@ class FrontEnd:
 
 class Submission(nn.Module):
     """The general int8 network, one per device that has its own, the front end and the class
-    order. :meth:`get_model_for_device` gives a device its own network, and any other device
-    (``"unknown"`` included) the general one."""
+    order. :meth:`get_model_for_device` gives a device its own network (device IDs match in any
+    case: ``"S1"`` is ``"s1"``), and any other device (``"unknown"`` included) the general one."""
 
     def __init__(self, checkpoint: dict, networks: dict) -> None:
         super().__init__()
@@ -337,6 +535,7 @@ class Submission(nn.Module):
         self.class_order = list(checkpoint["class_order"])
         self.frontend = FrontEnd(checkpoint["frontend"])
         self.devices = [d for d in checkpoint["models"] if d != "general"]
+        self._by_name = {d.strip().lower(): d for d in self.devices}
         self.info = checkpoint.get("info", {})
         nets = {}
         for name, state in checkpoint["models"].items():
@@ -345,25 +544,57 @@ class Submission(nn.Module):
             nets[name] = net.eval()
         self.models = nn.ModuleDict(nets)
 
+    def model_key(self, device_id, where: str = "device_id") -> str:
+        """The name of the network that serves ``device_id``: its own, or ``"general"``."""
+        return self._by_name.get(device_name(device_id, where), "general")
+
     def get_model_for_device(self, device_id: str) -> nn.Module:
-        key = str(device_id)
-        return self.models[key] if key in self.devices else self.models["general"]
+        return self.models[self.model_key(device_id)]
 
     def forward(self, x: torch.Tensor, device_ids: Sequence[str]) -> torch.Tensor:
         out = torch.empty(len(x), len(self.class_order))
         groups: dict[str, list[int]] = defaultdict(list)
         for i, device in enumerate(device_ids):
-            groups[str(device)].append(i)
-        for device, index in groups.items():
+            groups[self.model_key(device, f"device_ids[{i}]")].append(i)
+        for key, index in groups.items():
             with torch.no_grad():
-                out[index] = self.get_model_for_device(device)(x[index])
+                out[index] = self.models[key](x[index])
         return out
 
 
 def load_model(model_file_path, networks: dict) -> Submission:
-    """The :class:`Submission` of a checkpoint written by nas-asc."""
+    """The :class:`Submission` of a checkpoint written by nas-asc.
+
+    Raises:
+        FileNotFoundError: no file at ``model_file_path``.
+        ValueError: the file is not a checkpoint written for this package.
+    """
     _engine()
-    checkpoint = torch.load(str(model_file_path), map_location="cpu", weights_only=True)
+    if not _is_path(model_file_path):
+        raise ValueError(
+            f"model_file_path is {model_file_path!r}, not a path; pass the path of a checkpoint "
+            "written for this package, or None for the packaged one"
+        )
+    path = os.fspath(model_file_path)
+    hint = "pass a checkpoint written for this package (ckpts/*.pt), or None for the packaged one"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model_file_path {path} not found; {hint}")
+    if not os.path.isfile(path):
+        raise ValueError(f"model_file_path {path} is not a file (a folder?); {hint}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load makes of a foreign file
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"model_file_path {path} is not a PyTorch checkpoint this package can read "
+            f"({type(exc).__name__}: {detail}); {hint}"
+        ) from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        got = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint)
+        raise ValueError(
+            f"model_file_path {path} is not a checkpoint of this package (format {got!r}, "
+            f"expected {FORMAT!r}); {hint}"
+        )
     return Submission(checkpoint, networks).eval()
 
 
@@ -371,12 +602,9 @@ def load_inputs(
     file_paths: Sequence[str], device_ids: Sequence[str], model: Submission
 ) -> list[torch.Tensor]:
     """One normalized log-mel input ``(1, 1, n_mels, frames)`` per file, in input order."""
-    if len(file_paths) != len(device_ids):
-        raise ValueError(
-            f"file_paths and device_ids must be equally long, got {len(file_paths)} and "
-            f"{len(device_ids)}"
-        )
-    return model.frontend(list(file_paths))
+    files, _ = check_arguments(file_paths, device_ids)
+    _check_model(model)
+    return model.frontend(files)
 
 
 def predict(
@@ -385,16 +613,19 @@ def predict(
     model: Submission,
     batch_size: int = 64,
 ) -> tuple[list[torch.Tensor], list[str]]:
-    """Logits ``(n_classes,)`` per file in input order, and the class order."""
-    inputs = load_inputs(file_paths, device_ids, model)
+    """Logits ``(n_classes,)`` per file in input order, and the class order. Each clip goes to
+    its device's own network (device IDs in any case) or the general one."""
+    files, devices = check_arguments(file_paths, device_ids, batch_size)
+    _check_model(model)
+    inputs = model.frontend(files)
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, device in enumerate(device_ids):
-        groups[str(device)].append(i)
+    for i, device in enumerate(devices):
+        groups[device_name(device)].append(i)
     outputs: list[torch.Tensor | None] = [None] * len(inputs)
     for device, index in groups.items():
         net = model.get_model_for_device(device)
-        for start in range(0, len(index), batch_size):
-            chunk = index[start : start + batch_size]
+        for start in range(0, len(index), int(batch_size)):
+            chunk = index[start : start + int(batch_size)]
             with torch.no_grad():
                 logits = net(torch.cat([inputs[i] for i in chunk]))
             for i, row in zip(chunk, logits, strict=True):
