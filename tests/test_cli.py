@@ -68,6 +68,8 @@ def _one_line_error(r: subprocess.CompletedProcess, *fragments: str) -> None:
         (("export", "--study", "x", "--out", "x", "--trials", "a,b"), ("trial numbers",)),
     ],
 )
+# 13 subprocesses (43 s); tests/test_bad_input.py runs its corpus in-process and real processes once
+@pytest.mark.slow
 def test_bad_input_gives_one_clear_line(args, fragments, tmp_path):
     _one_line_error(run(*args, cwd=tmp_path), *fragments)
 

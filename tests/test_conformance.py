@@ -77,7 +77,46 @@ def test_builds_runs_backward_and_counts_like_torchinfo(name, cfg, shape):
     assert abs(c.macs - macs) <= 0.005 * macs, (c.macs, macs)
 
 
-@pytest.mark.parametrize(("name", "cfg", "shape"), _cases())
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_steps: int = 36) -> torch.Tensor:
+    """Adam steps until the eval-mode model classifies the whole batch (12 steps at least, checked
+    every 4, at most ``max_steps``); returns its top-1 classes, in eval mode.
+
+    A model stopped half-fitted has near-tied logits, whose top-1 then flips under any rounding
+    (a CPU with or without AVX-512 already flips some): its int8/fp32 agreement says nothing about
+    the conversion. Fitted, the cases most exposed (the low corners, BC-Res2Net's default) agreed
+    on 27-30 of 30 clips over seeds 0-3.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(1, max_steps + 1):
+        model.train()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if (step >= 12 and step % 4 == 0) or step == max_steps:
+            # BatchNorm running statistics lag the weights: re-estimate them on the batch
+            reestimate_batchnorm(model, x)
+            model.eval()
+            with torch.no_grad():
+                top1 = model(x).argmax(dim=1)
+            if bool((top1 == y).all()):
+                break
+    return top1
+
+
+def _int8_cases() -> list:
+    """The int8 agreement cases: the larger networks (the spaces' high corners, BC-Res2Net's
+    default) run in the slow suite, about 55 s of training on 2 cores; the other defaults and
+    the low corners, where int8 rounding weighs most, stay in the default suite."""
+    slow = ("-high", "bcres2net-default")
+    return [
+        pytest.param(*case.values, id=case.id, marks=[pytest.mark.slow])
+        if any(case.id.endswith(s) for s in slow)
+        else case
+        for case in _cases()
+    ]
+
+
+@pytest.mark.parametrize(("name", "cfg", "shape"), _int8_cases())
 def test_int8_model_agrees_with_fp32_after_a_short_fit(name, cfg, shape):
     torch.manual_seed(0)
     model = create_model(name, **cfg)
@@ -86,18 +125,8 @@ def test_int8_model_agrees_with_fp32_after_a_short_fit(name, cfg, shape):
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
     x, y = _separable_batch()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(12):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    # BatchNorm running statistics after 12 steps lag the weights: re-estimate them on the batch
-    reestimate_batchnorm(model, x)
-    model.eval()
-    with torch.no_grad():
-        fp32 = model(x).argmax(dim=1)
-    assert (fp32 == y).float().mean() >= 0.5, "the float model did not fit the toy batch"
+    fp32 = _fit(model, x, y)
+    assert (fp32 == y).float().mean() >= 0.9, "the float model did not fit the toy batch"
     int8 = quantize_ptq(model, x)
     with torch.no_grad():
         q = int8(x).argmax(dim=1)

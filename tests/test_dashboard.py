@@ -240,6 +240,8 @@ def served(tiny_search, tmp_path_factory):
         yield base, work
 
 
+# its fixture runs a search (31 s); the budget_study tests check the dashboard API by default
+@pytest.mark.slow
 def test_dashboard_api_has_named_objectives_attributes_and_confusion_images(served):
     base, _ = served
     _, _, body = _get(f"{base}/api/studies/1?after=0")
@@ -262,6 +264,8 @@ def test_dashboard_api_has_named_objectives_attributes_and_confusion_images(serv
         assert status == 200 and content_type == "image/png" and png[:4] == b"\x89PNG"
 
 
+# its fixture runs a search (31 s); the budget_study tests check the dashboard API by default
+@pytest.mark.slow
 def test_study_page_shows_the_pareto_front_by_objective_name_in_a_browser(served):
     browser = _browser()
     if browser is None:
@@ -571,6 +575,7 @@ def front_study(budget_study):
     return study, storage, work
 
 
+@pytest.mark.slow  # a browser per study (15 s); the other browser test stays fast
 def test_study_page_draws_no_untrained_accuracy_and_no_grey_pareto_trial_in_a_browser(
     front_study,
 ):

@@ -394,6 +394,7 @@ def qat_tuned(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
     return finetune_study(study, epochs=2, lr_scale=0.5, progress=False)
 
 
+@pytest.mark.slow  # a QAT search and fine-tuning (23 s)
 def test_a_qat_trial_fine_tunes_its_fake_quantized_network(qat_tuned, features):
     (trial,) = [t for t in qat_tuned.trials if "device_models" in t.user_attrs]
     (train_set, val_set), _ = features

@@ -107,6 +107,7 @@ def _decisions(study):
     return out
 
 
+@pytest.mark.slow  # two searches (40 s); CI runs the slow suite
 def test_the_test_fold_audio_changes_no_decision_of_the_search(searches):
     clean, _, poisoned, *_ = searches
     assert len(clean.trials) == len(poisoned.trials) == TRIALS

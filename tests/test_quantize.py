@@ -49,7 +49,9 @@ def qat_run(request):
     torch.manual_seed(0)
     data = toy_set()
     model = create_model(request.param, width=8, n_classes=3)
-    _steps(model, data, steps=24, lr=2e-2, seed=0)
+    # 40 float steps fit the toy set from every seed tried (0-3: 97-100 %); 24 left tfsepnet at
+    # 75 % on seed 0 on a CPU without AVX-512, and its int8 model then predicted only 2 classes
+    _steps(model, data, steps=40, lr=2e-2, seed=0)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepared = prepare_qat(model, data.x[:1])

@@ -190,6 +190,7 @@ def _memory_study():
     return optuna.create_study(directions=list(DIRECTIONS))
 
 
+@pytest.mark.slow  # trains through Ray's trial function (14 s)
 def test_outcomes_are_told_as_the_optuna_backend_tells_them(context, tmp_path):
     study = _memory_study()
     study.enqueue_trial(OVER_BUDGET)

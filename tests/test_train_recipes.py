@@ -303,10 +303,12 @@ def test_qat_trains_a_fake_quant_model_for_the_last_epochs_and_converts_to_int8(
             after = [m.scale for m in network.modules() if isinstance(m, FakeQuantizeBase)]
             assert all(torch.equal(a, b) for a, b in zip(ranges, after, strict=True))
 
-    cfg = _quick(epochs=5, quantization="qat", qat_epochs=2)
+    # 8 float epochs fit the toy set on every seed tried (0-3; 5 epochs left seed 0 at chance on
+    # a CPU without AVX-512), so the 2 QAT epochs start from a trained network
+    cfg = _quick(epochs=10, quantization="qat", qat_epochs=2)
     result = train(model, data, cfg, seed=0, on_epoch=on_epoch)
-    assert [h["qat"] for h in result.history] == [False, False, False, True, True]
-    assert [e for e, _, _ in seen] == [0, 1, 2, 3, 4]
+    assert [h["qat"] for h in result.history] == [False] * 8 + [True, True]
+    assert [e for e, _, _ in seen] == list(range(10))
     assert all(net is model for _, qat, net in seen if not qat)
     assert all(net is result.qat_model for _, qat, net in seen if qat)
     qat = result.qat_model
@@ -317,9 +319,8 @@ def test_qat_trains_a_fake_quant_model_for_the_last_epochs_and_converts_to_int8(
     test = toy_set(seed=2)
     int8_acc = evaluate(int8, test, n_classes=3).accuracy
     fake_quant_acc = evaluate(qat, test, n_classes=3).accuracy
-    # well above chance (33 %); how far above is chaotic on this toy: 62 % on 2 threads, 94 % on
-    # 1 (float rounding differs with the thread count and two QAT epochs amplify it)
-    assert int8_acc > 0.5
+    # the toy is solved: 96-100 % on seeds 0-3 (chance is 33 %)
+    assert int8_acc > 0.9
     # the int8 model is what the fake-quant model simulated
     assert abs(int8_acc - fake_quant_acc) <= 0.05
     assert train(_student(), toy_set(n=32), _quick(epochs=1)).qat_model is None  # PTQ run

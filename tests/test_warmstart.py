@@ -65,6 +65,7 @@ def test_a_new_study_trains_the_references_that_fit_first(context, tmp_path):
     assert trial_counts(study).done == 3
 
 
+@pytest.mark.slow  # trains three references (16 s)
 def test_references_keep_their_values_and_run_in_the_space_order(context, tmp_path):
     study = run_search(context, _settings(tmp_path, 2), data_label="tiny")
     assert [t.user_attrs.get("reference") for t in study.trials] == ["c12", "c8"]
