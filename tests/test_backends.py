@@ -142,6 +142,8 @@ def reference(tiny_search, tmp_path_factory):
     return _records(study), first, second
 
 
+# its fixture runs a search (8 s)
+@pytest.mark.slow
 def test_the_reference_search_fails_one_trial_and_goes_on(reference):
     records, first, second = reference
     states = [(r[1], r[4]["status"]) for r in records]
@@ -179,6 +181,8 @@ def test_the_reference_search_fails_one_trial_and_goes_on(reference):
 
 
 @pytest.mark.parametrize(("backend", "workers", "postgres"), _cases())
+# a search per backend (8 s)
+@pytest.mark.slow
 def test_every_backend_writes_the_reference_records(
     backend, workers, postgres, reference, tiny_search, tmp_path
 ):

@@ -942,6 +942,9 @@ KNOWN_FAILURES: dict[str, str] = {}
         for case in CASES
     ],
 )
+# 113 cases at ~0.7 s each (a full gc.collect per case keeps earlier tests' ResourceWarnings
+# out of the output): the slow suite; real processes are checked below by default
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line_and_leaves_nothing(
     setup, argv, fragments, tiny_root, tmp_path, monkeypatch, capsys
 ):

@@ -132,6 +132,8 @@ def test_the_summary_time_covers_the_whole_study(runs):
         (["complexity", "--help"], ["model families:", "mobilenetv2_ca"]),
     ],
 )
+# two subprocesses (9 s)
+@pytest.mark.slow
 def test_help_lists_the_spaces_and_families(command, listed, tmp_path):
     r = _nas_asc(tmp_path, *command)
     text = " ".join(r.stdout.split())

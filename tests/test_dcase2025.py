@@ -49,7 +49,14 @@ def _load_source(source: str, name: str = "net") -> types.ModuleType:
                 sys.modules[key] = value
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize(
+    "name",
+    [
+        # two families by default, the other six (14 s) in the slow suite
+        name if name in ("tfsepnet", "cpmobile") else pytest.param(name, marks=pytest.mark.slow)
+        for name in list_models()
+    ],
+)
 def test_every_family_becomes_a_standalone_network_the_checker_counts_fully(name):
     """Same weights in, same outputs out, bit for bit: the generated network (loaded from its
     source, without nas-asc's model code) against PyTorch's converted int8 model. And the bytes

@@ -126,6 +126,8 @@ def _run_faults(faults, tiny_search, tmp_path):
     return run_search(context, settings, data_label="tiny")
 
 
+# trains a trial per fault (10 s)
+@pytest.mark.slow
 def test_every_fault_fails_its_trial_with_a_reason_and_the_study_goes_on(
     faulty_family, tiny_search, tmp_path
 ):

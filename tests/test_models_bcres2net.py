@@ -201,6 +201,8 @@ def test_bad_configs_are_refused(bad, message):
         BCRes2NetConfig(**bad)
 
 
+# builds and runs four full-size networks (5 s)
+@pytest.mark.slow
 def test_norm_choices_change_only_the_residual_normalizations():
     # the report's ResNorm (Kim et al.) on the input (1 channel) and after each stage (24, 36,
     # 48, 60 channels at C = 24); the published counts on 256 bins are pinned above
@@ -230,6 +232,8 @@ def test_norm_choices_change_only_the_residual_normalizations():
 # ------------------------------------------------------------------ int8 PTQ
 
 
+# a full-size PTQ (6 s)
+@pytest.mark.slow
 def test_ptq_keeps_subspectralnorm_in_float_between_int8_convolutions():
     # it cannot fold into its convolution (nas_asc.train.quantize explains the choice); the six
     # per-bin BatchNorms become quantized BatchNorms, as in the authors' int8 submission
@@ -262,6 +266,8 @@ def test_int8_agrees_with_fp32_after_training():
 # ------------------------------------------------------------------ search space
 
 
+# counts the space's corners at full size (5 s)
+@pytest.mark.slow
 def test_space_loads_and_straddles_the_budget():
     space = load_space("bcres2net")
     assert space.model == "bcres2net"

@@ -123,6 +123,8 @@ def test_a_sampler_setting_of_the_wrong_type_is_refused_by_name(spec, message):
     assert "\n" not in str(info.value)
 
 
+# 12 trials per sampler, GP's acquisition optimized each time (8 s)
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAMPLERS.names())
 def test_a_resumed_study_proposes_what_an_uninterrupted_one_does(name, tmp_path):
     """Stopping after 3 trials, reopening the storage and running 3 more gives the 6 proposals

@@ -63,6 +63,7 @@ def _worker(cwd, space, root, url, study, *extra):
     )
 
 
+@pytest.mark.slow  # two processes of two workers, 8 trials and an evaluate (100 s in CI)
 def test_four_workers_share_one_study_without_losing_or_repeating_a_trial(
     postgres_url, tiny_root, warm_teacher, tmp_path
 ):
