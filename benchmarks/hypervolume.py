@@ -46,7 +46,6 @@ from nas_asc.data.features import FrontEnd
 from nas_asc.data.protocol import ValidationSpec, make_protocol
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
-from nas_asc.progress import Reporter
 from nas_asc.report.hypervolume import hypervolume_history
 from nas_asc.search.space import load_space
 
@@ -151,37 +150,32 @@ def _run(task) -> dict:
     import optuna
     import torch
 
-    from nas_asc.search.backend import run_search
-    from nas_asc.search.objective import SearchContext
-    from nas_asc.search.settings import SearchSettings
-    from nas_asc.search.study import trial_counts
-    from nas_asc.train.teacher import get_teacher
+    from nas_asc.pipeline.search import SearchRequest, run_search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
-    space = load_space(space_name)
-    if epochs:
-        space = space.with_max_epochs(epochs)
-    dataset = load_tau22(default_dataset(progress=False))
-    view = make_protocol(dataset, ValidationSpec(seed=seed)).search_view()
-    teacher = get_teacher(view, progress=False)
-    context = SearchContext(
-        space, parse_budget(None), view, teacher.logits, seed, progress=False, reporter=Reporter()
-    )
     db = Path(out) / f"{name}.db"
     db.unlink(missing_ok=True)  # a study left by an interrupted run starts again
-    settings = SearchSettings(
-        name,
-        f"sqlite:///{db}",
+    request = SearchRequest(
+        space_name,
         trials,
+        study=name,
         seed=seed,
+        storage=f"sqlite:///{db}",
+        epochs=epochs or None,
+        reports=Path(out) / "reports",
+        artifacts=Path(out) / name,
         sampler=sampler,
         pruner=pruner,
         warm_start=warm,
         threads=1,
+        progress=False,
     )
     start = time.perf_counter()
-    study = run_search(context, settings, "synthetic")
+    # the whole search as `nas-asc search` runs it (the curve reads the trials' own timestamps,
+    # so the end-of-search test measurement and the report do not count in it)
+    outcome = run_search(request, say=lambda text: None)
+    study, counts = outcome.study, outcome.counts
     seconds = time.perf_counter() - start
     result = {
         "sampler": sampler,
@@ -190,7 +184,7 @@ def _run(task) -> dict:
         "trials": trials,
         "seconds": seconds,
         "curve": _curve(study),
-        "counts": trial_counts(study).__dict__,
+        "counts": counts.__dict__,
     }
     result_path.write_text(json.dumps(result))
     print(

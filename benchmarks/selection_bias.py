@@ -30,17 +30,12 @@ from pathlib import Path
 
 import torch
 
-from nas_asc.budget import parse_budget
-from nas_asc.data.protocol import ValidationSpec, make_protocol
 from nas_asc.data.synth import default_dataset
 from nas_asc.data.tau22 import load_tau22
-from nas_asc.search.artifacts import open_artifact_store
-from nas_asc.search.backend import run_search
-from nas_asc.search.holdout import kendall_tau, measure_trials
-from nas_asc.search.objective import SearchContext
-from nas_asc.search.settings import SearchSettings
+from nas_asc.pipeline.search import SearchRequest, run_search, validation_protocol
+from nas_asc.search.holdout import measure_trials
 from nas_asc.search.space import load_space
-from nas_asc.train.teacher import get_teacher
+from nas_asc.study.front import kendall_tau
 
 
 def main() -> None:
@@ -59,27 +54,31 @@ def main() -> None:
     if args.epochs:
         space = space.with_max_epochs(args.epochs)
     dataset = load_tau22(default_dataset(progress=False))
-    budget = parse_budget(None)
     print(
         f"space {space.name}, {args.trials} trials per study, seeds {args.seeds}, validation "
         f"{args.validation} of the training locations; studies in {out}\n"
     )
     rows = []
     for seed in args.seeds:
-        protocol = make_protocol(dataset, ValidationSpec(args.validation, seed))
-        search_data = protocol.search_view()
-        teacher = get_teacher(search_data, progress=False)
         name = f"bias-{space.name}-seed{seed}"
-        artifacts = out / name / "artifacts"  # the checkpoints the test fold is measured with
-        store = open_artifact_store(artifacts)
-        context = SearchContext(
-            space, budget, search_data, teacher.logits, seed, False, artifact_store=store
+        # the search as `nas-asc search` runs it, then every trained trial on the test fold
+        outcome = run_search(
+            SearchRequest(
+                args.space,
+                args.trials,
+                study=name,
+                seed=seed,
+                validation=args.validation,
+                storage=f"sqlite:///{out / (name + '.db')}",
+                epochs=args.epochs or None,
+                reports=out / "reports",
+                artifacts=out / name / "artifacts",  # checkpoints, for the test measurement
+                progress=False,
+            ),
+            say=lambda text: None,
         )
-        storage = f"sqlite:///{out / (name + '.db')}"
-        settings = SearchSettings(
-            name, storage, args.trials, seed=seed, artifact_dir=str(artifacts)
-        )
-        study = run_search(context, settings, "synthetic")
+        study = outcome.study
+        protocol = validation_protocol(dataset, args.validation, None, seed, "fold1")
         trained = [t for t in study.get_trials() if t.user_attrs.get("status") == "trained"]
         study = measure_trials(study, protocol, trained, progress=False)  # analysis only
         trained = [t for t in study.get_trials() if t.user_attrs.get("status") == "trained"]

@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from nas_asc import __version__
 from nas_asc.errors import NasAscError, ProgramEnd, interrupts_once
-
-DEFAULT_VALIDATION = 0.2  # nas_asc.data.protocol.DEFAULT_VALIDATION, without importing pandas
+from nas_asc.pipeline.search import DEFAULT_TRIALS, DEFAULT_VALIDATION
 
 __all__ = ["main", "build_parser"]
-
-DEFAULT_TRIALS = 12
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,8 +202,6 @@ def _add_validation(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nas_asc.search import settings as limits  # the machine limits, named in --help
-
     parser = _Parser(
         prog="nas-asc",
         description="Search architectures and hyperparameters for low-complexity acoustic scene "
@@ -217,6 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )
+    _add_search_command(sub)
+    _add_complexity_command(sub)
+    _add_data_command(sub)
+    _add_teacher_command(sub)
+    _add_report_command(sub)
+    _add_evaluate_command(sub)
+    _add_finetune_command(sub)
+    _add_dashboard_command(sub)
+    _add_export_command(sub)
+    return parser
+
+
+def _add_search_command(sub) -> None:
+    """``nas-asc search``: its options."""
+    from nas_asc.search import settings as limits  # the machine limits, named in --help
 
     p = sub.add_parser(
         "search",
@@ -370,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
         "taken as abandoned by a dead worker and re-queued (default: 30)",
     )
 
+
+def _add_complexity_command(sub) -> None:
+    """``nas-asc complexity``: its options."""
     p = sub.add_parser("complexity", help="count parameters, parameter bytes and MACs of a model")
     p.epilog_fn = _families_epilog
     p.add_argument("model", help="registered model family (listed below), e.g. tfsepnet")
@@ -390,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help='print {"params": ..., "param_bytes": ..., "macs": ...}'
     )
 
+
+def _add_data_command(sub) -> None:
+    """``nas-asc data``: its options."""
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND", parser_class=_CommandParser
@@ -411,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --real-size: scale of every count, in (0, 1] (default: 1)",
     )
 
+
+def _add_teacher_command(sub) -> None:
+    """``nas-asc teacher``: its options."""
     p = sub.add_parser(
         "teacher",
         help="train and cache the teacher ensemble of a search (on the training part, measured "
@@ -446,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report its accuracy on the validation split instead of training",
     )
 
+
+def _add_report_command(sub) -> None:
+    """``nas-asc report``: its options."""
     p = sub.add_parser("report", help="write the Pareto report of a study")
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
@@ -455,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("reports"),
         help="folder for reports/<study>/ (default: reports)",
     )
+
+
+def _add_evaluate_command(sub) -> None:
+    """``nas-asc evaluate``: its options."""
+    from nas_asc.search import settings as limits  # the machine limits, named in --help
 
     p = sub.add_parser(
         "evaluate",
@@ -488,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for reports/<study>/, rewritten with the results (default: reports)",
     )
 
+
+def _add_finetune_command(sub) -> None:
+    """``nas-asc finetune``: its options."""
     p = sub.add_parser(
         "finetune",
         help="DCASE 2025: fine-tune a copy of chosen trials per recording device (selected on "
@@ -519,12 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset root (default: the one the study recorded; its files must be unchanged)",
     )
 
+
+def _add_dashboard_command(sub) -> None:
+    """``nas-asc dashboard``: its options."""
     p = sub.add_parser("dashboard", help="serve optuna-dashboard for a study")
     p.add_argument("--study", required=True, help="study name")
     _add_storage(p)
     p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port (default: 8080)")
 
+
+def _add_export_command(sub) -> None:
+    """``nas-asc export``: its options."""
     p = sub.add_parser(
         "export",
         help="export Pareto-optimal trials: int8 ONNX, weights, model card, C header; or a DCASE "
@@ -572,7 +608,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: 1.0)",
     )
     p.add_argument("--no-c-header", action="store_true", help="skip the C header")
-    return parser
 
 
 def _fraction(text: str) -> float:
@@ -620,251 +655,56 @@ def _port(text: str) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_dataset(data: Path | None, train_split: str, progress: bool):
-    from nas_asc.data.synth import default_dataset
-    from nas_asc.data.tau22 import TRAIN_SPLITS, load_tau22
+def _print_front(study) -> None:
+    from nas_asc.report.pareto import format_pareto_table, pareto_frame
 
-    if train_split not in TRAIN_SPLITS:  # checked before the synthetic dataset is generated
-        raise NasAscError(
-            f"unknown --train-split {train_split!r}; use one of {', '.join(TRAIN_SPLITS)}"
-        )
-    if data is None:
-        root = default_dataset(progress=progress)
-        return load_tau22(root, train_split=train_split), f"synthetic ({root})"
-    return load_tau22(data, train_split=train_split), str(Path(data).resolve())
-
-
-def _write_report(study, reports: Path, quiet: bool):
-    from nas_asc._paths import writable_dir
-    from nas_asc.report.pareto import format_pareto_table, pareto_frame, write_report
-
-    out = writable_dir(reports / study.study_name, "reports")
-    paths = write_report(study, out)
     print(
         "\nPareto front (chosen on the validation split: int8 accuracy vs MACs vs parameter "
         "bytes; the test fold measured once, after the search):"
     )
     print(format_pareto_table(pareto_frame(study)))
+
+
+def _write_report(study, reports: Path):
+    from nas_asc._paths import writable_dir
+    from nas_asc.report.pareto import write_report
+
+    paths = write_report(study, writable_dir(reports / study.study_name, "reports"))
+    _print_front(study)
     return paths
 
 
-def _protocol(dataset, args: argparse.Namespace):
-    """The validation split the search decides on, from ``--validation``/``--validation-split``."""
-    from nas_asc.data.protocol import ValidationSpec, make_protocol
-
-    file = None if args.validation_split is None else str(args.validation_split)
-    spec = ValidationSpec(fraction=args.validation, seed=args.seed, file=file)
-    return make_protocol(dataset, spec, args.train_split)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    import dataclasses
+    from nas_asc.pipeline.search import SearchRequest, run_search
+    from nas_asc.progress import format_duration
+    from nas_asc.study.storage import safe_url
 
-    from nas_asc._cache import cache_root
-    from nas_asc._paths import check_creatable, writable_dir
-    from nas_asc.budget import parse_budget
-    from nas_asc.data.features import precompute_features
-    from nas_asc.data.protocol import ValidationSpec
-    from nas_asc.device import parse_gpus
-    from nas_asc.progress import ConsoleReporter, Reporter, format_duration
-    from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
-    from nas_asc.search.backend import create_backend
-    from nas_asc.search.holdout import measure_front
-    from nas_asc.search.objective import SearchContext
-    from nas_asc.search.settings import SearchSettings
-    from nas_asc.search.space import load_space
-    from nas_asc.search.study import (
-        check_existing_study,
-        check_storage,
-        check_study_name,
-        default_storage,
-        load_lowered_threads,
-        safe_url,
-        trial_counts,
-    )
-    from nas_asc.train import accel
-    from nas_asc.train.teacher import get_teacher
-
-    started = time.perf_counter()
-    progress = not args.quiet
-    space = load_space(args.space)
-    if args.epochs is not None:
-        space = space.with_max_epochs(args.epochs)
-    budget = parse_budget(args.budget)
-    if args.train_split is None:  # the DCASE 2025 rules come with its training data
-        args.train_split = "split25" if budget.rule == "dcase2025" else "fold1"
-    ValidationSpec(fraction=args.validation, seed=args.seed)  # a bad seed fails now
-    cache_root()  # $NAS_ASC_CACHE naming a file fails now, not inside a trial
-    if args.validation_split is not None and not args.validation_split.is_file():
-        raise NasAscError(
-            f"--validation-split {args.validation_split} is not a file; pass a TAB-separated "
-            "file with a filename column naming clips of the training split"
-        )
-    study_name = check_study_name(
-        args.study or space.name, "--study" if args.study else f"the space's name in {args.space}"
-    )
-    storage = args.storage or default_storage(study_name)
-    # the settings, parsed once (sampler and pruner specs become instances) and checked by the
-    # backend that will run them, before the data is loaded or a teacher trained
-    backend = create_backend(args.backend, address=args.ray_address)
-    settings = SearchSettings(
-        study_name,
-        storage,
-        args.trials,
-        args.timeout,
-        args.seed,
-        sampler=args.sampler,
-        pruner=args.pruner,
-        workers=args.workers,
-        heartbeat=args.heartbeat,
-        artifact_dir_explicit=args.artifacts is not None,
-        ram_objective=args.ram_objective,
-        warm_start=args.warm_start,
-        # default (None): each trial's share of the cores, fixed; auto: that share, lowered to
-        # what other processes leave free
-        threads=None if args.threads in (None, "auto") else int(args.threads),
-        adapt_threads=args.threads == "auto",
-        device=args.device,
-        gpus=parse_gpus(args.gpus),
-        compile=args.compile,
-    )
-    backend.check(settings)
-    check_storage(storage)
-    check_creatable(args.reports, "reports", "--reports")
-    if args.artifacts is not None:
-        check_creatable(args.artifacts, "artifacts", "--artifacts")
-    if args.ir_dir is not None:  # check the folder now, not in the middle of the search
-        from nas_asc.data.devicesim import load_impulse_responses
-
-        load_impulse_responses(args.ir_dir, 32000)
-    if progress:  # the first line within a second or two: what runs, where it is recorded
-        print(
-            f"search: space {space.name}, {args.trials} trials, budget {budget.name}, study "
-            f"{study_name!r} in {safe_url(storage)}; loading the data",
-            flush=True,
-        )
-    dataset, data_label = _load_dataset(args.data, args.train_split, progress)
-    protocol = _protocol(dataset, args)
-    # an existing study must be continued as it was started: checked before the teacher trains
-    recorded = check_existing_study(
-        storage,
-        study_name,
-        space.name,
-        budget,
-        args.seed,
-        dataset.fingerprint,
-        args.artifacts,
-        protocol=protocol.identity(),
-        ram_objective=args.ram_objective,
-    )
-    # a worker joining a shared study keeps checkpoints where the study keeps them
-    artifact_dir = args.artifacts or (
-        Path(recorded) if recorded else default_artifact_dir(storage, study_name)
-    )
-    check_creatable(artifact_dir, "artifacts", "--artifacts")
-    settings = dataclasses.replace(settings, artifact_dir=str(artifact_dir))
-    if progress:
-        print(protocol.describe(), flush=True)
-    # the search sees the training part and the validation split, never the test fold
-    search_data = protocol.search_view()
-    if args.teacher_logits is not None:  # a bad file fails here, before any feature is cached
-        from nas_asc.train.teacher import load_teacher_logits
-
-        teacher = load_teacher_logits(args.teacher_logits, search_data)
-        if progress:
-            print(
-                f"teacher: {args.teacher_logits} (ensemble accuracy "
-                f"{teacher.report['ensemble_accuracy']:.1%} on the validation split)",
-                flush=True,
-            )
-    # every front end the space (and the teacher) can use, in one pass over the audio, before
-    # any worker starts: the workers then map one shared copy
-    frontends = space.frontends()
-    if args.teacher_logits is None:
-        from nas_asc.train.teacher import TeacherConfig
-
-        frontends = list(dict.fromkeys([TeacherConfig().frontend, *frontends]))
-    precompute_features(search_data, frontends, progress=progress)
-    if args.teacher_logits is None:
-        with settings.thread_options(accel.get_options().device):  # --device, checked in main
-            teacher = get_teacher(search_data, progress=progress)
-    note = _weak_teacher_note(teacher.report.get("ensemble_accuracy"), len(protocol.fit))
-    if note and progress:
-        print(note, flush=True)
-    # created only once the inputs have been checked, so a bad input leaves no folder behind
-    store = open_artifact_store(writable_dir(artifact_dir, "artifacts"))
-    ir_dir = None if args.ir_dir is None else str(args.ir_dir.resolve())
-    context = SearchContext(
-        space,
-        budget,
-        search_data,
-        teacher.logits,
-        args.seed,
-        progress,
-        artifact_store=store,
-        ir_dir=ir_dir,
-        reporter=ConsoleReporter(total=args.trials) if progress else Reporter(),
-    )
-    teacher_logits = None if args.teacher_logits is None else str(args.teacher_logits.resolve())
-    data_info = {
-        "root": str(Path(dataset.root).resolve()),
-        "train_split": args.train_split,
-        "fingerprint": dataset.fingerprint,
-        "synthetic": args.data is None,
-        "teacher_logits": teacher_logits,  # None: nas-asc's default teacher ensemble
-        "ir_dir": ir_dir,
-        "protocol": protocol.to_dict(),
-    }
-    study = backend.run(context, settings, data_label, data_info)
-    # the end of the search: its Pareto set measured on the test fold, once
-    study = measure_front(study, protocol, progress)
-    paths = _write_report(study, args.reports, args.quiet)
-    n = trial_counts(study)
+    names = {f.name for f in dataclasses.fields(SearchRequest)} - {"progress"}
+    request = SearchRequest(**{name: getattr(args, name) for name in names})
+    outcome = run_search(dataclasses.replace(request, progress=not args.quiet))
+    _print_front(outcome.study)
+    n, paths = outcome.counts, outcome.reports
     retried = f", {n.retried} re-queued after an interrupt or a dead worker" if n.retried else ""
-    this_run = time.perf_counter() - started
-    total = study.user_attrs.get("search_seconds", 0.0) + this_run
-    runs = study.user_attrs.get("search_runs", 0) + 1
-    study.set_user_attr("search_seconds", total)
-    study.set_user_attr("search_runs", runs)
-    timing = format_duration(total)
-    if runs > 1:
-        timing += f" over {runs} runs (this one {format_duration(this_run)})"
+    timing = format_duration(outcome.search_seconds)
+    if outcome.runs > 1:
+        timing += (
+            f" over {outcome.runs} runs (this one {format_duration(outcome.this_run_seconds)})"
+        )
     print(
         f"\n{n.done} trials ({n.trained} trained, {n.pruned} stopped early, {n.failed} "
         f"failed{retried}; {n.infeasible} proposals over budget rejected untrained) in "
-        f"{timing}\n"
-        f"study:   {safe_url(storage)} (study {study_name!r})\n"
-        f"reports: {paths.index_html}\n"
-        f"         {paths.pareto_html}\n"
-        f"         {paths.pareto_csv}\n"
-        f"         {paths.trials_csv}"
+        f"{timing}\nstudy:   {safe_url(outcome.storage)} (study {outcome.study.study_name!r})\n"
+        f"reports: {paths.index_html}\n         {paths.pareto_html}\n"
+        f"         {paths.pareto_csv}\n         {paths.trials_csv}"
     )
-    lowered = load_lowered_threads(study)
-    if lowered:
+    if outcome.lowered_threads:
         print(
-            f"note: {lowered} trained trial(s) ran epochs on fewer threads than their share "
-            "because other processes kept cores busy (--threads auto), which changes how "
-            "gradients are summed: their figures repeat exactly only under the same load; "
+            f"note: {outcome.lowered_threads} trained trial(s) ran epochs on fewer threads than "
+            "their share because other processes kept cores busy (--threads auto), which changes "
+            "how gradients are summed: their figures repeat exactly only under the same load; "
             "--threads N fixes them"
         )
     return 0
-
-
-#: A teacher below this validation accuracy (twice chance for 10 scenes) has learnt too little
-#: for its students to learn from it: the search says so before it trains them.
-WEAK_TEACHER = 0.2
-
-
-def _weak_teacher_note(accuracy: float | None, n_train: int) -> str:
-    """A note when the teacher learnt little (the data are too few for the epochs), else ""."""
-    if accuracy is None or accuracy >= WEAK_TEACHER:
-        return ""
-    return (
-        f"note: the teacher reaches only {accuracy:.1%} on the validation split (chance is "
-        f"10%): {n_train:,} training clips are too few to learn from in a few epochs, so the "
-        "trials will score near chance too; train on more clips (--train-split, --data) or "
-        "for more epochs (--epochs, nas-asc teacher --epochs)"
-    )
 
 
 def _parse_set(items: Sequence[str]) -> dict:
@@ -953,8 +793,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    from nas_asc.pipeline.search import load_dataset, validation_protocol
     from nas_asc.train.teacher import (
         TeacherConfig,
         get_teacher,
@@ -971,8 +810,13 @@ def cmd_teacher(args: argparse.Namespace) -> int:
                 "--logits checks an existing logits file and trains nothing; leave out "
                 "--member, --members, --width, --epochs and --retrain"
             )
-        dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
-        teacher = load_teacher_logits(args.logits, _protocol(dataset, args).search_view())
+        dataset, _ = load_dataset(args.data, args.train_split, not args.quiet)
+        teacher = load_teacher_logits(
+            args.logits,
+            validation_protocol(
+                dataset, args.validation, args.validation_split, args.seed, args.train_split
+            ).search_view(),
+        )
         _print_ensemble(teacher.report)
         return 0
     if args.member and (args.members or args.width):
@@ -993,9 +837,11 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         config = dataclasses.replace(
             config, train=dataclasses.replace(config.train, epochs=args.epochs)
         )
-    dataset, _ = _load_dataset(args.data, args.train_split, not args.quiet)
+    dataset, _ = load_dataset(args.data, args.train_split, not args.quiet)
     # the teacher a search with the same --validation and --seed distils from
-    search_data = _protocol(dataset, args).search_view()
+    search_data = validation_protocol(
+        dataset, args.validation, args.validation_split, args.seed, args.train_split
+    ).search_view()
     teacher = get_teacher(search_data, config, progress=not args.quiet, retrain=args.retrain)
     for i, m in enumerate(teacher.report["members"]):
         fields = ",".join(f"{k}={v}" for k, v in m.get("model", {}).items())
@@ -1030,7 +876,7 @@ def _existing_study(name: str, storage: str | None):
 
 def cmd_report(args: argparse.Namespace) -> int:
     study, _ = _existing_study(args.study, args.storage)
-    paths = _write_report(study, args.reports, args.quiet)
+    paths = _write_report(study, args.reports)
     print(
         f"reports: {paths.index_html}\n         {paths.pareto_html}\n"
         f"         {paths.pareto_csv}\n         {paths.trials_csv}"
@@ -1047,7 +893,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     study = evaluate_study(
         study, args.trials, args.seeds, data_root=args.data, progress=not args.quiet
     )
-    paths = _write_report(study, args.reports, args.quiet)
+    paths = _write_report(study, args.reports)
     print(
         "\nretrained on the whole training split, int8, on the test fold (mean ± std over seeds):"
     )
@@ -1174,7 +1020,7 @@ def _scrubber(args: argparse.Namespace):
         return lambda text: text
 
     def scrub(text: str) -> str:
-        from nas_asc.search.study import scrub as scrub_url
+        from nas_asc.study.storage import scrub as scrub_url
 
         return scrub_url(text, url)
 

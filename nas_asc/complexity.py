@@ -21,7 +21,7 @@ marked ``deploy_float``, e.g. AdaResNorm, whose statistics are per sample) at fo
 
 The DCASE 2025 rule (``rule="dcase2025"``) counts instead what the 2025 checker counts on the
 int8 network an inference package ships: torchinfo's ``total_mult_adds`` of that network and the
-bytes of its ``parameters()`` at their stored dtype (:mod:`nas_asc.export.dcase2025.netgen`):
+bytes of its ``parameters()`` at their stored dtype (:mod:`nas_asc.deploy.netgen`):
 folded BatchNorms count no MACs of their own but each convolution's bias counts one MAC per
 output element; int8 weights one byte, float32 biases and float layers four.
 
@@ -239,7 +239,7 @@ def count(
 def _count_2025(
     model: nn.Module, shape: tuple[int, ...], weight_dtype: str, activations: bool
 ) -> Complexity:
-    from nas_asc.export.dcase2025.netgen import submission_complexity
+    from nas_asc.deploy.netgen import submission_complexity
 
     if weight_dtype != "int8":
         raise ValueError(

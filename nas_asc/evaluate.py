@@ -70,7 +70,7 @@ def summarize_runs(runs: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-class _Teacher:
+class StudyTeacher:
     """The study's teacher, on the whole training split, made only if a recipe distils."""
 
     def __init__(self, dataset, data_info: dict, progress: bool) -> None:
@@ -89,7 +89,7 @@ class _Teacher:
         return self._logits
 
 
-def _uses_teacher(recipe) -> bool:
+def uses_teacher(recipe) -> bool:
     from nas_asc.train.distill import kd_stages
 
     return any(stage.uses_teacher for stage in kd_stages(recipe))
@@ -162,7 +162,7 @@ def evaluate_study(
             "figures read the test fold); search again with this version to evaluate"
         )
     view = protocol.final_view()  # the whole training split; the test fold
-    teacher = _Teacher(view, data_info, progress)
+    teacher = StudyTeacher(view, data_info, progress)
     features: dict[FrontEnd, Any] = {}
     if progress:
         print(
@@ -190,7 +190,7 @@ def evaluate_study(
             simulated = load_simulated_devices(
                 view, frontend, train_set, data_info.get("ir_dir"), progress=progress
             )
-        logits = teacher.logits() if _uses_teacher(recipe) else None
+        logits = teacher.logits() if uses_teacher(recipe) else None
         shape = frontend.input_shape()
         for k in missing:
             step += 1

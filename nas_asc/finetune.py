@@ -203,12 +203,12 @@ def finetune_study(
         >>> print(format_finetune(study, [5]))  # doctest: +SKIP
     """
     from nas_asc.data.features import FrontEnd
-    from nas_asc.evaluate import _Teacher, _uses_teacher
+    from nas_asc.evaluate import StudyTeacher, uses_teacher
     from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
     from nas_asc.search.holdout import (
-        _rdb,
         check_recordable,
         load_study_data,
+        rdb_storage,
         record_trial_attrs,
         record_unrecorded,
         reload,
@@ -218,7 +218,7 @@ def finetune_study(
     _check_settings(epochs, lr_scale)
     epochs, lr_scale = int(epochs), float(lr_scale)
     select_trials(study, trials, "fine-tune")  # a bad trial number fails before any work
-    _rdb(study)  # records go into the study's database: refuse any other storage now
+    rdb_storage(study)  # records go into the study's database: refuse any other storage now
     store = study_artifact_store(study)  # a missing artifact folder fails before any work
     study = record_unrecorded(study, "fine-tune", progress)  # records a refused write kept
     chosen = select_trials(study, trials, "fine-tune")
@@ -230,7 +230,7 @@ def finetune_study(
             "figures read the test fold); search again with this version to fine-tune"
         )
     devices = _device_order(protocol.fit["device"])
-    teacher = _Teacher(protocol.search_view(), data_info, progress)
+    teacher = StudyTeacher(protocol.search_view(), data_info, progress)
     features = _Features(protocol, progress)
     plans = []
     for trial in chosen:
@@ -278,7 +278,7 @@ def finetune_study(
                 general=ckpt.build_int8(train_set),
                 train_set=train_set,
                 val_set=val_set,
-                teacher_logits=teacher.logits() if _uses_teacher(tune) else None,
+                teacher_logits=teacher.logits() if uses_teacher(tune) else None,
             )
             general = job.general
         for device in missing:
@@ -443,9 +443,9 @@ def _finetune_device(job: _Job, device: str, seed: int) -> tuple[dict, torch.nn.
 def _save_study_checkpoint(study, store, checkpoint, name: str) -> str:
     """Upload ``checkpoint`` as an artifact of the study (a finished trial takes none); its id."""
     from nas_asc._cache import torch_save
-    from nas_asc.search.artifacts import _to_plain, _upload
+    from nas_asc.search.artifacts import to_plain, upload_file
 
-    payload = _to_plain(
+    payload = to_plain(
         {
             f.name: getattr(checkpoint, f.name)
             for f in dataclasses.fields(checkpoint)
@@ -456,7 +456,7 @@ def _save_study_checkpoint(study, store, checkpoint, name: str) -> str:
     with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
         path = os.path.join(tmp, f"trial-{name}-device-checkpoint.pt")
         torch_save(payload, path)
-        return _upload(study, store, path, "application/octet-stream")
+        return upload_file(study, store, path, "application/octet-stream")
 
 
 def _device_entry(study: optuna.Study, trial: FrozenTrial, device: str) -> dict:

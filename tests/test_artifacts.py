@@ -282,7 +282,7 @@ def test_an_upload_whose_record_fails_takes_its_file_back(tmp_path, monkeypatch)
 
     monkeypatch.setattr(study._storage, "set_trial_system_attr", refused)
     with pytest.raises(optuna.exceptions.StorageInternalError):
-        artifacts._upload(trial, store, str(payload), "application/octet-stream")
+        artifacts.upload_file(trial, store, str(payload), "application/octet-stream")
     assert list((tmp_path / "artifacts").iterdir()) == []
 
 
@@ -303,7 +303,7 @@ def test_an_upload_that_fills_the_disk_names_the_folder_and_leaves_no_part(tmp_p
     write = store.write
     store.write = lambda artifact_id, body: write(artifact_id, FillsUp())
     with pytest.raises(OSError) as raised:
-        artifacts._upload(trial, store, str(payload), "application/octet-stream")
+        artifacts.upload_file(trial, store, str(payload), "application/octet-stream")
     assert (raised.value.errno, raised.value.filename) == (
         errno.ENOSPC,
         str(tmp_path / "artifacts"),
@@ -319,7 +319,8 @@ def test_failed_trials_lose_their_artifact_files_and_completed_ones_keep_theirs(
     study, store, payload = _artifact_study(tmp_path)
     kept, stopped, gone = study.ask(), study.ask(), study.ask()
     ids = {
-        t.number: artifacts._upload(t, store, str(payload), "x/y") for t in (kept, stopped, gone)
+        t.number: artifacts.upload_file(t, store, str(payload), "x/y")
+        for t in (kept, stopped, gone)
     }
     (tmp_path / "artifacts" / ids[gone.number]).unlink()  # already removed: fine
     study.tell(kept, 1.0)

@@ -1,6 +1,6 @@
 """Conformance suite: every registered search backend writes the same study.
 
-The same small search runs on every backend of :data:`~nas_asc.search.backend.BACKENDS` (and on
+The same small search runs on every backend of :data:`~nas_asc.search.backends.BACKENDS` (and on
 the optuna backend's parallel workers when a PostgreSQL server is given): first two trials, a
 candidate over budget (rejected untrained, not counted) and one whose config its recipe refuses
 (failed, the study goes on), then continued to four, so that sampled trials, some over budget,
@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.errors import NasAscError
 from nas_asc.progress import RecordingReporter
-from nas_asc.search.backend import BACKENDS, create_backend, list_backends
+from nas_asc.search.backends import BACKENDS, create_backend, list_backends
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace

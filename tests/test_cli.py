@@ -256,11 +256,11 @@ def test_help_names_the_machine_limits(capsys):
 
 
 def test_a_teacher_near_chance_is_named_before_the_trials():
-    from nas_asc.cli import _weak_teacher_note
+    from nas_asc.pipeline.search import weak_teacher_note
 
     # the DCASE 2025 walk-through on the embedded data's 25 % split: 478 clips, teacher 19.6 %
-    note = _weak_teacher_note(0.196, 478)
+    note = weak_teacher_note(0.196, 478)
     assert note.startswith("note: the teacher reaches only 19.6% on the validation split")
     assert "478 training clips are too few" in note and "\n" not in note
-    assert _weak_teacher_note(0.53, 1888) == ""  # the Quick start's teacher
-    assert _weak_teacher_note(None, 478) == ""  # a teacher-logits file without a figure
+    assert weak_teacher_note(0.53, 1888) == ""  # the Quick start's teacher
+    assert weak_teacher_note(None, 478) == ""  # a teacher-logits file without a figure

@@ -46,7 +46,7 @@ from nas_asc.report.dashboard import (
 )
 from nas_asc.report.pareto import pareto_frame
 from nas_asc.report.plots import device_figure
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.settings import SearchSettings
 
 SPACE = {

@@ -12,9 +12,9 @@ from torch import nn
 
 from nas_asc.budget import PRESETS, Budget, parse_budget
 from nas_asc.complexity import count
+from nas_asc.deploy import runtime
+from nas_asc.deploy.netgen import checker_count, network_source, standalone
 from nas_asc.errors import BudgetError, NasAscError
-from nas_asc.export.dcase2025 import runtime
-from nas_asc.export.dcase2025.netgen import checker_count, network_source, standalone
 from nas_asc.models import create_model, list_models
 from nas_asc.train.quantize import quantize_ptq, stored_parameters
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nas_asc.data.features import FrontEnd
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.settings import SearchSettings
 from nas_asc.train.loop import TrainConfig, train
 

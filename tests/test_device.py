@@ -13,7 +13,7 @@ from nas_asc.cli import main
 from nas_asc.device import parse_gpus, resolve_device, runtime_info, worker_devices
 from nas_asc.errors import NasAscError
 from nas_asc.progress import ConsoleReporter
-from nas_asc.search.ray_backend import trial_resources
+from nas_asc.search.backends.ray import trial_resources
 from nas_asc.train import accel
 from nas_asc.train.loop import TrainConfig, evaluate, train
 from tests.toydata import toy_set

@@ -4,7 +4,7 @@ A test-only model family, registered for this module and removed afterwards, mis
 demand: its loss turns NaN or overflows, its constructor refuses the config, its layers do not
 fit together, its forward pass runs out of memory while training, or it has data-dependent
 control flow that FX graph-mode quantization cannot trace. A real search
-(:func:`~nas_asc.search.optuna_backend.run_search` on the tiny dataset) runs one trial of each
+(:func:`~nas_asc.search.backends.optuna.run_search` on the tiny dataset) runs one trial of each
 fault plus a healthy one and must reach its trial count with every fault recorded.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.errors import NasAscError
 from nas_asc.models import _registry
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace

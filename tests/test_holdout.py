@@ -19,12 +19,8 @@ import pytest
 import soundfile
 
 from nas_asc.cli import main
-from nas_asc.search.holdout import (
-    TEST_ATTRS,
-    kendall_tau,
-    rank_agreement,
-    set_finished_trial_attrs,
-)
+from nas_asc.search.holdout import TEST_ATTRS, rank_agreement, set_finished_trial_attrs
+from nas_asc.study.front import kendall_tau
 
 SPACE = """\
 name: tiny-protocol

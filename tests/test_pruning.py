@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.objective import DIRECTIONS, SearchContext
 from nas_asc.search.pruning import DominancePruner, NopPruner, create_pruner
 from nas_asc.search.settings import SearchSettings

@@ -21,15 +21,15 @@ from toydata import artifact_context
 from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.cli import main
 from nas_asc.errors import NasAscError
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
-from nas_asc.search.pruning import DominancePruner
-from nas_asc.search.ray_backend import (
+from nas_asc.search.backends.ray import (
     TRIAL_KEY,
     _run_and_tell,
     _searcher_class,
     require_ray,
     run_ray_search,
 )
+from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
+from nas_asc.search.pruning import DominancePruner
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.study import open_study, retry_history, trial_counts
 
@@ -65,10 +65,10 @@ def _python(code: str) -> subprocess.CompletedProcess:
 def test_ray_is_imported_only_by_a_ray_search_and_its_absence_is_one_clear_error():
     r = _python(
         "import sys\n"
-        "import nas_asc, nas_asc.cli, nas_asc.search.optuna_backend, nas_asc.search.ray_backend\n"
+        "import nas_asc, nas_asc.cli, nas_asc.search.backends.optuna, nas_asc.search.backends.ray\n"
         "print('ray' in sys.modules)\n"
         "sys.modules['ray'] = None  # as if Ray were not installed\n"
-        "from nas_asc.search.ray_backend import require_ray, run_ray_search\n"
+        "from nas_asc.search.backends.ray import require_ray, run_ray_search\n"
         "for call in (require_ray, lambda: run_ray_search(None, None, 'x')):\n"
         "    try:\n"
         "        call()\n"

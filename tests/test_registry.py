@@ -17,9 +17,9 @@ from nas_asc.models import create_model, list_models
 _LATER = (
     "nas_asc.search.samplers",
     "nas_asc.search.backends",
-    "nas_asc.search.backend",
-    "nas_asc.search.optuna_backend",
-    "nas_asc.search.ray_backend",
+    "nas_asc.search.backends.base",
+    "nas_asc.search.backends.optuna",
+    "nas_asc.search.backends.ray",
 )
 for _module in _LATER:
     try:

@@ -12,7 +12,7 @@ import torch
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
 from nas_asc.errors import NasAscError
 from nas_asc.search.artifacts import Checkpoint
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.objective import DIRECTIONS, SearchContext
 from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -219,7 +219,7 @@ def test_a_space_that_never_fits_stops_after_max_rejections_naming_the_smallest(
 
 
 def test_the_rejection_streak_restarts_at_a_trained_trial():
-    from nas_asc.search.backend import RejectionStreak
+    from nas_asc.search.backends.base import RejectionStreak
 
     def trial(status, n_bytes=0, macs=0):
         attrs = {"status": status, "param_bytes": n_bytes, "macs": macs}

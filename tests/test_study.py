@@ -16,11 +16,8 @@ from nas_asc.errors import NasAscError
 from nas_asc.search.study import (
     absolute_storage,
     default_storage,
-    parse_storage_url,
-    safe_url,
-    scrub,
-    sqlite_path,
 )
+from nas_asc.study.storage import parse_storage_url, safe_url, scrub, sqlite_path
 
 SECRET = "hunter2"
 

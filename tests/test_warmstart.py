@@ -9,7 +9,7 @@ import torch
 
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
 from nas_asc.errors import NasAscError
-from nas_asc.search.backend import run_search
+from nas_asc.search.backends import run_search
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace

@@ -156,7 +156,7 @@ def read_validation_file(path: str | Path, dataset: TAU22, what: str) -> np.ndar
         DatasetError: the file is missing or malformed, names clips of the test fold or clips
             outside the training split, or leaves a scene without clips on one side.
     """
-    from nas_asc.data.tau22 import _read_tsv
+    from nas_asc.data.tau22 import read_tsv
 
     path = Path(path).expanduser()
     if not path.is_file():
@@ -165,7 +165,7 @@ def read_validation_file(path: str | Path, dataset: TAU22, what: str) -> np.ndar
             f"validation split file {path} is {kind}; pass a TAB-separated file with a "
             "filename column naming training clips"
         )
-    frame = _read_tsv(path, ("filename",), "validation split file")
+    frame = read_tsv(path, ("filename",), "validation split file")
     names = frame["filename"]
     if names.empty:
         raise DatasetError(f"validation split file {path} names no clips; list training clips")

@@ -215,7 +215,7 @@ class TAU22:
         )
 
 
-def _read_tsv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
+def read_tsv(path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
     """Read a TAB-separated metadata file as strings and check its columns."""
     try:
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
@@ -444,14 +444,14 @@ def load_tau22(root: str | Path, train_split: str = "fold1", check_audio: bool =
         raise DatasetError(
             f"meta file {meta_path} not found; pass the TAU22 root folder (the one with meta.csv)"
         )
-    meta = _check_meta(_read_tsv(meta_path, _META_COLUMNS, "meta file"), meta_path)
+    meta = _check_meta(read_tsv(meta_path, _META_COLUMNS, "meta file"), meta_path)
     train_path = _find_split_file(root, train_split)
     eval_path = _find_evaluate_file(root)
     train = _build_split(
-        _read_tsv(train_path, _FOLD_COLUMNS, "split file"), meta, train_path, root, check_audio
+        read_tsv(train_path, _FOLD_COLUMNS, "split file"), meta, train_path, root, check_audio
     )
     evaluate = _build_split(
-        _read_tsv(eval_path, _FOLD_COLUMNS, "split file"), meta, eval_path, root, check_audio
+        read_tsv(eval_path, _FOLD_COLUMNS, "split file"), meta, eval_path, root, check_audio
     )
     both = sorted(set(train["filename"]) & set(evaluate["filename"]))
     if both:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 import math
-import numbers
 import os
 import tempfile
 from collections.abc import Mapping
@@ -31,9 +30,18 @@ from typing import Any
 
 import optuna
 import pandas as pd
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from nas_asc.progress import format_bytes, format_macs
+from nas_asc.study.front import (
+    as_number,
+    front_trials,
+    kendall_test,
+    metric_values,
+    pareto_trials,
+    trial_feasible,
+    trial_status,
+)
 
 __all__ = [
     "DEVICES",
@@ -43,7 +51,6 @@ __all__ = [
     "sram_class",
     "sram_fit_line",
     "pareto_frame",
-    "pareto_trials",
     "rank_agreement_line",
     "trials_frame",
     "write_report",
@@ -90,75 +97,6 @@ _BASE_COLUMNS = (
 # --------------------------------------------------------------------------------------------
 
 
-def _status(trial: FrozenTrial) -> str | None:
-    status = trial.user_attrs.get("status")
-    if status is not None:
-        return str(status)
-    if trial.state == TrialState.FAIL:
-        return "failed"
-    return None
-
-
-def _feasible(trial: FrozenTrial) -> bool | None:
-    """The ``feasible`` user attribute, else whether every constraint is <= 0, else unknown."""
-    feasible = trial.user_attrs.get("feasible")
-    if isinstance(feasible, bool):
-        return feasible
-    if trial.constraints:
-        return all(value <= 0.0 for value in trial.constraints.values())
-    return None
-
-
-def _is_trained_feasible(trial: FrozenTrial) -> bool:
-    return (
-        trial.state == TrialState.COMPLETE
-        and _status(trial) in ("trained", None)
-        and _feasible(trial) is not False
-    )
-
-
-def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto-optimal trials among the complete, trained and feasible ones.
-
-    Uses Optuna's constraint-aware ``best_trials``. Should its front contain a trial that is
-    not trained or not feasible by the user attributes (e.g. one whose constraints were not
-    set), the front is recomputed by Optuna over the trained, feasible trials alone, in a
-    scratch in-memory study, so that such a trial cannot hide the trials it dominates.
-    """
-    if len(study.directions) < 2:
-        raise ValueError(
-            f"study {study.study_name!r} is single-objective; the Pareto report needs the "
-            "(int8_accuracy, macs, param_bytes) objectives"
-        )
-    front = study.best_trials
-    if all(_is_trained_feasible(t) for t in front):
-        return front
-    candidates = [t for t in study.get_trials(deepcopy=False) if _is_trained_feasible(t)]
-    if not candidates:
-        return []
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        scratch = optuna.create_study(directions=study.directions)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    scratch.add_trials(candidates)  # numbered 0, 1, ... in order
-    return [candidates[t.number] for t in scratch.best_trials]
-
-
-def _metric_values(study: optuna.Study, trial: FrozenTrial) -> dict[str, float]:
-    names = study.metric_names
-    if not names or trial.values is None or len(names) != len(trial.values):
-        return {}
-    return dict(zip(names, trial.values, strict=True))
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return math.nan
-    return float(value)
-
-
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -168,12 +106,12 @@ def _evaluation_row(evaluation: Any) -> dict[str, Any]:
     evaluation = _mapping(evaluation)
     int8 = _mapping(evaluation.get("int8_accuracy"))
     unseen = _mapping(evaluation.get("unseen_accuracy"))
-    seeds = _number(evaluation.get("seeds"))
+    seeds = as_number(evaluation.get("seeds"))
     return {
-        "eval_int8_mean": _number(int8.get("mean")),
-        "eval_int8_std": _number(int8.get("std")),
-        "eval_unseen_mean": _number(unseen.get("mean")),
-        "eval_unseen_std": _number(unseen.get("std")),
+        "eval_int8_mean": as_number(int8.get("mean")),
+        "eval_int8_std": as_number(int8.get("std")),
+        "eval_unseen_mean": as_number(unseen.get("mean")),
+        "eval_unseen_std": as_number(unseen.get("std")),
         "eval_seeds": seeds,
     }
 
@@ -212,32 +150,32 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for trial in trials:
         attrs = trial.user_attrs
-        values = _metric_values(study, trial)
+        values = metric_values(study, trial)
         row: dict[str, Any] = {
             "trial": trial.number,
             "state": trial.state.name,
-            "status": _status(trial),
-            "feasible": _feasible(trial),
+            "status": trial_status(trial),
+            "feasible": trial_feasible(trial),
         }
         for column in _BASE_COLUMNS[4:]:
             value = attrs.get(column)
             if value is None and column in values and column != "int8_accuracy":
                 value = values[column]  # complexity objectives, when the attribute is missing
-            if value is None and column == "int8_accuracy" and _status(trial) == "trained":
+            if value is None and column == "int8_accuracy" and trial_status(trial) == "trained":
                 value = values.get(column)
-            row[column] = _number(value)
+            row[column] = as_number(value)
         by_device = _mapping(attrs.get("accuracy_by_device"))
         for device in devices:
-            row[f"acc_{device}"] = _number(by_device.get(device))
+            row[f"acc_{device}"] = as_number(by_device.get(device))
         for column in _TEST_COLUMNS:
-            row[column] = _number(attrs.get(column))
+            row[column] = as_number(attrs.get(column))
         test_by_device = _mapping(attrs.get("test_accuracy_by_device"))
         for device in devices:
-            row[f"test_acc_{device}"] = _number(test_by_device.get(device))
+            row[f"test_acc_{device}"] = as_number(test_by_device.get(device))
         row.update(_evaluation_row(attrs.get("evaluation")))
         reason = attrs.get("infeasible_reason")
         row["infeasible_reason"] = None if reason is None else str(reason)
-        row["last_accuracy"] = _number(attrs.get("last_accuracy"))
+        row["last_accuracy"] = as_number(attrs.get("last_accuracy"))
         for name in param_names:
             row[name] = trial.params.get(name)
         row["pareto"] = trial.number in pareto
@@ -283,9 +221,9 @@ def pareto_frame(study: optuna.Study) -> pd.DataFrame:
     Returns:
         The rows of ``trials_frame(study)`` with ``pareto`` true, re-indexed from 0.
     """
-    frame = trials_frame(study)
-    front = frame[frame["pareto"]]
-    return front.sort_values(["macs", "param_bytes", "trial"], kind="stable").reset_index(drop=True)
+    frame = trials_frame(study).set_index("trial", drop=False)
+    order = [t.number for t in front_trials(study)]
+    return frame.loc[order].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,8 +297,6 @@ def rank_agreement_line(frame: pd.DataFrame) -> str:
         0.60 (5 models)``; a line saying tau needs two measured models when fewer have both;
         ``""`` when no row has a test figure (a study measured before the test fold was).
     """
-    from nas_asc.search.holdout import kendall_test
-
     if frame is None or not _has_any(frame, "test_int8_accuracy"):
         return ""
     both = pd.DataFrame(
@@ -423,7 +359,7 @@ def sram_class(peak: Any) -> str:
     """The smallest of :data:`SRAM_SIZES` that holds ``peak`` activation bytes (``64 KiB``),
     ``> 256 KiB`` when none does, ``-`` when unknown. Activations alone: the stack, the audio
     buffer and the front end need room beside them."""
-    value = _number(peak)
+    value = as_number(peak)
     if not math.isfinite(value):
         return "-"
     for size in SRAM_SIZES:
@@ -443,8 +379,8 @@ def sram_fit_line(frame: pd.DataFrame) -> str:
         fits = [
             int(r["trial"])
             for _, r in frame.iterrows()
-            if math.isfinite(_number(r.get("peak_activation_bytes")))
-            and _number(r.get("peak_activation_bytes")) <= size
+            if math.isfinite(as_number(r.get("peak_activation_bytes")))
+            and as_number(r.get("peak_activation_bytes")) <= size
         ]
         listed = ", ".join(map(str, sorted(fits))) if fits else "none"
         parts.append(f"{size // 1024} KiB: {'trial' if len(fits) == 1 else 'trials'} {listed}")
@@ -537,7 +473,7 @@ def _budget(study: optuna.Study) -> dict[str, Any]:
         return {}
     budget: dict[str, Any] = {"name": str(raw.get("name") or "budget")}
     for key in ("max_macs", "max_param_bytes", "max_activation_bytes"):
-        value = _number(raw.get(key))
+        value = as_number(raw.get(key))
         if math.isfinite(value) and value > 0:
             budget[key] = value
     return budget
@@ -845,13 +781,13 @@ def _protocol_line(study: optuna.Study) -> str:
         return "-"
 
     def count(key: str) -> str:
-        value = _number(protocol.get(key))
+        value = as_number(protocol.get(key))
         return "?" if not math.isfinite(value) else f"{value:.0f}"
 
     if protocol.get("validation") == "file":
         how = f"from {protocol.get('validation_file', 'a file')}"
     else:
-        fraction = _number(protocol.get("validation_fraction"))
+        fraction = as_number(protocol.get("validation_fraction"))
         how = "?" if not math.isfinite(fraction) else f"{fraction:g}"
         how += f" of the training locations, seed {protocol.get('validation_seed', '?')}"
     return (

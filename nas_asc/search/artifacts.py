@@ -67,7 +67,7 @@ _ARTIFACT_ATTR = "artifacts:"  # Optuna's key prefix of a trial's artifact recor
 
 def default_artifact_dir(storage: str, study_name: str) -> Path:
     """Artifact folder of a study: beside its SQLite file, else ``studies/<study>/artifacts``."""
-    from nas_asc.search.study import sqlite_path
+    from nas_asc.study.storage import sqlite_path
 
     db = sqlite_path(storage)
     if db is not None:
@@ -235,12 +235,12 @@ def _upgrade_model_config(family: str, config: dict[str, Any]) -> dict[str, Any]
     return config
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """Tuples become lists so the checkpoint loads with ``weights_only=True``."""
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -267,7 +267,9 @@ class _Recorder:
                 self.store.remove(artifact_id)
 
 
-def _upload(trial: optuna.Trial, store: FileSystemArtifactStore, path: str, mimetype: str) -> str:
+def upload_file(
+    trial: optuna.Trial, store: FileSystemArtifactStore, path: str, mimetype: str
+) -> str:
     """:func:`optuna.artifacts.upload_artifact`, all or nothing: either the file is in the store
     and the trial records it, or neither."""
     recorder = _Recorder(store, str(getattr(store, "_base_path", "the artifact folder")))
@@ -322,12 +324,12 @@ def save_checkpoint(
     trial: optuna.Trial, store: FileSystemArtifactStore, checkpoint: Checkpoint
 ) -> str:
     """Upload ``checkpoint`` as an artifact of ``trial``; record its id; return the id."""
-    payload = _to_plain({k: v for k, v in asdict(checkpoint).items() if k != "state_dict"})
+    payload = to_plain({k: v for k, v in asdict(checkpoint).items() if k != "state_dict"})
     payload["state_dict"] = {k: v.detach().cpu() for k, v in checkpoint.state_dict.items()}
     with tempfile.TemporaryDirectory(prefix="nas-asc-ckpt-") as tmp:
         path = _checkpoint_file(tmp, trial.number)
         torch_save(payload, path)  # a full disk: OSError, the machine's fault, not the trial's
-        artifact_id = _upload(trial, store, path, "application/octet-stream")
+        artifact_id = upload_file(trial, store, path, "application/octet-stream")
     trial.set_user_attr("checkpoint_artifact", artifact_id)
     return artifact_id
 
@@ -479,7 +481,7 @@ def save_confusion_image(
     with tempfile.TemporaryDirectory(prefix="nas-asc-cm-") as tmp:
         path = os.path.join(tmp, f"trial-{trial.number}-confusion.png")
         Path(path).write_bytes(png)
-        artifact_id = _upload(trial, store, path, "image/png")
+        artifact_id = upload_file(trial, store, path, "image/png")
     trial.set_user_attr("confusion_artifact", artifact_id)
     return artifact_id
 
@@ -487,11 +489,11 @@ def save_confusion_image(
 def select_trials(study: optuna.Study, trials: Sequence[int] | None, verb: str) -> list[Any]:
     """The trials to ``verb`` (export, evaluate): ``trials`` by number, each trained with a
     checkpoint, or the Pareto set when None. Raises ``NasAscError`` naming the bad number."""
-    from nas_asc.report.pareto import pareto_frame
+    from nas_asc.study.front import front_trials
 
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trials is None:
-        chosen = [int(n) for n in pareto_frame(study)["trial"]]
+        chosen = [t.number for t in front_trials(study)]
         if not chosen:
             raise NasAscError(
                 f"study {study.study_name!r} has no trained trial within its budget, so its "

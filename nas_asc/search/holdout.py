@@ -24,21 +24,19 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
 from nas_asc.errors import NasAscError
+from nas_asc.study.front import kendall_tau, pareto_trials
 
 __all__ = [
     "TEST_ATTRS",
     "check_recordable",
-    "kendall_tau",
-    "kendall_test",
     "load_study_data",
     "measure_front",
     "measure_trials",
@@ -62,7 +60,7 @@ TEST_ATTRS = (
 )
 
 
-def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
     storage = study._storage
     backend = getattr(storage, "_backend", storage)  # Optuna wraps it in a cache
     if not isinstance(backend, optuna.storages.RDBStorage):
@@ -82,7 +80,7 @@ def set_finished_trial_attrs(study: optuna.Study, trial_id: int, attrs: Mapping[
     from optuna.storages._rdb import models
     from sqlalchemy.exc import IntegrityError
 
-    backend = _rdb(study)
+    backend = rdb_storage(study)
     model = models.TrialUserAttributeModel
     for attempt in range(2):  # a concurrent first insert of the same key: then update it
         session = backend.scoped_session()
@@ -114,7 +112,7 @@ def set_finished_trial_attrs(study: optuna.Study, trial_id: int, attrs: Mapping[
 def reload(study: optuna.Study) -> optuna.Study:
     """The study loaded afresh from its database (finished trials' new attributes visible)."""
     return optuna.load_study(
-        study_name=study.study_name, storage=_rdb(study), sampler=study.sampler
+        study_name=study.study_name, storage=rdb_storage(study), sampler=study.sampler
     )
 
 
@@ -156,7 +154,7 @@ def check_recordable(study: optuna.Study, command: str) -> None:
     """
     from optuna.storages._rdb import models
 
-    backend = _rdb(study)
+    backend = rdb_storage(study)
     model = models.StudyModel
     session = backend.scoped_session()
     try:
@@ -196,7 +194,7 @@ def record_trial_attrs(
         if not _is_database_error(exc):
             raise
         error = exc
-    where, detail = _database_name(_rdb(study)), _database_detail(error)
+    where, detail = _database_name(rdb_storage(study)), _database_detail(error)
     folder = study.user_attrs.get("artifact_dir")
     path = None
     if folder:
@@ -281,8 +279,6 @@ def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optun
     Returns:
         The study, loaded again so that the new attributes show.
     """
-    from nas_asc.report.pareto import pareto_trials
-
     todo = [t for t in pareto_trials(study) if "test_int8_accuracy" not in t.user_attrs]
     if not todo:
         return study
@@ -382,30 +378,6 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
     record = study.user_attrs.get("protocol")
     protocol = protocol_from_record(dataset, record) if isinstance(record, dict) else None
     return dataset, info, protocol
-
-
-def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
-    """Kendall's tau-b rank correlation of two equally long sequences (ties allowed), by SciPy.
-
-    None with fewer than two pairs or when either side is constant (no ranking to compare).
-    """
-    result = kendall_test(xs, ys)
-    return None if result is None else result[0]
-
-
-def kendall_test(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | None:
-    """Kendall's tau-b and its two-sided p-value (``scipy.stats.kendalltau``; exact for small
-    samples without ties). None with fewer than two pairs or a constant side."""
-    from scipy.stats import kendalltau
-
-    x = np.asarray(xs, dtype=float)
-    y = np.asarray(ys, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"kendall_tau needs two sequences of one length, got {x.shape}, {y.shape}")
-    if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    result = kendalltau(x, y)
-    return float(result.statistic), float(result.pvalue)
 
 
 def rank_agreement(trials: Iterable[FrozenTrial]) -> tuple[float | None, int]:

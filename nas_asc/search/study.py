@@ -31,11 +31,9 @@ from optuna.trial import TrialState
 from nas_asc._paths import create_dir
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
-from nas_asc.redact import mask_secrets, url_password
+from nas_asc.study.storage import parse_storage_url, safe_url, scrub, sqlite_path
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
-
     from nas_asc.search.objective import SearchContext
     from nas_asc.search.settings import SearchSettings
 
@@ -58,14 +56,10 @@ __all__ = [
     "open_existing_study",
     "open_storage",
     "open_study",
-    "parse_storage_url",
     "prepare_study",
     "retry_history",
     "requeue_trial",
-    "safe_url",
     "check_study_name",
-    "scrub",
-    "sqlite_path",
     "trial_counts",
 ]
 
@@ -101,69 +95,6 @@ HEARTBEAT_GRACE = 4  # heartbeats a trial may miss before it counts as abandoned
 # ---------------------------------------------------------------------------------------------
 # Storage URLs
 # ---------------------------------------------------------------------------------------------
-
-
-def safe_url(url: str) -> str:
-    """``url`` with its password shown as ``***``: the only form in which nas-asc prints a URL.
-
-    Every form a password can take is masked (:func:`nas_asc.redact.mask_secrets`): in the user
-    part (also unencoded, with ``@`` in it), in the query string (``?password=``) and in a libpq
-    key/value DSN, whether or not SQLAlchemy can parse the URL.
-
-    Example:
-        >>> safe_url("postgresql://ann:s3cret@db/nas")
-        'postgresql://ann:***@db/nas'
-        >>> safe_url("postgresql://ann@db/nas?password=s3cret")
-        'postgresql://ann@db/nas?password=***'
-    """
-    return mask_secrets(str(url))
-
-
-def parse_storage_url(url: str) -> URL:
-    """The storage URL parsed by SQLAlchemy; ``NasAscError`` (password masked) if it is not one.
-
-    A password with an unencoded ``@`` is refused (SQLAlchemy would take its tail for the host
-    and connect there): the message says to percent-encode it.
-    """
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(str(url))
-        parsed.port  # noqa: B018 -- make_url defers parsing the port; a bad one fails here
-    except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        detail = scrub(detail, url)
-        raise NasAscError(
-            f"--storage {safe_url(url)} is not a database URL ({detail}); write e.g. "
-            "sqlite:///studies/my.db or postgresql://USER@HOST:5432/DB"
-        ) from None
-    if parsed.host and "@" in parsed.host:
-        raise NasAscError(
-            f"--storage {safe_url(url)}: the password contains an unencoded '@'; "
-            "percent-encode it ('@' as %40, ':' as %3A, '/' as %2F) or pass it in the "
-            "PGPASSWORD environment variable"
-        )
-    return parsed
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of an SQLite storage URL; None for other databases and memory."""
-    parsed = parse_storage_url(url)
-    if not parsed.drivername.startswith("sqlite"):
-        return None
-    if parsed.username or parsed.password or parsed.host:
-        raise NasAscError(
-            f"--storage {safe_url(url)}: an SQLite database is a file and has no user, password "
-            "or host; write sqlite:///PATH (e.g. sqlite:///studies/my.db)"
-        )
-    if parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database)
-
-
-def is_sqlite(url: str) -> bool:
-    """Whether the storage is an SQLite database (one process at a time, one machine)."""
-    return parse_storage_url(url).drivername.startswith("sqlite")
 
 
 #: What a study name may be: it names files and folders (``studies/<study>.db``,
@@ -259,11 +190,6 @@ def _detail(exc: BaseException, url: str) -> str:
     """The first line of an exception's message, with the URL's password masked."""
     text = str(exc).strip()
     return scrub(text.splitlines()[0] if text else type(exc).__name__, url)
-
-
-def scrub(text: str, url: str) -> str:
-    """``text`` with the storage URL shown masked and its password nowhere."""
-    return mask_secrets(text, [url_password(url) or ""])
 
 
 # ---------------------------------------------------------------------------------------------

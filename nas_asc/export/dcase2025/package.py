@@ -10,9 +10,9 @@ the class order. :func:`export_dcase2025` writes one for up to four trials of a 
 
 * each submission is a trial's int8 general model and, where ``nas-asc finetune`` selected one,
   an int8 model per recording device (``"unknown"`` and any device without its own model get the
-  general one), as stand-alone networks (:mod:`nas_asc.export.dcase2025.netgen`) that compute
+  general one), as stand-alone networks (:mod:`nas_asc.deploy.netgen`) that compute
   exactly what nas-asc measured, with the front end and checkpoints they need and nothing of
-  nas-asc (:mod:`nas_asc.export.dcase2025.runtime` is copied in);
+  nas-asc (:mod:`nas_asc.deploy.runtime` is copied in);
 * without ``trials``, the (up to) four Pareto trials whose set has the largest hypervolume
   (Optuna's, on the study's validation objectives normalized by the budget) are chosen, and the
   reasons are printed and written to the package README;
@@ -53,6 +53,7 @@ import numpy as np
 import optuna
 import torch
 
+from nas_asc.deploy import runtime
 from nas_asc.errors import NasAscError
 
 __all__ = [
@@ -236,7 +237,7 @@ def _device_models(trial, wanted: bool | None, study_name: str) -> list[str]:
 
 def _build(study, index, trial, devices, features, progress) -> _Built:
     from nas_asc.data.features import FrontEnd
-    from nas_asc.export.dcase2025.netgen import checker_count, standalone
+    from nas_asc.deploy.netgen import checker_count, standalone
     from nas_asc.search.artifacts import load_checkpoint
     from nas_asc.train.loop import predict
 
@@ -396,7 +397,7 @@ def predict(
 def _net_source(built: _Built, label: str) -> tuple[str, dict[str, str]]:
     """Source of the submission's networks (one class per distinct graph) and each model's
     class name."""
-    from nas_asc.export.dcase2025.netgen import network_source
+    from nas_asc.deploy.netgen import network_source
 
     classes: dict[str, Any] = {}
     names: dict[str, str] = {}
@@ -419,7 +420,7 @@ def _net_source(built: _Built, label: str) -> tuple[str, dict[str, str]]:
 
 def _checkpoint(built: _Built, names: dict[str, str], study_name: str) -> dict:
     from nas_asc.data.tau22 import SCENES
-    from nas_asc.export.dcase2025.runtime import FORMAT
+    from nas_asc.deploy.runtime import FORMAT
 
     return {
         "format": FORMAT,
@@ -530,7 +531,7 @@ def _write(workdir: Path, label: str, study, built: list[_Built]) -> None:
     )
     (pkg / "_nets" / "__init__.py").write_text('"""Generated int8 networks."""\n')
     (pkg / "resources" / "__init__.py").write_text('"""dummy.wav and the test split."""\n')
-    shutil.copyfile(_HERE / "runtime.py", pkg / "_runtime.py")
+    shutil.copyfile(Path(runtime.__file__), pkg / "_runtime.py")
     _dummy_wav(pkg / "resources" / "dummy.wav")
     for b in built:
         source, names = _net_source(b, label)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_asc.fidelity import (
+from nas_asc.fidelity.base import (
     OfficialCheck,
     OfficialModel,
     TorchOfficial,

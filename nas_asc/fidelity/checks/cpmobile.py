@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nas_asc.fidelity import (
+from nas_asc.fidelity.base import (
     OfficialCheck,
     OfficialModel,
     TorchOfficial,

@@ -6,7 +6,7 @@ converted int8 model (``torch.ao`` FX) fits neither: its int8 weights live in pa
 not parameters (the checker would count none of them), and its graph calls nas-asc's own
 modules where layers stay in float. :func:`standalone` turns it into a ``torch.fx`` graph over
 
-* the int8 layers of :mod:`nas_asc.export.dcase2025.runtime` (int8 weights as ``int8``
+* the int8 layers of :mod:`nas_asc.deploy.runtime` (int8 weights as ``int8``
   parameters; they call the same ``torch.ops.quantized`` kernels with the same weights and
   scales, so the output is bit for bit the converted model's);
 * PyTorch functions only: every other module (pooling, shuffles, the float layers such as
@@ -157,7 +157,7 @@ def _runtime_layer(module: nn.Module):
     import torch.ao.nn.intrinsic.quantized as nniq
     import torch.ao.nn.quantized as nnq
 
-    from nas_asc.export.dcase2025 import runtime
+    from nas_asc.deploy import runtime
 
     if isinstance(module, nnq.Conv2d):  # ConvReLU2d is a subclass
         if module.padding_mode != "zeros":

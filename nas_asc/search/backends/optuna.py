@@ -31,7 +31,7 @@ import optuna
 
 from nas_asc.errors import NasAscError, interrupts_once
 from nas_asc.redact import masked_output, url_password
-from nas_asc.search.backend import (
+from nas_asc.search.backends.base import (
     BACKENDS,
     FailureStreak,
     RejectionStreak,
@@ -49,13 +49,12 @@ from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.study import (
     fail_stale_trials,
-    is_sqlite,
     open_study,
     prepare_study,
     requeue_trial,
-    scrub,
     trial_counts,
 )
+from nas_asc.study.storage import is_sqlite, scrub
 
 __all__ = ["OptunaBackend", "optimize"]
 

@@ -67,7 +67,7 @@ from nas_asc.device import resolve_device
 from nas_asc.errors import NasAscError
 from nas_asc.progress import Reporter
 from nas_asc.redact import masked_output, url_password
-from nas_asc.search.backend import (
+from nas_asc.search.backends.base import (
     BACKENDS,
     FailureStreak,
     RejectionStreak,
@@ -89,12 +89,12 @@ from nas_asc.search.study import (
     absolute_storage,
     close_storage,
     fail_stale_trials,
-    is_sqlite,
     open_storage,
     open_study,
     prepare_study,
     requeue_trial,
 )
+from nas_asc.study.storage import is_sqlite
 
 _LOG = logging.getLogger(__name__)
 
