@@ -33,7 +33,14 @@ import torch
 
 from nas_asc.errors import NasAscError
 
-__all__ = ["EVALUATION_VERSION", "evaluate_study", "evaluation_seed", "summarize_runs"]
+__all__ = [
+    "EVALUATION_VERSION",
+    "StudyTeacher",
+    "evaluate_study",
+    "evaluation_seed",
+    "summarize_runs",
+    "uses_teacher",
+]
 
 EVALUATION_VERSION = 1  # runs of another version (procedure) are not mixed with these
 
@@ -90,6 +97,7 @@ class StudyTeacher:
 
 
 def uses_teacher(recipe) -> bool:
+    """Whether any training stage of ``recipe`` reads the teacher's logits."""
     from nas_asc.train.distill import kd_stages
 
     return any(stage.uses_teacher for stage in kd_stages(recipe))
@@ -115,7 +123,6 @@ def evaluate_study(
     Returns:
         The study, loaded again with the new attributes.
     """
-    from nas_asc.budget import Budget
     from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.models import create_model
     from nas_asc.search.artifacts import load_checkpoint, select_trials, study_artifact_store
@@ -128,6 +135,7 @@ def evaluate_study(
     )
     from nas_asc.search.objective import measure_int8, train_candidate
     from nas_asc.search.settings import MAX_EVALUATE_SEEDS
+    from nas_asc.study.record import require_budget
     from nas_asc.train.loop import TrainConfig
 
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -153,7 +161,7 @@ def evaluate_study(
     total = sum(len(missing) for _, _, missing in todo)
     if total:
         check_recordable(study, "evaluate")  # each retraining is recorded: nothing trained yet
-    budget = Budget(**study.user_attrs["budget"])
+    budget = require_budget(study)
     study_seed = int(study.user_attrs.get("seed", 0))
     dataset, data_info, protocol = load_study_data(study, data_root, progress)
     if protocol is None:

@@ -9,6 +9,7 @@ import still makes an arrow: it only hides a circle until the function runs.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,27 @@ def test_no_import_circles(graph):
 def test_no_private_name_is_imported_across_modules(graph):
     _, private = graph
     assert private == []
+
+
+#: Optuna's internals: private modules, a study's storage and ids, the cache's backend, the
+#: artifact store's folder (``self._x`` is an object's own attribute, not Optuna's)
+_OPTUNA_INTERNALS = re.compile(
+    r"optuna\._|storages\._|(?<!self)\._(storage|study_id|trial_id|backend|base_path)\b"
+    r"|[\"']_(backend|base_path)[\"']"
+)
+
+
+def test_optuna_internals_are_read_in_the_study_package_only():
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if PACKAGE / "study" not in path.parents
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if _OPTUNA_INTERNALS.search(line.split("#")[0])
+    ]
+    assert found == []
+    storage = (PACKAGE / "study" / "storage.py").read_text()
+    assert _OPTUNA_INTERNALS.search(storage)  # the pattern does find them where they are
 
 
 def test_only_the_cli_puts_the_pipeline_to_use(graph):

@@ -191,6 +191,28 @@ def test_pareto_frame_is_the_non_dominated_feasible_set(study: optuna.Study) -> 
     assert set(front["trial"]) == {t.number for t in study.best_trials}
 
 
+def test_the_report_and_export_take_the_front_in_one_order() -> None:
+    """``front_trials`` (what export, evaluate and finetune take) lists the front as the
+    report's table does: by MACs, then parameter bytes, then number; a trial whose ``macs``
+    attribute is missing falls back to its objective value, one that is not a number goes last."""
+    from nas_asc.study.front import front_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["int8_accuracy", "macs", "param_bytes"])
+    study.add_trial(_trained(40, 0.55, 5_000_000, 50_000))  # 0
+    study.add_trial(_trained(20, 0.45, 5_000_000, 20_000))  # 1: same MACs, fewer bytes
+    study.add_trial(_trained(60, 0.60, 9_000_000, 90_000, extra={"macs": "n/a"}))  # 2: last
+    no_attr = _trained(16, 0.40, 2_000_000, 12_000)
+    del no_attr.user_attrs["macs"]  # 3: ordered by its objective value, 2,000,000
+    study.add_trial(no_attr)
+    study.add_trial(_trained(32, 0.45, 5_000_000, 20_000))  # 4: ties 1: by number
+    order = [t.number for t in front_trials(study)]
+    assert order == [3, 1, 4, 0, 2]
+    assert list(pareto_frame(study)["trial"]) == order
+
+
 def test_pareto_front_ignores_infeasible_trials_without_constraints() -> None:
     study = _study()
     # Marked infeasible by its attributes only: Optuna alone would count it as non-dominated.

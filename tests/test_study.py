@@ -173,3 +173,21 @@ def test_masked_output_covers_prints_logging_warnings_and_tracebacks(capsys):
     assert out.count("hunter2") == 1 and out.endswith("after: hunter2\n")
     assert "hunter2" not in err
     assert handler.stream is sys.stderr
+
+
+def test_the_recorded_budget_is_read_one_way():
+    import optuna
+
+    from nas_asc.budget import parse_budget
+    from nas_asc.study.record import recorded_budget, require_budget
+
+    study = optuna.create_study(study_name="foreign")
+    assert recorded_budget(study) is None
+    with pytest.raises(NasAscError) as err:
+        require_budget(study)
+    assert str(err.value) == ("study 'foreign' records no budget; it was not run by nas-asc search")
+    study.set_user_attr("budget", {"name": "x", "max_macs": "many"})  # not a budget
+    assert recorded_budget(study) is None
+    budget = parse_budget("dcase2024,ram=64k")
+    study.set_user_attr("budget", budget.to_dict())
+    assert require_budget(study) == budget

@@ -42,6 +42,7 @@ __all__ = [
     "load_tau22",
     "parse_filename",
     "read_audio",
+    "read_tsv",
 ]
 
 SCENES: tuple[str, ...] = (

@@ -120,14 +120,9 @@ def _folder_name(study_name: str, trial: int) -> str:
 
 
 def _study_budget(study: optuna.Study):
-    from nas_asc.budget import Budget
+    from nas_asc.study.record import require_budget
 
-    recorded = study.user_attrs.get("budget")
-    if not isinstance(recorded, dict):
-        raise NasAscError(
-            f"study {study.study_name!r} records no budget; it was not run by nas-asc search"
-        )
-    return Budget(**recorded)
+    return require_budget(study)
 
 
 def _check_targets(out_dir: Path, names: list[str], overwrite: bool) -> None:

@@ -55,6 +55,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from nas_asc.errors import NasAscError
+from nas_asc.study.storage import study_storage, unwrap_storage
 
 __all__ = ["PLOT_IDS", "dashboard_app", "publish_report_plots", "serve", "study_url"]
 
@@ -79,7 +80,7 @@ def _import_dashboard():
 
 def study_url(study: optuna.Study, host: str, port: int) -> str:
     """URL of the study's page on a dashboard served at ``host:port``."""
-    study_id = study._storage.get_study_id_from_name(study.study_name)
+    study_id = study_storage(study).get_study_id_from_name(study.study_name)
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://{shown}:{port}/dashboard/studies/{study_id}"
 
@@ -143,7 +144,7 @@ def _dashboard_figure(fig: Any) -> Any:
 
 def _delete_study_system_attrs(storage: BaseStorage, study_id: int, keys: list[str]) -> None:
     """Delete study system attributes (Optuna has no call for it; RDB storages only)."""
-    backend = getattr(storage, "_backend", storage)  # under Optuna's _CachedStorage
+    backend = unwrap_storage(storage)
     if not keys or not isinstance(backend, optuna.storages.RDBStorage):
         return
     import sqlalchemy
@@ -176,7 +177,7 @@ def publish_report_plots(study: optuna.Study) -> int:
         hypervolume_figure(hypervolume_history(study), reference_point(study)),
     ]
     figures = [None if fig is None else _dashboard_figure(fig) for fig in figures]
-    storage = study._storage
+    storage = study_storage(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     saved = _saved_plots(storage.get_study_system_attrs(study_id))
     shown = 0

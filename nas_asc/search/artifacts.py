@@ -42,6 +42,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from nas_asc._cache import torch_save
 from nas_asc._paths import create_dir
 from nas_asc.errors import NasAscError
+from nas_asc.study.storage import artifact_store_path, sqlite_path
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -58,6 +59,8 @@ __all__ = [
     "read_checkpoint",
     "remove_artifacts",
     "save_confusion_image",
+    "to_plain",
+    "upload_file",
     "select_trials",
 ]
 
@@ -67,8 +70,6 @@ _ARTIFACT_ATTR = "artifacts:"  # Optuna's key prefix of a trial's artifact recor
 
 def default_artifact_dir(storage: str, study_name: str) -> Path:
     """Artifact folder of a study: beside its SQLite file, else ``studies/<study>/artifacts``."""
-    from nas_asc.study.storage import sqlite_path
-
     db = sqlite_path(storage)
     if db is not None:
         return db.parent / study_name / "artifacts"
@@ -272,7 +273,7 @@ def upload_file(
 ) -> str:
     """:func:`optuna.artifacts.upload_artifact`, all or nothing: either the file is in the store
     and the trial records it, or neither."""
-    recorder = _Recorder(store, str(getattr(store, "_base_path", "the artifact folder")))
+    recorder = _Recorder(store, artifact_store_path(store))
     try:
         return upload_artifact(
             artifact_store=recorder, file_path=path, study_or_trial=trial, mimetype=mimetype

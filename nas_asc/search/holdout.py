@@ -33,11 +33,18 @@ from optuna.trial import FrozenTrial
 
 from nas_asc.errors import NasAscError
 from nas_asc.study.front import kendall_tau, pareto_trials
+from nas_asc.study.storage import (
+    rdb_backend,
+    rdb_models,
+    study_storage_id,
+    trial_storage_id,
+)
 
 __all__ = [
     "TEST_ATTRS",
     "check_recordable",
     "load_study_data",
+    "rdb_storage",
     "measure_front",
     "measure_trials",
     "rank_agreement",
@@ -61,9 +68,10 @@ TEST_ATTRS = (
 
 
 def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage:
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # Optuna wraps it in a cache
-    if not isinstance(backend, optuna.storages.RDBStorage):
+    """The database storage under ``study`` (Optuna wraps it in a cache); a one-line
+    ``NasAscError`` when the study is not in a database."""
+    backend = rdb_backend(study)
+    if backend is None:
         raise NasAscError(
             f"study {study.study_name!r} is not in a database storage; test-fold figures are "
             "stored in the study's database (sqlite:///... or postgresql://...)"
@@ -77,7 +85,7 @@ def set_finished_trial_attrs(study: optuna.Study, trial_id: int, attrs: Mapping[
     Readers see them once they load the study again (a loaded study caches finished trials).
     Two processes writing the same attribute at once both succeed; the last write stays.
     """
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy.exc import IntegrityError
 
     backend = rdb_storage(study)
@@ -152,13 +160,13 @@ def check_recordable(study: optuna.Study, command: str) -> None:
     Raises:
         NasAscError: naming the database, the driver's reason and the fix.
     """
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     backend = rdb_storage(study)
     model = models.StudyModel
     session = backend.scoped_session()
     try:
-        session.query(model).filter(model.study_id == study._study_id).update(
+        session.query(model).filter(model.study_id == study_storage_id(study)).update(
             {model.study_name: model.study_name}, synchronize_session=False
         )
         session.flush()
@@ -188,7 +196,7 @@ def record_trial_attrs(
     (:func:`record_unrecorded`). ``what`` words the message (``"seed 2 of 3"``).
     """
     try:
-        set_finished_trial_attrs(study, trial._trial_id, attrs)
+        set_finished_trial_attrs(study, trial_storage_id(trial), attrs)
         return
     except Exception as exc:
         if not _is_database_error(exc):
@@ -203,7 +211,7 @@ def record_trial_attrs(
         entry = {
             "study": study.study_name,
             "trial": trial.number,
-            "trial_id": trial._trial_id,
+            "trial_id": trial_storage_id(trial),
             "attrs": dict(attrs),
         }
         try:
@@ -239,7 +247,7 @@ def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) 
     if not files:
         return study
     check_recordable(study, command)
-    ids = {t._trial_id: t.number for t in study.get_trials(deepcopy=False)}
+    ids = {trial_storage_id(t): t.number for t in study.get_trials(deepcopy=False)}
     for path in files:
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
@@ -320,7 +328,7 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
             "test_log_loss": int8.log_loss,
             "test_clips": len(test_set),
         }
-        set_finished_trial_attrs(study, trial._trial_id, attrs)
+        set_finished_trial_attrs(study, trial_storage_id(trial), attrs)
         if progress:
             unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
             print(

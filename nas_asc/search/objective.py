@@ -45,6 +45,7 @@ from nas_asc.search.pruning import EPOCH_ACCURACY, EpochPruner, NopPruner
 from nas_asc.search.samplers import trial_seed
 from nas_asc.search.space import SearchSpace
 from nas_asc.search.study import DIRECTIONS, OBJECTIVE_NAMES, fit_to_space, retry_history
+from nas_asc.study.storage import trial_storage_id
 from nas_asc.train import accel
 from nas_asc.train.loop import TrainConfig, TrainResult, evaluate, train
 from nas_asc.train.prune import PruneResult, min_complexity, prune_to_fit
@@ -212,7 +213,7 @@ class Objective:
         self.trial_id: int | None = None  # the storage id of the trial last started
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        self.trial_id = trial._trial_id  # the backend re-queues it if the machine stops it
+        self.trial_id = trial_storage_id(trial)  # the backend re-queues it if the machine stops it
         try:
             candidate = self.propose(trial)
             if not self.gate(trial, candidate):

@@ -31,7 +31,18 @@ from optuna.trial import TrialState
 from nas_asc._paths import create_dir
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
-from nas_asc.study.storage import parse_storage_url, safe_url, scrub, sqlite_path
+from nas_asc.study.storage import (
+    parse_storage_url,
+    rdb_backend,
+    rdb_models,
+    safe_url,
+    scrub,
+    sqlite_path,
+    study_storage,
+    study_storage_id,
+    trial_storage_id,
+    unwrap_storage,
+)
 
 if TYPE_CHECKING:
     from nas_asc.search.objective import SearchContext
@@ -298,7 +309,7 @@ def open_storage(
 
 def close_storage(store: optuna.storages.BaseStorage) -> None:
     """Close the database connections of an RDB storage (no-op for others)."""
-    engine = getattr(getattr(store, "_backend", store), "engine", None)  # Optuna may wrap it
+    engine = getattr(unwrap_storage(store), "engine", None)
     if engine is not None:
         engine.dispose()
 
@@ -749,7 +760,7 @@ def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None
         The number of the queued copy, or None if nothing was queued.
     """
     try:
-        storage = study._storage
+        storage = study_storage(study)
         frozen = storage.get_trial(trial_id)
         if frozen.state == TrialState.RUNNING:
             storage.set_trial_state_values(trial_id, TrialState.FAIL)
@@ -780,7 +791,9 @@ def requeue_trial(study: optuna.Study, trial_id: int, reason: str) -> int | None
     from nas_asc.search.artifacts import remove_artifacts_of_failed_trials
 
     with contextlib.suppress(Exception):  # clean-up (room on a full disk), never a reason to stop
-        remove_artifacts_of_failed_trials(study, [t for t in trials if t._trial_id == trial_id])
+        remove_artifacts_of_failed_trials(
+            study, [t for t in trials if trial_storage_id(t) == trial_id]
+        )
     return max(t.number for t in trials)
 
 
@@ -803,7 +816,7 @@ class _RequeueStaleTrial:
         if len(retry_history(trial)) >= self.max_retry:
             return
         reason = f"was left running by a worker that died (no heartbeat for {self.grace:g} s)"
-        requeue_trial(study, trial._trial_id, reason)
+        requeue_trial(study, trial_storage_id(trial), reason)
 
 
 def fit_to_space(trial: optuna.Trial, distributions: dict[str, Any]) -> None:
@@ -821,9 +834,10 @@ def fit_to_space(trial: optuna.Trial, distributions: dict[str, Any]) -> None:
         distributions: the current space's distribution of each parameter name.
     """
     from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
 
-    backend = getattr(trial.storage, "_backend", trial.storage)
+    models = rdb_models()
+
+    backend = unwrap_storage(trial.storage)
     stored = trial.distributions
     changed = {
         name: new
@@ -845,7 +859,7 @@ def fit_to_space(trial: optuna.Trial, distributions: dict[str, Any]) -> None:
             value = type(trial.params[name])(value)
             row = (
                 session.query(models.TrialParamModel)
-                .filter(models.TrialParamModel.trial_id == trial._trial_id)
+                .filter(models.TrialParamModel.trial_id == trial_storage_id(trial))
                 .filter(models.TrialParamModel.param_name == name)
                 .one()
             )
@@ -884,17 +898,17 @@ def fail_stale_trials(study: optuna.Study) -> TrialCounts:
 
 
 def _beat_for_unbeaten_trials(study: optuna.Study) -> None:
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
-    backend = getattr(study._storage, "_backend", study._storage)
-    if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
+    backend = rdb_backend(study)
+    if backend is None or backend.heartbeat_interval is None:
         return
     session = backend.scoped_session()
     try:
         running = (
             session.query(models.TrialModel)
             .filter(models.TrialModel.state == TrialState.RUNNING)
-            .filter(models.TrialModel.study_id == study._study_id)
+            .filter(models.TrialModel.study_id == study_storage_id(study))
             .all()
         )
         unbeaten = [t.trial_id for t in running if not t.heartbeats]

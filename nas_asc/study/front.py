@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "as_number",
+    "compute_hypervolume",
     "front_trials",
     "is_trained_feasible",
     "kendall_tau",
@@ -113,7 +114,14 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
 
     def key(trial: FrozenTrial) -> tuple:
         macs, params = figure(trial, "macs"), figure(trial, "param_bytes")
-        return (math.isnan(macs), macs, math.isnan(params), params, trial.number)
+        # NaN compares false both ways, so a missing figure sorts as the flag alone
+        return (
+            math.isnan(macs),
+            0.0 if math.isnan(macs) else macs,
+            math.isnan(params),
+            0.0 if math.isnan(params) else params,
+            trial.number,
+        )
 
     return sorted(pareto_trials(study), key=key)
 
@@ -140,3 +148,12 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     """
     result = kendall_test(xs, ys)
     return None if result is None else result[0]
+
+
+def compute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
+    """The hypervolume that ``points`` (minimized objectives, one row each) dominate up to
+    ``reference``, by Optuna's own exact computation (an Optuna internal: read here and in
+    :mod:`nas_asc.study.storage` only)."""
+    from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
+
+    return float(optuna_hypervolume(np.asarray(points), np.asarray(reference)))

@@ -1,4 +1,5 @@
-"""Storage URLs: parsed once by SQLAlchemy, shown only with the password masked.
+"""A study's storage: its URL parsed once by SQLAlchemy and shown only with the password
+masked, and the only module that reads Optuna's internals (storage, ids, table models).
 
 Everything that names a study's database (the CLI, the backends, the artifact store) reads the
 URL through these functions, so a password can never reach a message unmasked and an SQLite
@@ -8,7 +9,9 @@ path is read one way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import optuna
 
 from nas_asc.errors import NasAscError
 from nas_asc.redact import mask_secrets, url_password
@@ -16,7 +19,20 @@ from nas_asc.redact import mask_secrets, url_password
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
 
-__all__ = ["is_sqlite", "parse_storage_url", "safe_url", "scrub", "sqlite_path"]
+__all__ = [
+    "artifact_store_path",
+    "is_sqlite",
+    "parse_storage_url",
+    "rdb_backend",
+    "rdb_models",
+    "safe_url",
+    "scrub",
+    "sqlite_path",
+    "study_storage_id",
+    "study_storage",
+    "trial_storage_id",
+    "unwrap_storage",
+]
 
 
 def safe_url(url: str) -> str:
@@ -85,3 +101,48 @@ def is_sqlite(url: str) -> bool:
 def scrub(text: str, url: str) -> str:
     """``text`` with the storage URL shown masked and its password nowhere."""
     return mask_secrets(text, [url_password(url) or ""])
+
+
+# ---------------------------------------------------------------------------------------------
+# Optuna's internals: read here and nowhere else, so an Optuna upgrade that moves them breaks
+# one module (tests/test_layout.py checks that no other module touches them)
+# ---------------------------------------------------------------------------------------------
+
+
+def study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage ``study`` reads and writes through (Optuna may wrap it in a cache)."""
+    return study._storage
+
+
+def study_storage_id(study: optuna.Study) -> int:
+    """The study's id in its storage (not its name)."""
+    return study._study_id
+
+
+def trial_storage_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The trial's id in its storage (unique across studies; not its number)."""
+    return trial._trial_id
+
+
+def unwrap_storage(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage under Optuna's cache (it wraps an RDBStorage in a ``_CachedStorage``)."""
+    return getattr(storage, "_backend", storage)
+
+
+def rdb_backend(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The database storage under ``study``'s cache, or None when it is not in a database."""
+    backend = unwrap_storage(study._storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def rdb_models() -> Any:
+    """Optuna's SQLAlchemy table models (``TrialModel``, ``TrialUserAttributeModel``, ...), for
+    the few writes Optuna's API has no call for (attributes of a finished trial)."""
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def artifact_store_path(store: Any, default: str = "the artifact folder") -> str:
+    """The folder of a file-system artifact store, for messages."""
+    return str(getattr(store, "_base_path", default))

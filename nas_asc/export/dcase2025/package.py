@@ -124,7 +124,7 @@ def _points(study: optuna.Study, numbers: Sequence[int]) -> dict[int, np.ndarray
 
 
 def _hypervolume(points: list[np.ndarray], reference: np.ndarray) -> float:
-    from optuna._hypervolume import compute_hypervolume
+    from nas_asc.study.front import compute_hypervolume
 
     inside = [p for p in points if np.all(p < reference)]
     if not inside:
@@ -820,11 +820,11 @@ def export_dcase2025(
         NasAscError: bad input (before anything is written) or a failed check (nothing is left
             behind).
     """
-    from nas_asc.budget import Budget
     from nas_asc.data.features import load_features
     from nas_asc.data.tau22 import SCENES
     from nas_asc.search.artifacts import select_trials, study_artifact_store
     from nas_asc.search.holdout import load_study_data
+    from nas_asc.study.record import require_budget
 
     label = check_label(label)
     out = _check_out(Path(out))
@@ -835,12 +835,7 @@ def export_dcase2025(
             f"--trials names {len(dict.fromkeys(trials))} trials, but DCASE 2025 takes at most "
             f"{MAX_SUBMISSIONS} submissions per participant; name at most {MAX_SUBMISSIONS}"
         )
-    recorded_budget = study.user_attrs.get("budget")
-    if not isinstance(recorded_budget, dict):
-        raise NasAscError(
-            f"study {study.study_name!r} records no budget; it was not run by nas-asc search"
-        )
-    budget = Budget(**recorded_budget)
+    budget = require_budget(study)
     if trials is None:
         numbers, choice = choose_submissions(study)
     else:

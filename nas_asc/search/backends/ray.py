@@ -94,7 +94,7 @@ from nas_asc.search.study import (
     prepare_study,
     requeue_trial,
 )
-from nas_asc.study.storage import is_sqlite
+from nas_asc.study.storage import is_sqlite, trial_storage_id
 
 _LOG = logging.getLogger(__name__)
 
@@ -623,6 +623,6 @@ def _stopped(study: optuna.Study, trial: optuna.Trial, exc: BaseException) -> di
     the trial is re-queued (or, if the storage refuses that too, left to its stale heartbeat)
     and the driver stops the search with ``error``."""
     error = machine_error_text(exc)
-    requeue_trial(study, trial._trial_id, f"was stopped by {error}")
+    requeue_trial(study, trial_storage_id(trial), f"was stopped by {error}")
     nan = {name: math.nan for name in study.metric_names or OBJECTIVE_NAMES}
     return {**nan, "state": "ERROR", "error": error}
