@@ -666,10 +666,9 @@ def _print_front(study) -> None:
 
 
 def _write_report(study, reports: Path):
-    from nas_asc._paths import writable_dir
-    from nas_asc.report.pareto import write_report
+    from nas_asc.pipeline.search import write_study_report
 
-    paths = write_report(study, writable_dir(reports / study.study_name, "reports"))
+    paths = write_study_report(study, reports)
     _print_front(study)
     return paths
 

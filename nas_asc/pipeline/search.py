@@ -40,6 +40,7 @@ __all__ = [
     "SearchRequest",
     "load_dataset",
     "run_search",
+    "write_study_report",
     "validation_protocol",
     "weak_teacher_note",
 ]
@@ -152,6 +153,14 @@ def weak_teacher_note(accuracy: float | None, n_train: int) -> str:
     )
 
 
+def write_study_report(study: optuna.Study, reports: Path) -> ReportPaths:
+    """Write ``study``'s report into ``reports/<study name>/`` (created if needed)."""
+    from nas_asc._paths import writable_dir
+    from nas_asc.report.pareto import write_report
+
+    return write_report(study, writable_dir(Path(reports) / study.study_name, "reports"))
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -169,7 +178,6 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
     from nas_asc.data.protocol import ValidationSpec
     from nas_asc.device import parse_gpus
     from nas_asc.progress import ConsoleReporter, Reporter
-    from nas_asc.report.pareto import write_report
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
     from nas_asc.search.backends import create_backend
     from nas_asc.search.holdout import measure_front
@@ -319,7 +327,7 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
     study = backend.run(context, settings, data_label, data_info)
     # the end of the search: its Pareto set measured on the test fold, once
     study = measure_front(study, protocol, progress)
-    paths = write_report(study, writable_dir(Path(r.reports) / study.study_name, "reports"))
+    paths = write_study_report(study, r.reports)
     this_run = time.perf_counter() - started
     total = study.user_attrs.get("search_seconds", 0.0) + this_run
     runs = study.user_attrs.get("search_runs", 0) + 1

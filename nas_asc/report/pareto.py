@@ -39,6 +39,7 @@ from nas_asc.study.front import (
     kendall_test,
     metric_values,
     pareto_trials,
+    recorded_figure,
     trial_feasible,
     trial_status,
 )
@@ -158,12 +159,12 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "feasible": trial_feasible(trial),
         }
         for column in _BASE_COLUMNS[4:]:
-            value = attrs.get(column)
-            if value is None and column in values and column != "int8_accuracy":
-                value = values[column]  # complexity objectives, when the attribute is missing
-            if value is None and column == "int8_accuracy" and trial_status(trial) == "trained":
-                value = values.get(column)
-            row[column] = as_number(value)
+            if column != "int8_accuracy":  # complexity objectives, when the attribute is missing
+                row[column] = recorded_figure(study, trial, column, values)
+            elif attrs.get(column) is None and trial_status(trial) == "trained":
+                row[column] = as_number(values.get(column))
+            else:
+                row[column] = as_number(attrs.get(column))
         by_device = _mapping(attrs.get("accuracy_by_device"))
         for device in devices:
             row[f"acc_{device}"] = as_number(by_device.get(device))

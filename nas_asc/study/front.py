@@ -27,6 +27,7 @@ __all__ = [
     "kendall_test",
     "metric_values",
     "pareto_trials",
+    "recorded_figure",
     "trial_feasible",
     "trial_status",
 ]
@@ -101,19 +102,29 @@ def pareto_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [candidates[t.number] for t in scratch.best_trials]
 
 
+def recorded_figure(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    name: str,
+    values: dict[str, float] | None = None,
+) -> float:
+    """Figure ``name`` of ``trial``: its attribute, else its objective value of that name (a study
+    that did not record the attribute); NaN when neither is a number. ``values``: the trial's
+    :func:`metric_values`, when the caller has them."""
+    value = trial.user_attrs.get(name)
+    if value is None:
+        value = (metric_values(study, trial) if values is None else values).get(name)
+    return as_number(value)
+
+
 def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     """:func:`pareto_trials` listed by MACs, then parameter bytes, then trial number (a missing
-    figure last): the order of the report's table and of what ``export`` and ``evaluate`` take.
-    A complexity figure is the trial's attribute, else its objective value."""
-
-    def figure(trial: FrozenTrial, name: str) -> float:
-        value = trial.user_attrs.get(name)
-        if value is None:
-            value = metric_values(study, trial).get(name)
-        return as_number(value)
+    figure last): the order of the report's table and of what ``export`` and ``evaluate`` take."""
 
     def key(trial: FrozenTrial) -> tuple:
-        macs, params = figure(trial, "macs"), figure(trial, "param_bytes")
+        values = metric_values(study, trial)
+        macs = recorded_figure(study, trial, "macs", values)
+        params = recorded_figure(study, trial, "param_bytes", values)
         # NaN compares false both ways, so a missing figure sorts as the flag alone
         return (
             math.isnan(macs),
