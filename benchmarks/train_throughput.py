@@ -100,8 +100,8 @@ def nas_asc_trainer(model, train_set, epochs: int, seed: int, options: dict) -> 
         mixstyle_p=0.0,
         kd_lambda=0.0,
     )
-    with accel.using(**options):
-        return train(model, train_set, recipe, teacher_logits=None, seed=seed).accel
+    runtime = accel.AccelOptions(**options)
+    return train(model, train_set, recipe, teacher_logits=None, seed=seed, runtime=runtime).accel
 
 
 def _one(job: dict) -> tuple[float, dict]:

@@ -9,7 +9,6 @@ set ``NAS_ASC_DEBUG=1`` for the traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -841,7 +840,9 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     search_data = validation_protocol(
         dataset, args.validation, args.validation_split, args.seed, args.train_split
     ).search_view()
-    teacher = get_teacher(search_data, config, progress=not args.quiet, retrain=args.retrain)
+    teacher = get_teacher(
+        search_data, config, progress=not args.quiet, retrain=args.retrain, runtime=args.runtime
+    )
     for i, m in enumerate(teacher.report["members"]):
         fields = ",".join(f"{k}={v}" for k, v in m.get("model", {}).items())
         print(
@@ -890,7 +891,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     study, _ = _existing_study(args.study, args.storage)
     check_creatable(args.reports, "reports", "--reports")
     study = evaluate_study(
-        study, args.trials, args.seeds, data_root=args.data, progress=not args.quiet
+        study,
+        args.trials,
+        args.seeds,
+        data_root=args.data,
+        progress=not args.quiet,
+        runtime=args.runtime,
     )
     paths = _write_report(study, args.reports)
     print(
@@ -920,6 +926,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         lr_scale=args.lr_scale,
         data_root=args.data,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
     print(format_finetune(study, args.trials))
     return 0
@@ -943,6 +950,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tolerance_pp=args.tolerance_pp,
         c_header=not args.no_c_header,
+        runtime=args.runtime,
     )
     print(
         f"exported {len(results)} model(s), each re-verified with ONNX Runtime, to {args.out} "
@@ -1044,22 +1052,17 @@ def _debug_enabled(value: str) -> bool:
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def _device_options(args: argparse.Namespace):
-    """The ``--device`` of a command that trains or verifies, checked before any work (CUDA
-    missing is one line, exit 2) and set for the command's training (``accel.using``).
-
-    A search's workers each take theirs from its settings (``--gpus``); this one is the
-    teacher's. A Ray cluster's GPUs are on its nodes: its driver trains here on what it has.
-    """
+def _runtime(args: argparse.Namespace):
+    """The command's runtime (:class:`~nas_asc.train.accel.AccelOptions`): its ``--device``,
+    checked before any work (CUDA missing is one line, exit 2); None for a command without one.
+    Each command passes it to the stage it calls."""
     spec = getattr(args, "device", None)
     if spec is None:
-        return contextlib.nullcontext()
-    from nas_asc.device import resolve_device
-    from nas_asc.train import accel
+        return None
+    from nas_asc.device import driver_device
+    from nas_asc.train.accel import AccelOptions
 
-    if getattr(args, "ray_address", None):
-        spec = "auto" if spec.startswith("cuda") else spec
-    return accel.using(device=str(resolve_device(spec)))
+    return AccelOptions(device=driver_device(spec, getattr(args, "ray_address", None)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1092,8 +1095,8 @@ def _command(argv: list[str]) -> int:
     scrub = _scrubber(args)
     debug = _debug_enabled(os.environ.get("NAS_ASC_DEBUG", ""))
     try:
-        with _device_options(args):
-            return _COMMANDS[args.command](args)
+        args.runtime = _runtime(args)
+        return _COMMANDS[args.command](args)
     except KeyboardInterrupt:
         # a search re-queues the trial it was running (same parameters and seed)
         detail = (

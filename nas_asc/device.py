@@ -29,6 +29,7 @@ import torch
 from nas_asc.errors import NasAscError
 
 __all__ = [
+    "driver_device",
     "DEVICE_HELP",
     "check_device_spec",
     "parse_gpus",
@@ -85,6 +86,19 @@ def resolve_device(spec: str = "auto") -> torch.device:
             f"(cuda:0 to cuda:{count - 1})"
         )
     return torch.device("cuda", index)
+
+
+def driver_device(spec: str = "auto", ray_address: str | None = None) -> str:
+    """The device the command's own process trains on (a search's teacher, evaluate's and
+    finetune's retraining, export's verification), resolved and checked before any work.
+
+    A search's workers each take theirs from its settings (``--gpus``). A Ray cluster's GPUs
+    are on its nodes: with ``ray_address``, a ``cuda`` spec becomes ``auto`` here (the driver
+    trains on what this machine has).
+    """
+    if ray_address:
+        spec = "auto" if spec.startswith("cuda") else spec
+    return str(resolve_device(spec))
 
 
 def parse_gpus(text: str | None) -> tuple[int, ...] | None:

@@ -32,6 +32,8 @@ import optuna
 import torch
 
 from nas_asc.errors import NasAscError
+from nas_asc.progress import reporter_for
+from nas_asc.study.record import StudyRecord
 
 __all__ = [
     "EVALUATION_VERSION",
@@ -109,6 +111,7 @@ def evaluate_study(
     seeds: int = 3,
     data_root=None,
     progress: bool = True,
+    runtime=None,
 ) -> optuna.Study:
     """Retrain the chosen trials' configurations on the whole training split with ``seeds``
     seeds each, measure their int8 models on the test fold and store the results.
@@ -162,7 +165,7 @@ def evaluate_study(
     if total:
         check_recordable(study, "evaluate")  # each retraining is recorded: nothing trained yet
     budget = require_budget(study)
-    study_seed = int(study.user_attrs.get("seed", 0))
+    study_seed = StudyRecord.of(study).seed or 0
     dataset, data_info, protocol = load_study_data(study, data_root, progress)
     if protocol is None:
         raise NasAscError(
@@ -173,11 +176,10 @@ def evaluate_study(
     teacher = StudyTeacher(view, data_info, progress)
     features: dict[FrontEnd, Any] = {}
     if progress:
-        print(
+        reporter_for(progress).message(
             f"evaluate: {len(chosen)} configuration(s) x {seeds} seed(s), {total} retraining(s) "
             f"to run on the whole training split ({len(view.train):,} clips), each measured on "
-            f"the test fold ({len(view.evaluate):,} clips)",
-            flush=True,
+            f"the test fold ({len(view.evaluate):,} clips)"
         )
     step = 0
     for trial, runs, missing in todo:
@@ -218,6 +220,7 @@ def evaluate_study(
                 shape=shape,
                 prune=recipe.prune and bool(budget.violations(c)),
                 simulated=simulated,
+                runtime=runtime,
             )
             fp32, int8, _ = measure_int8(model, fitted.result, train_set, test_set, recipe, seed)
             runs.append(
@@ -246,11 +249,10 @@ def evaluate_study(
             )
             if progress:
                 unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
-                print(
+                reporter_for(progress).message(
                     f"[{step}/{total}] trial {trial.number}, seed {k + 1} of {seeds}: int8 "
                     f"{int8.accuracy:.1%} on the test fold (unseen devices {unseen}), "
-                    f"{time.perf_counter() - started:.0f} s",
-                    flush=True,
+                    f"{time.perf_counter() - started:.0f} s"
                 )
     return reload(study)
 

@@ -65,6 +65,8 @@ from optuna.trial import FrozenTrial
 
 from nas_asc.data.features import FeatureSet
 from nas_asc.errors import NasAscError
+from nas_asc.progress import reporter_for
+from nas_asc.study.record import StudyRecord
 
 __all__ = [
     "FINETUNE_VERSION",
@@ -143,11 +145,10 @@ def _start_record(trial: FrozenTrial, epochs: int, lr_scale: float, progress: bo
     if settings == (FINETUNE_VERSION, epochs, lr_scale) and isinstance(old.get("devices"), dict):
         return {**fresh, **{k: v for k, v in old.items() if k in ("devices", "test")}}
     if progress:
-        print(
+        reporter_for(progress).message(
             f"note: trial {trial.number}'s device models were fine-tuned with version "
             f"{settings[0]}, epochs={settings[1]}, lr_scale={settings[2]}; starting it over "
-            f"with version {FINETUNE_VERSION}, epochs={epochs}, lr_scale={lr_scale}",
-            flush=True,
+            f"with version {FINETUNE_VERSION}, epochs={epochs}, lr_scale={lr_scale}"
         )
     return fresh
 
@@ -178,6 +179,7 @@ def finetune_study(
     lr_scale: float = 0.1,
     data_root=None,
     progress: bool = True,
+    runtime=None,
 ) -> optuna.Study:
     """Fine-tune one model per training device for the chosen trials, select each on the
     validation split, measure the general and the combined system once on the test fold.
@@ -189,6 +191,8 @@ def finetune_study(
         lr_scale: the fine-tuning learning rate as a multiple of the trial's recipe's.
         data_root: the dataset root, if not the one the study recorded.
         progress: a header, one line per device and a test-fold line per trial.
+        runtime: device, threads and compile of the fine-tuning
+            (:class:`~nas_asc.train.accel.AccelOptions`); None: its defaults (the CPU).
 
     Returns:
         The study, loaded again with the trials' ``device_models`` attribute.
@@ -222,7 +226,7 @@ def finetune_study(
     store = study_artifact_store(study)  # a missing artifact folder fails before any work
     study = record_unrecorded(study, "fine-tune", progress)  # records a refused write kept
     chosen = select_trials(study, trials, "fine-tune")
-    study_seed = int(study.user_attrs.get("seed", 0))
+    study_seed = StudyRecord.of(study).seed or 0
     _, data_info, protocol = load_study_data(study, data_root, progress)
     if protocol is None:
         raise NasAscError(
@@ -243,22 +247,20 @@ def finetune_study(
     if any(missing or "test" not in record for _, record, missing, _ in plans):
         check_recordable(study, "fine-tune")  # every device model is recorded: none trained yet
     if progress:
-        print(
+        reporter_for(progress).message(
             f"fine-tune: {len(chosen)} trial(s) x {len(devices)} training device(s) "
             f"({', '.join(devices)}), {total} device model(s) to train for {epochs} epoch(s) at "
             f"{lr_scale:g} x the recipe's learning rate on the training part ({len(protocol.fit):,}"
             f" clips), selected on the validation split ({len(protocol.validation):,} clips), "
-            f"measured once on the test fold ({len(protocol.test):,} clips)",
-            flush=True,
+            f"measured once on the test fold ({len(protocol.test):,} clips)"
         )
     step = 0
     for trial, record, missing, earlier in plans:
         if not missing and "test" in record:
             if progress:
-                print(
+                reporter_for(progress).message(
                     f"  trial {trial.number}: done with these settings already (device models "
-                    "and test-fold figures stored)",
-                    flush=True,
+                    "and test-fold figures stored)"
                 )
             continue
         ckpt = load_checkpoint(study, trial)
@@ -279,6 +281,7 @@ def finetune_study(
                 train_set=train_set,
                 val_set=val_set,
                 teacher_logits=teacher.logits() if uses_teacher(tune) else None,
+                runtime=runtime,
             )
             general = job.general
         for device in missing:
@@ -291,10 +294,9 @@ def finetune_study(
             record_trial_attrs(study, trial, {_ATTR: record}, f"the model of device {device}")
             _remove_superseded(study, earlier, record)
             if progress:
-                print(
+                reporter_for(progress).message(
                     f"[{step}/{total}] trial {trial.number}, device {device}: "
-                    f"{_validation_line(entry)}, {time.perf_counter() - started:.0f} s",
-                    flush=True,
+                    f"{_validation_line(entry)}, {time.perf_counter() - started:.0f} s"
                 )
         train_set, test_set = features.get("test", frontend)
         if general is None:
@@ -304,7 +306,7 @@ def finetune_study(
         record_trial_attrs(study, trial, {_ATTR: record}, "the test-fold figures")
         _remove_superseded(study, earlier, record)
         if progress:
-            print(_test_line(trial.number, record), flush=True)
+            reporter_for(progress).message(_test_line(trial.number, record))
     return reload(study)
 
 
@@ -330,10 +332,9 @@ def _forget_lost(study: optuna.Study, trial: FrozenTrial, record: dict, progress
         del record["devices"][device]
         record.pop("test", None)
         if progress:
-            print(
+            reporter_for(progress).message(
                 f"note: trial {trial.number}'s model of device {device} has no checkpoint file "
-                f"({path or 'none recorded'}); fine-tuning it anew",
-                flush=True,
+                f"({path or 'none recorded'}); fine-tuning it anew"
             )
 
 
@@ -370,6 +371,7 @@ class _Job:
     train_set: FeatureSet  # the training part
     val_set: FeatureSet  # the validation split
     teacher_logits: torch.Tensor | None  # indexed by meta.csv row; None: no distillation
+    runtime: Any = None  # AccelOptions of the fine-tuning; None: the defaults (the CPU)
 
 
 def _finetune_device(job: _Job, device: str, seed: int) -> tuple[dict, torch.nn.Module]:
@@ -390,11 +392,12 @@ def _finetune_device(job: _Job, device: str, seed: int) -> tuple[dict, torch.nn.
         # the fake-quantized network trains as it is ("ptq": train must not prepare it again);
         # its observers follow the device's activations, then freeze for the conversion
         model.apply(enable_observer)
-        train(model, device_train, dataclasses.replace(tune, quantization="ptq"), logits, seed)
+        ptq = dataclasses.replace(tune, quantization="ptq")
+        train(model, device_train, ptq, logits, seed, runtime=job.runtime)
         model.apply(disable_observer)
         int8 = convert_qat(model.eval())
     else:
-        train(model, device_train, tune, logits, seed)
+        train(model, device_train, tune, logits, seed, runtime=job.runtime)
         idx = calibration_indices(len(device_train), seed, n_calib)
         int8 = quantize_ptq(model, device_train.batch(idx))
     n_val = len(device_val)

@@ -31,6 +31,7 @@ __all__ = [
     "format_duration",
     "format_macs",
     "format_params",
+    "reporter_for",
 ]
 
 
@@ -250,6 +251,18 @@ class ConsoleReporter(Reporter):
 
     def message(self, text: str) -> None:
         self._line(text)
+
+
+def reporter_for(progress: bool | Reporter | None) -> Reporter:
+    """The channel a stage's progress lines go through: a given :class:`Reporter`, the console
+    (:class:`ConsoleReporter`, standard output) for True, a silent one for False or None.
+
+    Every stage (search, test-fold measurement, evaluate, fine-tune, export) speaks through a
+    reporter; only the CLI prints directly.
+    """
+    if isinstance(progress, Reporter):
+        return progress
+    return ConsoleReporter() if progress else Reporter()
 
 
 @dataclass

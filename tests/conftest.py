@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated cache root and one tiny synthetic TAU22 dataset per session."""
+"""Shared fixtures: an isolated cache root and one tiny synthetic TAU22 dataset per session; the
+fast suite's split over the cores (pytest-xdist, one pinned worker per core, a test file per
+worker at a time so that module fixtures are built once)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,38 @@ TINY = dict(
     train_clips_per_segment=4,
     eval_clips_per_segment=1,
 )
+
+
+MAX_WORKERS = 8  # each worker imports torch (about 0.5 GB); beyond this, memory, not cores, binds
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core this process may run on, up to
+    :data:`MAX_WORKERS`, for the fast suite only. A selection that includes slow tests runs in
+    one process: those end-to-end tests start worker processes of their own and time them out."""
+    markexpr = config.getoption("markexpr", "") or ""
+    if "not slow" not in markexpr:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_WORKERS, cores or 1))
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, pin each worker to its own share of the cores.
+
+    Torch threads that outnumber free cores stall each other at every barrier; pinned, each
+    worker (and every process it starts) sees only its cores, so nas-asc's thread share
+    (``accel.cpu_cores``) gives each worker's training exactly the cores it has.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index = int(worker.removeprefix("gw"))
+    mine = cores[index::count] if len(cores) >= count else cores
+    os.sched_setaffinity(0, mine or cores)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,6 @@
-"""The command line, run as a user would run it (a subprocess of the installed entry point)."""
+"""The command line, run as a user would run it: a subprocess of the installed entry point where
+the process itself is under test, else ``main()`` in this process (the same parser, commands,
+messages and exit codes, without a second torch import per case)."""
 
 from __future__ import annotations
 
@@ -23,8 +25,34 @@ def run(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     )
 
 
-def test_complexity_json_reproduces_the_report_c40_count():
-    r = run("complexity", "tfsepnet", "--set", "width=40", "--input", "1x128x44", "--json")
+def here(capsys, monkeypatch, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``nas-asc ARGS`` through ``main()`` in this process, in ``cwd``: exit code and output."""
+    from nas_asc.cli import main
+
+    monkeypatch.delenv("NAS_ASC_DEBUG", raising=False)
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
+def test_complexity_json_reproduces_the_report_c40_count(capsys, monkeypatch):
+    r = here(
+        capsys,
+        monkeypatch,
+        "complexity",
+        "tfsepnet",
+        "--set",
+        "width=40",
+        "--input",
+        "1x128x44",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {
         "params": 54270,
@@ -35,8 +63,8 @@ def test_complexity_json_reproduces_the_report_c40_count():
     }
 
 
-def test_complexity_text_says_whether_it_fits():
-    r = run("complexity", "tfsepnet", "--set", "width=64")
+def test_complexity_text_says_whether_it_fits(capsys, monkeypatch):
+    r = here(capsys, monkeypatch, "complexity", "tfsepnet", "--set", "width=64")
     assert r.returncode == 0, r.stderr
     assert "OVER budget" in r.stdout and "135,210 parameter bytes > 128,000" in r.stdout
 
@@ -74,23 +102,28 @@ def test_bad_input_gives_one_clear_line(args, fragments, tmp_path):
     _one_line_error(run(*args, cwd=tmp_path), *fragments)
 
 
-def test_search_with_a_missing_dataset_root_fails_before_doing_anything(tmp_path):
-    r = run("search", "--space", "tfsepnet", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
+def test_search_with_a_missing_dataset_root_fails_before_doing_anything(
+    tmp_path, capsys, monkeypatch
+):
+    missing = str(tmp_path / "nowhere")
+    r = here(capsys, monkeypatch, "search", "--space", "tfsepnet", "--data", missing, cwd=tmp_path)
     _one_line_error(r, "does not exist")
     assert not (tmp_path / "studies").exists() or not any((tmp_path / "studies").iterdir())
 
 
-def test_search_with_a_malformed_space_file(tmp_path):
+def test_search_with_a_malformed_space_file(tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: bad\nmodel: tfsepnet\ndimensions:\n  model.width: {type: int, low: 9, high: 2}\n"
     )
-    _one_line_error(run("search", "--space", str(bad), cwd=tmp_path), "low", "high")
+    r = here(capsys, monkeypatch, "search", "--space", str(bad), cwd=tmp_path)
+    _one_line_error(r, "low", "high")
 
 
-def test_data_synth_refuses_a_non_empty_folder(tmp_path):
+def test_data_synth_refuses_a_non_empty_folder(tmp_path, capsys, monkeypatch):
     (tmp_path / "keep.txt").write_text("mine")
-    _one_line_error(run("data", "synth", "--out", str(tmp_path), cwd=tmp_path), "not empty")
+    r = here(capsys, monkeypatch, "data", "synth", "--out", str(tmp_path), cwd=tmp_path)
+    _one_line_error(r, "not empty")
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
@@ -182,10 +215,11 @@ def test_verbose_after_the_command_reaches_the_command(tmp_path, monkeypatch, ca
     assert not list(tmp_path.iterdir())
 
 
-def test_quiet_after_the_command_is_not_an_unrecognized_argument(tmp_path):
+def test_quiet_after_the_command_is_not_an_unrecognized_argument(tmp_path, capsys, monkeypatch):
     """The command of the issue, ``nas-asc search --space tfsepnet -q``: the flag is taken
     (the run then stops at the bad --trials, in one line, before any work)."""
-    r = run("search", "--space", "tfsepnet", "-q", "--trials", "0", cwd=tmp_path)
+    args = ("search", "--space", "tfsepnet", "-q", "--trials", "0")
+    r = here(capsys, monkeypatch, *args, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr == (
         "nas-asc: error: argument --trials: expected a positive integer, got '0' "
@@ -226,8 +260,8 @@ def test_the_default_thread_count_does_not_follow_the_load(
 def test_default_settings_train_on_the_fixed_share_of_the_cores():
     from nas_asc.search.settings import SearchSettings
 
-    with SearchSettings("s", "sqlite:///s.db", 1).thread_options() as options:
-        assert (options.threads, options.adapt_threads) == (None, False)
+    options = SearchSettings("s", "sqlite:///s.db", 1).runtime()
+    assert (options.threads, options.adapt_threads, options.device) == (None, False, "cpu")
 
 
 def test_help_names_the_machine_limits(capsys):

@@ -47,7 +47,7 @@ def _nas_asc(cwd, *args: str) -> subprocess.CompletedProcess:
 def runs(tiny_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("progress")
     (work / "space.yaml").write_text(SPACE)
-    common = ["search", "--space", "space.yaml", "--data", str(tiny_root), "--threads", "2"]
+    common = ["search", "--space", "space.yaml", "--data", str(tiny_root), "--threads", "1"]
     first = _nas_asc(work, *common, "--trials", "3")
     second = _nas_asc(work, "-q", "-v", *common, "--trials", "4")
     return first, second

@@ -274,9 +274,9 @@ def test_a_full_disk_is_one_line_naming_the_clip_and_leaves_nothing(tmp_path: Pa
 
 
 def test_the_real_size_plan_has_the_real_datasets_counts() -> None:
-    from nas_asc.data.synth import _realsize_plan
+    from nas_asc.data.synth.realsize import realsize_plan
 
-    parts = _realsize_plan(1.0)
+    parts = realsize_plan(1.0)
     assert {k: len(v) for k, v in parts.items()} == {
         "train": 139_620,
         "evaluate": 29_680,

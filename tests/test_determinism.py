@@ -128,17 +128,20 @@ def test_a_thread_count_lowered_by_load_is_recorded_and_counted(monkeypatch):
     monkeypatch.setattr(accel, "_share", 2)
     before = torch.get_num_threads()
     try:
-        with accel.using(threads=None, adapt_threads=True):
-            session = accel.prepare_for_training(torch.nn.Linear(2, 2), torch.zeros(1, 2))
-            session.epoch_end()
+        adapting = accel.AccelOptions(threads=None, adapt_threads=True)
+        session = accel.prepare_for_training(
+            torch.nn.Linear(2, 2), torch.zeros(1, 2), options=adapting
+        )
+        session.epoch_end()
         busy = session.summary()
     finally:
         torch.set_num_threads(before)
     assert busy["share"] == 2 and busy["threads"] == [1]
 
     idle = dict(busy, threads=[2, 2])
-    with accel.using(threads=1):  # --threads 1: fewer than the share by choice, not by load
-        fixed = accel.prepare_for_training(torch.nn.Linear(2, 2), torch.zeros(1, 2)).summary()
+    one = accel.AccelOptions(threads=1)  # --threads 1: fewer than the share by choice, not by load
+    fixed = accel.prepare_for_training(torch.nn.Linear(2, 2), torch.zeros(1, 2), options=one)
+    fixed = fixed.summary()
     torch.set_num_threads(before)
     assert fixed["share"] == 2 and fixed["threads"] == [1]
     study = optuna.create_study(directions=["maximize"])

@@ -210,8 +210,10 @@ def test_explicit_cpu_trains_exactly_as_the_default():
     def run(**options):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 16, 3))
-        with accel.using(threads=1, **options):
-            result = train(model, toy_set(48), TrainConfig(epochs=2, batch_size=16), seed=3)
+        runtime = accel.AccelOptions(threads=1, **options)
+        result = train(
+            model, toy_set(48), TrainConfig(epochs=2, batch_size=16), seed=3, runtime=runtime
+        )
         return result.history, [p.detach().clone() for p in model.parameters()]
 
     default, explicit = run(), run(device="cpu")
@@ -240,8 +242,10 @@ def test_cuda_training_matches_the_cpu_within_float_rounding():
     def run(device: str):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 16, 3))
-        with accel.using(threads=1, device=device):
-            result = train(model, toy_set(96), TrainConfig(epochs=3, batch_size=16), seed=1)
+        runtime = accel.AccelOptions(threads=1, device=device)
+        result = train(
+            model, toy_set(96), TrainConfig(epochs=3, batch_size=16), seed=1, runtime=runtime
+        )
         assert next(model.parameters()).device.type == "cpu"  # back for int8 conversion
         return result, evaluate(model, toy_set(48, seed=1))
 
@@ -257,8 +261,10 @@ def test_cuda_training_matches_the_cpu_within_float_rounding():
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_mixed_precision_trains(amp):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 16, 3))
-    with accel.using(device="cuda"):
-        train(model, toy_set(96), TrainConfig(epochs=4, batch_size=16, amp=amp), seed=1)
+    runtime = accel.AccelOptions(device="cuda")
+    train(
+        model, toy_set(96), TrainConfig(epochs=4, batch_size=16, amp=amp), seed=1, runtime=runtime
+    )
     assert evaluate(model, toy_set(48, seed=1)).accuracy > 0.9
 
 
@@ -267,8 +273,8 @@ def test_search_settings_carry_device_and_compile_to_the_trainer():
 
     settings = SearchSettings("s", "sqlite:///s.db", 1, device="cpu", compile="auto", gpus=[1, 0])
     assert settings.gpus == (1, 0)
-    with settings.thread_options("cpu") as options:
-        assert (options.device, options.compile) == ("cpu", "auto")
+    options = settings.runtime("cpu")
+    assert (options.device, options.compile) == ("cpu", "auto")
     with pytest.raises(NasAscError, match=r"^compile must be one of off, on, auto, got 'yes'$"):
         SearchSettings("s", "sqlite:///s.db", 1, compile="yes")
     with pytest.raises(NasAscError, match=r"^--device must be auto, cpu, cuda or cuda:N"):
@@ -279,8 +285,8 @@ def test_search_settings_carry_device_and_compile_to_the_trainer():
 def test_mixed_precision_trains_on_the_cpu_too(amp):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 16, 3))
-    with accel.using(threads=1):
-        result = train(model, toy_set(96), TrainConfig(epochs=4, batch_size=16, amp=amp), seed=1)
+    config = TrainConfig(epochs=4, batch_size=16, amp=amp)
+    result = train(model, toy_set(96), config, seed=1, runtime=accel.AccelOptions(threads=1))
     assert result.accel["amp"] == amp and next(model.parameters()).dtype == torch.float32
     assert evaluate(model, toy_set(48, seed=1)).accuracy > 0.9
 

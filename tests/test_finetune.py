@@ -290,10 +290,10 @@ def test_a_rerun_resumes_and_other_settings_start_over(
 
     received = []
 
-    def counting(model, train_set, config, teacher_logits, seed):
+    def counting(model, train_set, config, teacher_logits, seed, runtime=None):
         calls.append(sorted(set(train_set.devices)))
         received.append((config, teacher_logits, seed))
-        return original(model, train_set, config, teacher_logits, seed)
+        return original(model, train_set, config, teacher_logits, seed, runtime=runtime)
 
     monkeypatch.setattr(loop, "train", counting)
     study = finetune_study(reload(study), trials=[trial.number], epochs=2, lr_scale=0.5)
@@ -324,11 +324,11 @@ def test_a_rerun_resumes_and_other_settings_start_over(
     assert calls == []  # all done: nothing trained
 
     # other settings start the trial over; a run killed in its second device keeps the first
-    def killed(model, train_set, config, teacher_logits, seed):
+    def killed(model, train_set, config, teacher_logits, seed, runtime=None):
         calls.append(sorted(set(train_set.devices)))
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return original(model, train_set, config, teacher_logits, seed)
+        return original(model, train_set, config, teacher_logits, seed, runtime=runtime)
 
     monkeypatch.setattr(loop, "train", killed)
     with pytest.raises(KeyboardInterrupt):

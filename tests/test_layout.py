@@ -180,6 +180,54 @@ def test_optuna_internals_are_read_in_the_study_package_only():
     assert _OPTUNA_INTERNALS.search(storage)  # the pattern does find them where they are
 
 
+#: where ``print`` may be called: the command lines (the stages speak through a Reporter)
+_PRINTERS = {("nas_asc/cli.py", None), ("nas_asc/fidelity/__init__.py", "main")}
+
+
+def print_calls(root: Path) -> list[tuple[str, str | None, int]]:
+    """Every ``print(...)`` call in ``root``'s package: (file, enclosing top-level function,
+    line). Text inside strings (the generated files of the 2025 package) is not code."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for top in tree.body:
+            owner = top.name if isinstance(top, ast.FunctionDef | ast.ClassDef) else None
+            for node in ast.walk(top):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id == "print"
+                ):
+                    found.append((str(path.relative_to(root.parent)), owner, node.lineno))
+    return found
+
+
+def test_only_the_command_lines_print():
+    calls = print_calls(PACKAGE)
+    stray = [
+        (f, owner, line)
+        for f, owner, line in calls
+        if (f, None) not in _PRINTERS and (f, owner) not in _PRINTERS
+    ]
+    assert stray == []
+    assert any(f == "nas_asc/cli.py" for f, _, _ in calls)  # the reader does find prints
+
+
+def test_a_studys_own_attributes_are_read_and_written_in_its_record_only():
+    """``study.user_attrs`` / ``study.set_user_attr``: only nas_asc/study/record.py (a trial's
+    attributes are the trial's own, read where they are used)."""
+    pattern = re.compile(r"\bstudy\.(user_attrs|set_user_attr)\b")
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path != PACKAGE / "study" / "record.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line.split("#")[0])
+    ]
+    assert found == []
+    assert pattern.search((PACKAGE / "study" / "record.py").read_text())
+
+
 def test_only_the_cli_puts_the_pipeline_to_use(graph):
     arrows, _ = graph
     users = sorted(

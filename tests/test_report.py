@@ -321,6 +321,42 @@ def test_hypervolume_matches_a_hand_computed_front() -> None:
     assert hypervolume_history(s)["hypervolume"].tolist() == pytest.approx([0.1, 0.1, 0.405])
 
 
+def test_hypervolume_history_equals_optunas_plot_on_a_random_study() -> None:
+    """The one hypervolume (Optuna's exact computation over the normalized front) gives what
+    Optuna's public ``plot_hypervolume_history`` draws, trial by trial, infeasible and
+    dominated trials and points outside the reference box included."""
+    import warnings
+
+    import numpy as np
+
+    from nas_asc.report.hypervolume import hypervolume_history
+
+    rng = np.random.default_rng(3)
+    s = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    s.set_user_attr(
+        "budget", {"name": "dcase2024", "max_macs": MAX_MACS, "max_param_bytes": MAX_BYTES}
+    )
+    normalized = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for _ in range(60):
+        acc = float(rng.uniform(0.0, 0.8))
+        macs = float(rng.uniform(0.1, 1.2)) * MAX_MACS
+        nbytes = float(rng.uniform(0.1, 1.2)) * MAX_BYTES
+        constraints = _constraints(macs, nbytes)
+        s.add_trial(create_trial(values=[acc, macs, nbytes], constraints=constraints))
+        normalized.add_trial(
+            create_trial(values=[acc, macs / MAX_MACS, nbytes / MAX_BYTES], constraints=constraints)
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figure = optuna.visualization.plot_hypervolume_history(
+            normalized, reference_point=[0.1, 1.0, 1.0]
+        )
+    ours = hypervolume_history(s)
+    assert list(ours["trial"]) == list(range(60))
+    assert ours["hypervolume"].tolist() == pytest.approx(list(figure.data[0].y), abs=1e-12)
+    assert 0 < ours["hypervolume"].iloc[-1] <= 0.9
+
+
 def test_pruned_trials_are_drawn_apart_and_never_on_the_front(tmp_path) -> None:
     study = _study()
     study.add_trial(

@@ -56,6 +56,27 @@ def test_a_trained_trial_records_int8_accuracy_and_complexity(context):
     assert a["runtime"]["torch"] == torch.__version__ and a["train_accel"]["amp"] == "off"
 
 
+def test_the_workers_runtime_reaches_the_training_explicitly(context, monkeypatch):
+    """Threads, device and compile travel in the runtime the worker hands its objective, not
+    through module state: the trial's training gets exactly that runtime, and the trial
+    records its device."""
+    import nas_asc.search.objective as objective
+    from nas_asc.train.accel import AccelOptions
+
+    given = AccelOptions(threads=1, device="cpu", compile="auto")
+    seen = []
+
+    def spy(*args, runtime=None, **kwargs):
+        seen.append(runtime)
+        raise RuntimeError("stopped after the hand-over")
+
+    monkeypatch.setattr(objective, "train_candidate", spy)
+    study = _study()
+    study.optimize(Objective(context, runtime=given), n_trials=1, catch=(objective.TrialError,))
+    assert seen == [given]
+    assert study.trials[0].user_attrs["runtime"]["device"] == "cpu"
+
+
 def test_over_budget_candidates_are_never_trained(context, monkeypatch):
     import nas_asc.search.objective as objective
 

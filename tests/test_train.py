@@ -143,12 +143,17 @@ def test_ptq_int8_model_agrees_with_fp32_and_is_really_int8():
     torch.manual_seed(0)
     model = create_model("tfsepnet", width=8, n_classes=3)
     data = toy_set()
-    train(model, data, _quick(epochs=4), seed=0)
+    # fitted, not half-fitted: a half-fitted model's near-tied logits flip under any change of
+    # float rounding (thread count, CPU), which would test the rounding, not the quantization
+    # (12 epochs: 98-100 % on the toy test set at 1 and 2 threads, seeds 0-2)
+    train(model, data, _quick(epochs=12), seed=0)
     q = quantize_ptq(model, data.x[:64])
     test = toy_set(seed=2)
     with torch.no_grad():
-        agree = (model(test.x).argmax(1) == q(test.x).argmax(1)).float().mean().item()
-    assert agree >= 0.9
+        fp32 = model(test.x).argmax(1)
+        agree = (fp32 == q(test.x).argmax(1)).float().mean().item()
+    assert (fp32 == test.y).float().mean().item() >= 0.95
+    assert agree >= 0.95
     kinds = {type(m).__module__ for m in q.modules()}
     assert any("quantized" in k for k in kinds)
     assert model.training is False  # the float model is left as it was (eval after training)

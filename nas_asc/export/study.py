@@ -45,6 +45,8 @@ import torch
 
 from nas_asc._cache import torch_save
 from nas_asc.errors import NasAscError
+from nas_asc.progress import reporter_for
+from nas_asc.study.record import StudyRecord
 
 __all__ = ["ExportResult", "ExportError", "export_study", "EXPORT_FORMAT"]
 
@@ -311,6 +313,7 @@ def _export_trial(
     name: str,
     tolerance_pp: float,
     c_header: bool,
+    device: str = "cpu",
 ) -> tuple[dict, list[dict], dict[str, Any]]:
     """Write one trial's files into ``workdir``; returns (card, checks, figures)."""
     import onnx
@@ -336,11 +339,7 @@ def _export_trial(
 
     # the trained network as trained: the float model (PTQ) or the fake-quantized one (QAT)
     model = ckpt.build_model(train_set)
-    # the float network is verified on --device (accel options); int8 stays on the CPU
-    from nas_asc.device import resolve_device
-    from nas_asc.train import accel
-
-    device = resolve_device(accel.get_options().device)
+    # the float network is verified on --device (the runtime's); int8 stays on the CPU
     fp32 = evaluate(ckpt.build_fp32(train_set).to(device), eval_set)
     int8_model = ckpt.build_int8(train_set)
     int8 = evaluate(int8_model, eval_set)
@@ -414,7 +413,7 @@ def _export_trial(
         "source": {
             "study": study.study_name,
             "trial": trial.number,
-            "space": study.user_attrs.get("space"),
+            "space": StudyRecord.of(study).space,
             "seed": ckpt.seed,
         },
         "model": {
@@ -471,7 +470,7 @@ def _export_trial(
             ),
             # the study's figures: int8_accuracy etc. on the validation split, test_* on the
             # test fold (the Pareto set, measured once after the search)
-            "protocol": study.user_attrs.get("protocol"),
+            "protocol": StudyRecord.of(study).protocol,
             "n_clips": len(eval_set),
             "fp32": _summary(fp32),
             "int8_pytorch": _summary(int8),
@@ -596,6 +595,7 @@ def export_study(
     progress: bool = True,
     tolerance_pp: float = DEFAULT_TOLERANCE_PP,
     c_header: bool = True,
+    runtime=None,
 ) -> list[ExportResult]:
     """Export the Pareto-optimal trials of ``study`` (or ``trials``) as verified int8 models.
 
@@ -609,6 +609,8 @@ def export_study(
         tolerance_pp: Largest accepted gap, in percentage points, between ONNX Runtime and
             PyTorch int8 accuracy (and between the rebuilt and the recorded int8 accuracy).
         c_header: Also write ``model_int8.h``.
+        runtime: :class:`~nas_asc.train.accel.AccelOptions` whose device verifies the float
+            network (the int8 one runs on the CPU); None: the CPU.
 
     Returns:
         One :class:`ExportResult` per exported model, in the order exported.
@@ -650,10 +652,9 @@ def export_study(
     for k, (trial, name) in enumerate(zip(selected, names, strict=True), 1):
         started = time.perf_counter()
         if progress:  # the work below takes tens of seconds per model: say what it is
-            print(
+            reporter_for(progress).message(
                 f"trial {trial.number} ({k}/{len(selected)}): rebuilding its int8 model, writing "
-                "ONNX and verifying it with ONNX Runtime on the test fold",
-                flush=True,
+                "ONNX and verifying it with ONNX Runtime on the test fold"
             )
         workdir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
         try:
@@ -668,11 +669,12 @@ def export_study(
                 name,
                 tolerance_pp,
                 c_header,
+                "cpu" if runtime is None else runtime.device,
             )
         except NasAscError as exc:  # e.g. an operator the ONNX exporter cannot convert
             failures[trial.number] = f"trial {trial.number}: {exc}"
             if progress:
-                print(f"trial {trial.number}: FAILED ({exc})", flush=True)
+                reporter_for(progress).message(f"trial {trial.number}: FAILED ({exc})")
             shutil.rmtree(workdir, ignore_errors=True)
             continue
         except BaseException:  # anything else (a bug, Ctrl-C) stops the export, leaving nothing
@@ -684,7 +686,9 @@ def export_study(
             if not card:
                 failures[trial.number] = _failure_message(trial.number, checks)
                 if progress:
-                    print(f"trial {trial.number}: FAILED verification, not exported", flush=True)
+                    reporter_for(progress).message(
+                        f"trial {trial.number}: FAILED verification, not exported"
+                    )
                 continue
             os.chmod(workdir, 0o755)  # mkdtemp makes it private; exports are meant to be shared
             target = out_dir / name
@@ -707,11 +711,10 @@ def export_study(
         )
         results.append(result)
         if progress:
-            print(
+            reporter_for(progress).message(
                 f"trial {trial.number}: {target}  int8 {result.int8_accuracy:.1%} "
                 f"(ONNX Runtime {result.onnx_accuracy:.1%}), {result.macs / 1e6:.2f} M MACs, "
-                f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s",
-                flush=True,
+                f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s"
             )
     if results:
         _write_index(out_dir, study, results)

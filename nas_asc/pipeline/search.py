@@ -161,12 +161,9 @@ def write_study_report(study: optuna.Study, reports: Path) -> ReportPaths:
     return write_report(study, writable_dir(Path(reports) / study.study_name, "reports"))
 
 
-def _say(text: str) -> None:
-    print(text, flush=True)
-
-
-def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> SearchOutcome:
-    """Run (or continue) the search ``request`` describes; its progress lines go to ``say``.
+def run_search(request: SearchRequest, say: Callable[[str], None] | None = None) -> SearchOutcome:
+    """Run (or continue) the search ``request`` describes; its progress lines go to ``say``
+    (None: the console reporter's, when ``request.progress``).
 
     Raises:
         NasAscError: a bad input, in one line, before anything is written.
@@ -176,8 +173,8 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
     from nas_asc.budget import parse_budget
     from nas_asc.data.features import precompute_features
     from nas_asc.data.protocol import ValidationSpec
-    from nas_asc.device import parse_gpus
-    from nas_asc.progress import ConsoleReporter, Reporter
+    from nas_asc.device import driver_device, parse_gpus
+    from nas_asc.progress import ConsoleReporter, Reporter, reporter_for
     from nas_asc.search.artifacts import default_artifact_dir, open_artifact_store
     from nas_asc.search.backends import create_backend
     from nas_asc.search.holdout import measure_front
@@ -192,12 +189,14 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
         load_lowered_threads,
         trial_counts,
     )
+    from nas_asc.study.record import add_search_time
     from nas_asc.study.storage import safe_url
-    from nas_asc.train import accel
     from nas_asc.train.teacher import get_teacher
 
     started = time.perf_counter()
     r, progress = request, request.progress
+    if say is None:
+        say = reporter_for(progress).message
     space = load_space(r.space)
     if r.epochs is not None:
         space = space.with_max_epochs(r.epochs)
@@ -295,8 +294,9 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
         frontends = list(dict.fromkeys([TeacherConfig().frontend, *frontends]))
     precompute_features(search_data, frontends, progress=progress)
     if r.teacher_logits is None:
-        with settings.thread_options(accel.get_options().device):  # --device, checked in main
-            teacher = get_teacher(search_data, progress=progress)
+        # the teacher trains here, on the driver's device, with the workers' threads and compile
+        runtime = settings.runtime(driver_device(r.device, r.ray_address))
+        teacher = get_teacher(search_data, progress=progress, runtime=runtime)
     note = weak_teacher_note(teacher.report.get("ensemble_accuracy"), len(protocol.fit))
     if note and progress:
         say(note)
@@ -329,10 +329,7 @@ def run_search(request: SearchRequest, say: Callable[[str], None] = _say) -> Sea
     study = measure_front(study, protocol, progress)
     paths = write_study_report(study, r.reports)
     this_run = time.perf_counter() - started
-    total = study.user_attrs.get("search_seconds", 0.0) + this_run
-    runs = study.user_attrs.get("search_runs", 0) + 1
-    study.set_user_attr("search_seconds", total)
-    study.set_user_attr("search_runs", runs)
+    total, runs = add_search_time(study, this_run)
     return SearchOutcome(
         study=study,
         storage=storage,

@@ -55,6 +55,8 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial
 
 from nas_asc.errors import NasAscError
+from nas_asc.progress import ConsoleReporter
+from nas_asc.study.record import StudyRecord
 from nas_asc.study.storage import study_storage, unwrap_storage
 
 __all__ = ["PLOT_IDS", "dashboard_app", "publish_report_plots", "serve", "study_url"]
@@ -503,7 +505,7 @@ def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bo
 
     check_listenable(host, port)  # before the plots are written into the study
     store = None
-    if artifacts and study.user_attrs.get("artifact_dir"):
+    if artifacts and StudyRecord.of(study).artifact_dir:
         from nas_asc.search.artifacts import study_artifact_store
 
         store = study_artifact_store(study)
@@ -512,13 +514,13 @@ def serve(study: optuna.Study, storage: str, host: str, port: int, artifacts: bo
     missing = _bundle()[3]
     if missing:
         version = getattr(_import_dashboard(), "__version__", "?")
-        print(
+        ConsoleReporter(stream=sys.stderr).message(
             f"nas-asc: note: optuna-dashboard {version} is not the version whose plots nas-asc "
-            f"adjusts (0.21); left as they are: {'; '.join(missing)}",
-            file=sys.stderr,
+            f"adjusts (0.21); left as they are: {'; '.join(missing)}"
         )
-    print(f"optuna-dashboard for study {study.study_name!r}: {study_url(study, host, port)}")
-    print("press Ctrl+C to stop", flush=True)
+    say = ConsoleReporter().message
+    say(f"optuna-dashboard for study {study.study_name!r}: {study_url(study, host, port)}")
+    say("press Ctrl+C to stop")
     try:
         # what optuna_dashboard.run_server does, without bottle's banner (the lines above say it)
         bottle.run(app, host=host, port=port, quiet=True)

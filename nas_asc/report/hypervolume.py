@@ -1,4 +1,4 @@
-"""Hypervolume of a study's front, normalized to its budget, computed by Optuna.
+"""Hypervolume of a study's front, normalized to its budget: the one definition in nas-asc.
 
 The three objectives live on very different scales (accuracy in [0, 1], MACs in millions, bytes in
 hundreds of thousands), so they are normalized before the hypervolume is taken:
@@ -11,24 +11,34 @@ The reference point is therefore *(chance accuracy, the MAC budget, the paramete
 the hypervolume is the volume of the (accuracy gain over chance) x (fraction of the MAC budget
 saved) x (fraction of the parameter budget saved) region that the front dominates. It lies in
 ``[0, 0.9]``: 0.9 would be a perfect classifier with no MACs and no parameters. Only feasible
-trials count (Optuna's ``plot_hypervolume_history`` skips trials with positive constraints), so
-infeasible, failed and pruned trials never add to it.
+trials count (as in Optuna's ``plot_hypervolume_history``), so infeasible, failed and pruned
+trials never add to it. The report's history, its final figure and the DCASE 2025 package's
+choice of submissions all call :func:`hypervolume`.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import optuna
 import pandas as pd
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET
+from nas_asc.study.front import compute_hypervolume
+from nas_asc.study.record import StudyRecord
 
-__all__ = ["CHANCE_ACCURACY", "ReferencePoint", "reference_point", "hypervolume_history"]
+__all__ = [
+    "CHANCE_ACCURACY",
+    "ReferencePoint",
+    "hypervolume",
+    "hypervolume_history",
+    "loss_point",
+    "reference_loss",
+    "reference_point",
+]
 
 CHANCE_ACCURACY = 0.1  # ten scenes
 
@@ -51,11 +61,36 @@ class ReferencePoint:
 
 def reference_point(study: optuna.Study) -> ReferencePoint:
     """The reference point of ``study``: chance accuracy and the budget it was searched under."""
-    raw = study.user_attrs.get("budget")
-    budget = raw if isinstance(raw, Mapping) else {}
+    budget = StudyRecord.of(study).budget or {}
     macs = budget.get("max_macs") or DEFAULT_BUDGET.max_macs
     nbytes = budget.get("max_param_bytes") or DEFAULT_BUDGET.max_param_bytes
     return ReferencePoint(CHANCE_ACCURACY, float(macs), float(nbytes))
+
+
+def loss_point(values: Sequence[float], ref: ReferencePoint) -> np.ndarray:
+    """One trial's normalized losses ``(-accuracy, MACs / limit, bytes / limit)`` from its first
+    three objective values (a fourth, peak RAM, has no budget reference and is left out)."""
+    accuracy, macs, nbytes = values[:3]
+    return np.array([-accuracy, macs / ref.max_macs, nbytes / ref.max_param_bytes], dtype=float)
+
+
+def reference_loss(ref: ReferencePoint) -> np.ndarray:
+    """The reference point in loss space: ``(-chance, 1, 1)``."""
+    return np.array([-ref.accuracy, 1.0, 1.0])
+
+
+def hypervolume(points: Sequence[np.ndarray], ref: ReferencePoint) -> float:
+    """The normalized hypervolume that ``points`` (:func:`loss_point` vectors) dominate.
+
+    Points not strictly better than the reference in every objective add nothing and are left
+    out; the volume itself is Optuna's exact computation
+    (:func:`nas_asc.study.front.compute_hypervolume`), the one used everywhere in nas-asc.
+    """
+    reference = reference_loss(ref)
+    inside = [p for p in points if np.all(np.isfinite(p)) and np.all(p < reference)]
+    if not inside:
+        return 0.0
+    return compute_hypervolume(np.stack(inside), reference)
 
 
 def hypervolume_history(study: optuna.Study) -> pd.DataFrame:
@@ -67,36 +102,26 @@ def hypervolume_history(study: optuna.Study) -> pd.DataFrame:
             the budget limits it, and the hypervolumes of all studies stay comparable).
 
     Returns:
-        Columns ``trial`` and ``hypervolume`` (one row per complete trial; empty if none).
+        Columns ``trial`` and ``hypervolume`` (one row per complete trial; empty if none). A
+        trial with a positive constraint (over budget) adds nothing, as in Optuna's
+        ``plot_hypervolume_history``.
     """
     ref = reference_point(study)
-    scratch_trials = []
+    numbers: list[int] = []
+    history: list[float] = []
+    points: list[np.ndarray] = []
+    current = 0.0
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if t.values is None or len(t.values) < 3:
             continue
-        accuracy, macs, nbytes = t.values[:3]  # a fourth (peak RAM) has no budget reference
-        scratch_trials.append(
-            create_trial(
-                values=[accuracy, macs / ref.max_macs, nbytes / ref.max_param_bytes],
-                constraints=dict(t.constraints) if t.constraints else None,
-                user_attrs={"number": t.number},
-            )
-        )
-    if not scratch_trials:
-        return pd.DataFrame({"trial": pd.Series(dtype="int64"), "hypervolume": []})
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        scratch = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-        scratch.add_trials(scratch_trials)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            figure = optuna.visualization.plot_hypervolume_history(
-                scratch, reference_point=[ref.accuracy, 1.0, 1.0]
-            )
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    values = list(figure.data[0].y) if figure.data else [0.0] * len(scratch_trials)
-    numbers = [t.user_attrs["number"] for t in scratch.trials]
-    hv = [0.0 if v is None or not math.isfinite(v) else float(v) for v in values]
-    return pd.DataFrame({"trial": numbers, "hypervolume": hv})
+        numbers.append(t.number)
+        constraints = t.constraints or {}  # {name: value}; positive is over budget
+        values = constraints.values() if isinstance(constraints, Mapping) else constraints
+        feasible = not any(c > 0.0 for c in values)
+        if feasible:
+            point = loss_point(t.values, ref)
+            if not any(np.all(p <= point) for p in points):  # not dominated: the volume grows
+                points = [p for p in points if not np.all(point <= p)] + [point]
+                current = hypervolume(points, ref)
+        history.append(current)
+    return pd.DataFrame({"trial": pd.Series(numbers, dtype="int64"), "hypervolume": history})

@@ -43,6 +43,7 @@ from nas_asc.study.front import (
     trial_feasible,
     trial_status,
 )
+from nas_asc.study.record import StudyRecord
 
 __all__ = [
     "DEVICES",
@@ -469,8 +470,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def _budget(study: optuna.Study) -> dict[str, Any]:
     """The study's budget (``name``, ``max_macs``, ``max_param_bytes``, and
     ``max_activation_bytes`` when it limits RAM); unusable parts dropped."""
-    raw = study.user_attrs.get("budget")
-    if not isinstance(raw, Mapping):
+    raw = StudyRecord.of(study).budget
+    if raw is None:
         return {}
     budget: dict[str, Any] = {"name": str(raw.get("name") or "budget")}
     for key in ("max_macs", "max_param_bytes", "max_activation_bytes"):
@@ -777,7 +778,7 @@ def _protocol_line(study: optuna.Study) -> str:
     """The study's evaluation protocol in words, e.g. ``validation: 432 clips of 30 locations
     (0.2 of the training locations, seed 0) from training split fold1; test fold: 1440 clips``;
     ``-`` when the study does not record one."""
-    protocol = study.user_attrs.get("protocol")
+    protocol = StudyRecord.of(study).protocol
     if not isinstance(protocol, Mapping):
         return "-"
 
@@ -803,14 +804,14 @@ def _index_page(
 ) -> str:
     from nas_asc.report.hypervolume import reference_point
 
-    attrs = study.user_attrs
+    record = StudyRecord.of(study)
     budget = _budget(study)
     counts = frame["status"].fillna(frame["state"].str.lower()).value_counts().to_dict()
     summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no trials"
     facts = [
         ("study", study.study_name),
-        ("search space", str(attrs.get("space", "-"))),
-        ("data", str(attrs.get("data", "-"))),
+        ("search space", record.space or "-"),
+        ("data", record.data or "-"),
         (
             "budget",
             f"{budget.get('name', '-')}: {format_bytes(budget.get('max_param_bytes'))} of "

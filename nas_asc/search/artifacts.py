@@ -42,6 +42,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from nas_asc._cache import torch_save
 from nas_asc._paths import create_dir
 from nas_asc.errors import NasAscError
+from nas_asc.study.record import StudyRecord
 from nas_asc.study.storage import artifact_store_path, sqlite_path
 
 __all__ = [
@@ -86,7 +87,7 @@ def open_artifact_store(path: str | Path) -> FileSystemArtifactStore:
 
 def study_artifact_store(study: optuna.Study) -> FileSystemArtifactStore:
     """The artifact store recorded in ``study`` by the search that ran it."""
-    recorded = study.user_attrs.get("artifact_dir")
+    recorded = StudyRecord.of(study).artifact_dir
     if not recorded:
         raise NasAscError(
             f"study {study.study_name!r} records no artifact folder (it was run without "
@@ -305,7 +306,7 @@ def remove_artifacts(study: optuna.Study, artifact_ids: Sequence[str]) -> int:
     """Delete the files of ``artifact_ids`` from the study's artifact folder; the caller has
     made sure that no record refers to them. Files already gone are fine; a file that cannot be
     deleted is left (clean-up, never a reason to stop). Returns the number of files deleted."""
-    folder = study.user_attrs.get("artifact_dir") if artifact_ids else None
+    folder = StudyRecord.of(study).artifact_dir if artifact_ids else None
     if not folder:
         return 0
     store, removed = FileSystemArtifactStore(folder), 0
@@ -349,7 +350,7 @@ def load_checkpoint(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> Che
 
 def artifact_file(study: optuna.Study, artifact_id: str) -> Path:
     """The file that holds artifact ``artifact_id`` in the study's artifact folder."""
-    return Path(str(study.user_attrs.get("artifact_dir", ""))) / artifact_id
+    return Path(StudyRecord.of(study).artifact_dir or "") / artifact_id
 
 
 def read_checkpoint(

@@ -32,7 +32,9 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from nas_asc.errors import NasAscError
+from nas_asc.progress import reporter_for
 from nas_asc.study.front import kendall_tau, pareto_trials
+from nas_asc.study.record import StudyRecord
 from nas_asc.study.storage import (
     rdb_backend,
     rdb_models,
@@ -203,7 +205,7 @@ def record_trial_attrs(
             raise
         error = exc
     where, detail = _database_name(rdb_storage(study)), _database_detail(error)
-    folder = study.user_attrs.get("artifact_dir")
+    folder = StudyRecord.of(study).artifact_dir
     path = None
     if folder:
         path = Path(folder) / _UNRECORDED / f"{study.study_name}-trial{trial.number}-"
@@ -241,7 +243,7 @@ def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) 
         NasAscError: the database still refuses writes, or a kept file is unreadable or names
             no trial of the study (the message names the file).
     """
-    folder = study.user_attrs.get("artifact_dir")
+    folder = StudyRecord.of(study).artifact_dir
     kept = Path(folder) / _UNRECORDED if folder else None
     files = sorted(kept.glob(f"{study.study_name}-trial*.json")) if kept and kept.is_dir() else []
     if not files:
@@ -265,10 +267,9 @@ def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) 
         set_finished_trial_attrs(study, trial_id, attrs)
         path.unlink()
         if progress:
-            print(
+            reporter_for(progress).message(
                 f"recorded the results of trial {number} kept in {path} when the database "
-                "refused them",
-                flush=True,
+                "refused them"
             )
     with contextlib.suppress(OSError):
         kept.rmdir()  # only if empty
@@ -291,10 +292,9 @@ def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optun
     if not todo:
         return study
     if progress:
-        print(
+        reporter_for(progress).message(
             f"\ntest fold: measuring {len(todo)} Pareto model(s) on {len(protocol.test):,} clips "
-            "(once, after the search)",
-            flush=True,
+            "(once, after the search)"
         )
     return measure_trials(study, protocol, todo, progress)
 
@@ -331,11 +331,10 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
         set_finished_trial_attrs(study, trial_storage_id(trial), attrs)
         if progress:
             unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
-            print(
+            reporter_for(progress).message(
                 f"  trial {trial.number}: int8 {int8.accuracy:.1%} on the test fold (validation "
                 f"{trial.user_attrs.get('int8_accuracy', float('nan')):.1%}; unseen devices "
-                f"{unseen})",
-                flush=True,
+                f"{unseen})"
             )
     return reload(study)
 
@@ -361,8 +360,9 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
     from nas_asc.data.protocol import protocol_from_record
     from nas_asc.data.tau22 import load_tau22
 
-    info = study.user_attrs.get("data_info")
-    if not isinstance(info, dict) or "fingerprint" not in info:
+    recorded = StudyRecord.of(study)
+    info = recorded.data_info
+    if "fingerprint" not in info:
         raise NasAscError(
             f"study {study.study_name!r} records no dataset (root and fingerprint); it was run "
             "by an older nas-asc: run the search again with this version"
@@ -375,7 +375,7 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
         )
     split = info.get("train_split", "fold1")
     if progress:
-        print(f"loading dataset {root} ({split})", flush=True)
+        reporter_for(progress).message(f"loading dataset {root} ({split})")
     dataset = load_tau22(root, train_split=split)
     if dataset.fingerprint != info["fingerprint"]:
         raise NasAscError(
@@ -383,8 +383,8 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
             f"{study.study_name!r} was run on {info['fingerprint']}: its files changed; pass "
             "--data with the dataset the study was run on"
         )
-    record = study.user_attrs.get("protocol")
-    protocol = protocol_from_record(dataset, record) if isinstance(record, dict) else None
+    record = recorded.protocol
+    protocol = protocol_from_record(dataset, record) if record is not None else None
     return dataset, info, protocol
 
 

@@ -205,11 +205,19 @@ class Objective:
     Args:
         context: what every trial shares.
         pruner: early stopping between epochs (``nas_asc.search.pruning``); None never stops.
+        runtime: where and how this worker trains (device, threads, compile); None: the
+            defaults of :class:`~nas_asc.train.accel.AccelOptions` (the CPU).
     """
 
-    def __init__(self, context: SearchContext, pruner: EpochPruner | None = None) -> None:
+    def __init__(
+        self,
+        context: SearchContext,
+        pruner: EpochPruner | None = None,
+        runtime: accel.AccelOptions | None = None,
+    ) -> None:
         self.ctx = context
         self.pruner = pruner
+        self.runtime = runtime if runtime is not None else accel.AccelOptions()
         self.trial_id: int | None = None  # the storage id of the trial last started
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -300,7 +308,7 @@ class Objective:
         candidate.started = time.perf_counter()
         # where it trains and with which libraries (figures of other devices may differ in
         # their float rounding)
-        trial.set_user_attr("runtime", runtime_info(resolve_device(accel.get_options().device)))
+        trial.set_user_attr("runtime", runtime_info(resolve_device(self.runtime.device)))
         train_set, eval_set = ctx.features(candidate.frontend)
         simulated = ctx.simulated(candidate.frontend) if candidate.recipe.devicesim_p > 0 else None
         fitted = train_candidate(
@@ -316,6 +324,7 @@ class Objective:
             on_epoch=self._epoch_callback(trial, candidate, eval_set),
             simulated=simulated,
             on_step=self._step_callback(trial, candidate),
+            runtime=self.runtime,
         )
         if fitted.pruning is not None:
             trial.set_user_attr("pruning", fitted.pruning.to_dict())
@@ -547,6 +556,7 @@ def train_candidate(
     on_epoch=None,
     simulated=None,
     on_step=None,
+    runtime: accel.AccelOptions | None = None,
 ) -> Fitted:
     """Train a candidate with its recipe; with ``prune``, then cut its lowest-L1 filters until
     it fits ``budget`` and fine-tune it (``recipe.prune_finetune_epochs``).
@@ -558,6 +568,7 @@ def train_candidate(
         complexity: the candidate's complexity as built (what a candidate that is not pruned
             keeps).
         shape: its input shape, for recounting while pruning.
+        runtime: device, threads and compile of the training (``train``'s).
     """
     first = dataclasses.replace(recipe, quantization="ptq") if prune else recipe
     result = train(
@@ -569,6 +580,7 @@ def train_candidate(
         on_epoch=on_epoch,
         simulated=simulated,
         on_step=on_step,
+        runtime=runtime,
     )
     if not prune:
         return Fitted(result, complexity)
@@ -588,7 +600,13 @@ def train_candidate(
             recipe, epochs=recipe.prune_finetune_epochs, warmup_epochs=0, qat_epochs=None
         )
         tuned = train(
-            model, train_set, finetune, teacher_logits, seed=seed + 1, simulated=simulated
+            model,
+            train_set,
+            finetune,
+            teacher_logits,
+            seed=seed + 1,
+            simulated=simulated,
+            runtime=runtime,
         )
         result.history += [{**h, "phase": "finetune"} for h in tuned.history]
         result.seconds += tuned.seconds

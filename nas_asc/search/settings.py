@@ -200,12 +200,12 @@ class SearchSettings:
         check_workers(self.workers)
         return worker_devices(self.workers, self.device, self.gpus)
 
-    def thread_options(self, device: str = "cpu"):
-        """The training's thread and device options for the ``with`` block of a worker running
-        trials on ``device`` (one of :meth:`worker_devices`)."""
-        from nas_asc.train import accel
+    def runtime(self, device: str = "cpu"):
+        """The runtime of a worker training on ``device`` (one of :meth:`worker_devices`):
+        threads, adaptation, device and compile, passed to its training explicitly."""
+        from nas_asc.train.accel import AccelOptions
 
-        return accel.using(
+        return AccelOptions(
             threads=self.threads,
             adapt_threads=self.adapt_threads,
             device=device,

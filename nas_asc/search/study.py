@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 from nas_asc._paths import create_dir
 from nas_asc.budget import Budget
 from nas_asc.errors import NasAscError
+from nas_asc.study.record import StudyRecord, write_search_settings
 from nas_asc.study.storage import (
     parse_storage_url,
     rdb_backend,
@@ -426,7 +427,7 @@ def _check_made_by_nas_asc(study: optuna.Study, url: str) -> None:
         if list(study.directions) != _directions(names):
             continue
         recorded = study.metric_names
-        if recorded == list(names) or (recorded is None and "budget" in study.user_attrs):
+        if recorded == list(names) or (recorded is None and StudyRecord.of(study).budget):
             return
     directions = ", ".join(d.name.lower() for d in study.directions)
     raise NasAscError(
@@ -456,25 +457,24 @@ def _check_same_settings(
     not, or its trials would no longer be comparable (another dataset or validation split),
     reproducible (another seed) or judged alike (another budget).
     """
-    attrs = study.user_attrs
-    if "space" not in attrs:
+    record = StudyRecord.of(study)
+    if not record.settled:
         return
-    if attrs["space"] != space_name or attrs.get("budget") != budget.to_dict():
+    if record.space != space_name or record.budget != budget.to_dict():
         raise NasAscError(
-            f"study {study.study_name!r} was started with space {attrs['space']!r} and budget "
-            f"{attrs.get('budget', {}).get('name')!r}; continue it with the same --space and "
+            f"study {study.study_name!r} was started with space {record.space!r} and budget "
+            f"{(record.budget or {}).get('name')!r}; continue it with the same --space and "
             "--budget, or choose a new --study name"
         )
-    if attrs.get("seed", seed) != seed:
+    if record.seed is not None and record.seed != seed:
         raise NasAscError(
-            f"study {study.study_name!r} was started with --seed {attrs['seed']}; continue it "
-            f"with --seed {attrs['seed']} (its trials' seeds derive from it), or choose a new "
+            f"study {study.study_name!r} was started with --seed {record.seed}; continue it "
+            f"with --seed {record.seed} (its trials' seeds derive from it), or choose a new "
             "--study name"
         )
-    recorded = (attrs.get("data_info") or {}).get("fingerprint")
-    if fingerprint and recorded and recorded != fingerprint:
+    if fingerprint and record.fingerprint and record.fingerprint != fingerprint:
         raise NasAscError(
-            f"study {study.study_name!r} was run on another dataset ({attrs.get('data')}); "
+            f"study {study.study_name!r} was run on another dataset ({record.data}); "
             "continue it with the same --data and --train-split, or choose a new --study name"
         )
     _check_same_revision(study)
@@ -492,9 +492,10 @@ def _model_revision(family: Any) -> int | None:
 def _check_same_revision(study: optuna.Study) -> None:
     """Refuse to continue a study whose family has changed since (see ``register_model``):
     its trials and the new ones would be different networks on one front."""
-    family = (study.user_attrs.get("space_definition") or {}).get("model")
+    record = StudyRecord.of(study)
+    family = record.family
     now = _model_revision(family)
-    recorded = study.user_attrs.get("model_revision", 1)
+    recorded = 1 if record.model_revision is None else record.model_revision
     if now is not None and recorded != now:
         raise NasAscError(
             f"study {study.study_name!r} trained {family} revision {recorded}; the {family} "
@@ -506,7 +507,7 @@ def _check_same_revision(study: optuna.Study) -> None:
 def _check_same_protocol(study: optuna.Study, protocol: dict) -> None:
     """Refuse to continue a study on another validation split (or one whose objectives were
     measured on the test fold, by an nas-asc older than the validation protocol)."""
-    recorded = study.user_attrs.get("protocol")
+    recorded = StudyRecord.of(study).protocol
     name = study.study_name
     if not isinstance(recorded, dict):
         raise NasAscError(
@@ -563,7 +564,7 @@ def check_existing_study(
         if ram_objective is not None:
             _check_objectives(study, ram_objective, storage)
         _check_same_settings(study, space_name, budget, seed, fingerprint, protocol)
-        recorded = study.user_attrs.get("artifact_dir")
+        recorded = StudyRecord.of(study).artifact_dir
         if recorded and artifact_dir and Path(recorded) != Path(artifact_dir).resolve():
             raise NasAscError(
                 f"study {study_name!r} keeps its checkpoints in {recorded}; continue it with "
@@ -584,7 +585,7 @@ def _resolve_artifact_dir(
     started together from different working folders keep one store per study.
     """
     artifact_dir = str(Path(settings.artifact_dir).resolve())
-    recorded = study.user_attrs.get("artifact_dir")
+    recorded = StudyRecord.of(study).artifact_dir
     if not recorded or Path(recorded) == Path(artifact_dir):
         return artifact_dir
     if settings.artifact_dir_explicit:
@@ -627,28 +628,28 @@ def prepare_study(
     # one worker at a time checks the recorded settings and records its own
     with _advisory_lock(settings.storage, _STUDY_LOCK_KEY):
         fingerprint = data_info.get("fingerprint")
-        new = "space" not in study.user_attrs  # the first worker of a study that has no trials
+        new = not StudyRecord.of(study).settled  # the first worker of a study without trials
         _check_same_settings(
             study, context.space.name, context.budget, settings.seed, fingerprint, protocol
         )
-        if settings.artifact_dir:
-            study.set_user_attr("artifact_dir", _resolve_artifact_dir(study, context, settings))
-        if data_info:
-            study.set_user_attr("data_info", data_info)
-        if protocol is not None:
-            study.set_user_attr("protocol", protocol)
-        # "space" last: it marks the settings complete (_check_same_settings reads the budget
-        # of a study that has a space)
-        study.set_user_attr("budget", context.budget.to_dict())
-        study.set_user_attr("space_definition", context.space.to_dict())
-        if new and not study.trials:
-            study.set_user_attr("warm_start", _warm_start(study, context, settings))
-        study.set_user_attr("model_revision", _model_revision(context.space.model))
-        study.set_user_attr("space", context.space.name)
-        study.set_user_attr("data", data_label)
-        study.set_user_attr("seed", settings.seed)
-        study.set_user_attr("sampler", settings.sampler.describe())
-        study.set_user_attr("pruner", settings.pruner.describe())
+        artifact_dir = (
+            _resolve_artifact_dir(study, context, settings) if settings.artifact_dir else None
+        )
+        write_search_settings(
+            study,
+            artifact_dir=artifact_dir,
+            data_info=data_info,
+            protocol=protocol,
+            budget=context.budget,
+            space_definition=context.space.to_dict(),
+            warm_start=_warm_start(study, context, settings) if new and not study.trials else None,
+            model_revision=_model_revision(context.space.model),
+            space=context.space.name,
+            data=data_label,
+            seed=settings.seed,
+            sampler=settings.sampler.describe(),
+            pruner=settings.pruner.describe(),
+        )
     return study
 
 

@@ -75,12 +75,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,12 +93,9 @@ __all__ = [
     "compiler_path",
     "configure_threads",
     "cpu_cores",
-    "get_options",
     "make_adamw",
     "prepare_for_training",
-    "set_options",
     "threads_per_trial",
-    "using",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -111,6 +107,14 @@ COMPILE_MODES = ("off", "on", "auto")
 
 @dataclass(frozen=True)
 class AccelOptions:
+    """Where and how one training runs: device, threads, memory layout, optimizer and compile.
+
+    The runtime object of a command or a worker: built once from the command line (``--device``,
+    ``--threads``, ``--compile``, :meth:`nas_asc.search.settings.SearchSettings.runtime`) and
+    passed down explicitly (``train(..., runtime=...)``, ``get_teacher(..., runtime=...)``);
+    nothing in nas-asc keeps one as module state.
+    """
+
     threads: int | None = None  # intra-op threads; None: the trial's share (configure_threads)
     adapt_threads: bool = False  # threads None: lower the share to the cores other processes
     # leave free, re-measured every epoch (faster on a busy machine, but the thread count, and
@@ -163,35 +167,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-_options = AccelOptions()
 _share: int | None = None  # threads per trial set by configure_threads; None: not configured
 _since_finish: _LoadMeter | None = None  # others' load since the last session finished
-
-
-def get_options() -> AccelOptions:
-    """The module-wide options that :func:`prepare_for_training` uses by default."""
-    return _options
-
-
-def set_options(options: AccelOptions | None = None, **changes) -> AccelOptions:
-    """Replace the module-wide options (``options``, then ``changes`` on top); returns the old.
-
-    Example: ``accel.set_options(compile="auto")`` before a long search on real data.
-    """
-    global _options
-    previous = _options
-    _options = dataclasses.replace(options or _options, **changes)
-    return previous
-
-
-@contextlib.contextmanager
-def using(**changes) -> Iterator[AccelOptions]:
-    """Module-wide options changed for a ``with`` block, e.g. ``with accel.using(threads=1):``."""
-    previous = set_options(**changes)
-    try:
-        yield _options
-    finally:
-        set_options(previous)
 
 
 def cpu_cores() -> int:
@@ -298,14 +275,13 @@ def compiler_path(cxx: str | None = None) -> str | None:
 
 
 def make_adamw(
-    params: Iterable, lr: float, weight_decay: float, fused: bool | None = None
+    params: Iterable, lr: float, weight_decay: float, fused: bool = True
 ) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel per step unless ``fused`` (default: the options') is False.
+    """AdamW, fused into one kernel per step unless ``fused`` is False
+    (:attr:`AccelOptions.fused_optimizer` in training).
 
     The update is AdamW's either way; fusing only removes per-tensor op overhead.
     """
-    if fused is None:
-        fused = _options.fused_optimizer
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=bool(fused))
 
 
@@ -493,14 +469,15 @@ def prepare_for_training(
         model: the network to train.
         example: one training batch ``(batch, channels, freq, time)``, for the layout probe.
         planned_samples: training samples the run will see (epochs x clips), or None if unknown.
-        options: settings; None: the module-wide :func:`get_options`.
+        options: where and how to train (device, threads, layout, compile); None: the
+            defaults (:class:`AccelOptions`: the CPU, the trial's thread share, eager).
 
     Returns:
         The session the training loop uses (see :class:`TrainingAccel`).
     """
     from nas_asc.device import resolve_device
 
-    opts = options or _options
+    opts = options if options is not None else AccelOptions()
     device = resolve_device(opts.device)
     notes = []
     share = _share or torch.get_num_threads()

@@ -235,9 +235,9 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _adamw(modules: list[nn.Module], config: TrainConfig) -> torch.optim.AdamW:
+def _adamw(modules: list[nn.Module], config: TrainConfig, fused: bool) -> torch.optim.AdamW:
     params = [p for m in modules for p in m.parameters()]
-    return accel.make_adamw(params, lr=config.lr, weight_decay=config.weight_decay)
+    return accel.make_adamw(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def _gather_teacher(
@@ -337,6 +337,7 @@ def train(
     on_epoch: Callable[[int, dict, nn.Module], None] | None = None,
     simulated=None,
     on_step: Callable[[int, int, int], None] | None = None,
+    runtime: accel.AccelOptions | None = None,
 ) -> TrainResult:
     """Train ``model`` on a :class:`~nas_asc.data.features.FeatureSet` with ``config``'s recipe.
 
@@ -363,8 +364,10 @@ def train(
             when ``config.devicesim_p > 0``.
         on_step: optional callback ``(epoch, step, steps)`` after each optimizer step (both
             1-based counts within the epoch), for progress inside long epochs.
+        runtime: device, threads, layout and compile (:class:`~nas_asc.train.accel.AccelOptions`);
+            None: its defaults (the CPU, the trial's thread share, eager).
 
-    The run takes place on the device of :func:`nas_asc.train.accel.get_options` (``device``):
+    The run takes place on ``runtime.device``:
     the networks, the features (float16 log-mels, normalized per batch), teacher logits and
     simulated devices go there once, batches are drawn and augmented there, and the networks
     come back to the CPU at the end. Every random draw is made on the CPU, so a run sees the
@@ -383,8 +386,12 @@ def train(
     # device, threads, memory layout and compilation for this run (nas_asc.train.accel); the
     # device and layout are applied to every network before its optimizer is built
     session = accel.prepare_for_training(
-        model, train_set.batch(slice(0, config.batch_size)), planned_samples=n * config.epochs
+        model,
+        train_set.batch(slice(0, config.batch_size)),
+        planned_samples=n * config.epochs,
+        options=runtime,
     )
+    fused = session.options.fused_optimizer
     for peer in peers:
         session.adopt(peer)
     device = session.device
@@ -397,7 +404,8 @@ def train(
         session=session,
         model=model,
         peers=peers,
-        optimizers=[_adamw([model], config)] + ([_adamw(peers, config)] if peers else []),
+        optimizers=[_adamw([model], config, fused)]
+        + ([_adamw(peers, config, fused)] if peers else []),
         forward={id(net): session.forward(net) for net in (model, *peers)},
     )
     result = TrainResult(seconds=0.0)
@@ -479,7 +487,7 @@ class _Run:
         self.qat_step = self.step if self.step else None
         self.model = self.session.adopt(_start_qat(self.model, self.train_set))
         # moments of the float weights do not carry over to the new parameters
-        self.optimizers[0] = _adamw([self.model], self.config)
+        self.optimizers[0] = _adamw([self.model], self.config, self.session.options.fused_optimizer)
         self.forward[id(self.model)] = self.session.forward(self.model)
         return self.model
 

@@ -32,6 +32,7 @@ from nas_asc._registry import build_config, parse_spec
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
 from nas_asc.progress import ConsoleReporter, Reporter
+from nas_asc.train.accel import AccelOptions
 from nas_asc.train.loop import TrainConfig, device_breakdown, evaluate, predict, train
 
 __all__ = [
@@ -215,7 +216,11 @@ def _step_line(reporter: Reporter, who: str, epochs: int):
 
 
 def get_teacher(
-    dataset, config: TeacherConfig | None = None, progress: bool = True, retrain: bool = False
+    dataset,
+    config: TeacherConfig | None = None,
+    progress: bool = True,
+    retrain: bool = False,
+    runtime: AccelOptions | None = None,
 ) -> TeacherEnsemble:
     """Load the cached teacher ensemble for ``dataset``, training it first if needed.
 
@@ -224,6 +229,8 @@ def get_teacher(
         config: the members and their recipe (default: :class:`TeacherConfig`).
         progress: print a line per member.
         retrain: train again even if the ensemble is cached.
+        runtime: device, threads and compile of the members' training; None: the defaults of
+            :class:`~nas_asc.train.accel.AccelOptions` (the CPU).
 
     Returns:
         The averaged logits, indexed by meta.csv row, and a report with every member's and the
@@ -261,6 +268,7 @@ def get_teacher(
             seed=member.seed,
             on_epoch=on_epoch,
             on_step=_step_line(reporter, f"teacher {i + 1}/{n}", recipe.epochs),
+            runtime=runtime,
         )
         ev = evaluate(model, eval_set)
         summed[train_set.rows] += predict(model, train_set)

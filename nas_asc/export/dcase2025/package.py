@@ -55,6 +55,7 @@ import torch
 
 from nas_asc.deploy import runtime
 from nas_asc.errors import NasAscError
+from nas_asc.progress import reporter_for
 
 __all__ = [
     "DEVICE_IDS",
@@ -112,24 +113,11 @@ def check_label(label: str) -> str:
 
 def _points(study: optuna.Study, numbers: Sequence[int]) -> dict[int, np.ndarray]:
     """Loss vectors ``(-accuracy, MACs / limit, bytes / limit)`` of trials, on validation."""
-    from nas_asc.report.hypervolume import reference_point
+    from nas_asc.report.hypervolume import loss_point, reference_point
 
     ref = reference_point(study)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    out = {}
-    for n in numbers:
-        accuracy, macs, nbytes = by_number[n].values[:3]
-        out[n] = np.array([-accuracy, macs / ref.max_macs, nbytes / ref.max_param_bytes])
-    return out
-
-
-def _hypervolume(points: list[np.ndarray], reference: np.ndarray) -> float:
-    from nas_asc.study.front import compute_hypervolume
-
-    inside = [p for p in points if np.all(p < reference)]
-    if not inside:
-        return 0.0
-    return float(compute_hypervolume(np.stack(inside), reference))
+    return {n: loss_point(by_number[n].values, ref) for n in numbers}
 
 
 def choose_submissions(
@@ -142,7 +130,7 @@ def choose_submissions(
     test fold plays no part. Every subset of ``k`` front trials is tried (the first in trial
     order wins a tie); a front of ``k`` or fewer is taken whole.
     """
-    from nas_asc.report.hypervolume import reference_point
+    from nas_asc.report.hypervolume import hypervolume, reference_point
     from nas_asc.report.pareto import pareto_frame
 
     front = sorted(int(n) for n in pareto_frame(study)["trial"])
@@ -152,9 +140,8 @@ def choose_submissions(
             "set is empty; run more trials, or name trials with --trials"
         )
     ref = reference_point(study)
-    reference = np.array([-ref.accuracy, 1.0, 1.0])
     points = _points(study, front)
-    total = _hypervolume(list(points.values()), reference)
+    total = hypervolume(list(points.values()), ref)
     if len(front) <= k:
         chosen = front
         head = f"the Pareto front has {len(front)} trial(s), at most {k} may be submitted: all"
@@ -167,15 +154,13 @@ def choose_submissions(
                 chosen.append(
                     max(
                         rest,
-                        key=lambda n: _hypervolume([points[m] for m in [*chosen, n]], reference),
+                        key=lambda n: hypervolume([points[m] for m in [*chosen, n]], ref),
                     )
                 )
             chosen.sort()
         else:
-            chosen = list(
-                max(combos, key=lambda c: _hypervolume([points[n] for n in c], reference))
-            )
-        got = _hypervolume([points[n] for n in chosen], reference)
+            chosen = list(max(combos, key=lambda c: hypervolume([points[n] for n in c], ref)))
+        got = hypervolume([points[n] for n in chosen], ref)
         head = (
             f"{k} of the {len(front)} Pareto trials whose set has the largest hypervolume: "
             f"{got:.4f} of the whole front's {total:.4f} ({got / total:.1%})"
@@ -186,9 +171,9 @@ def choose_submissions(
         f"chose trial(s) {', '.join(map(str, chosen))}: {head} (Optuna's hypervolume on the "
         f"validation objectives; reference: {ref.describe()})"
     ]
-    whole = _hypervolume([points[n] for n in chosen], reference)
+    whole = hypervolume([points[n] for n in chosen], ref)
     for n in chosen:
-        alone = whole - _hypervolume([points[m] for m in chosen if m != n], reference)
+        alone = whole - hypervolume([points[m] for m in chosen if m != n], ref)
         acc, macs, nbytes = -points[n][0], points[n][1], points[n][2]
         reasons.append(
             f"trial {n}: validation int8 {acc:.1%}, {macs:.1%} of the MAC budget, {nbytes:.1%} of "
@@ -278,11 +263,10 @@ def _build(study, index, trial, devices, features, progress) -> _Built:
             )
     if progress:
         own = f", own models for {', '.join(devices)}" if devices else ""
-        print(
+        reporter_for(progress).message(
             f"submission {index}: trial {trial.number} ({ckpt.family}{own}), "
             f"{max(c[0] for c in counts.values()):,} MACs and "
-            f"{max(c[1] for c in counts.values()):,} parameter bytes at most per device",
-            flush=True,
+            f"{max(c[1] for c in counts.values()):,} parameter bytes at most per device"
         )
     return _Built(
         index,
@@ -852,7 +836,7 @@ def export_dcase2025(
         )
     if progress:
         for line in choice:
-            print(line, flush=True)
+            reporter_for(progress).message(line)
     unmeasured = [
         t for t in chosen if not devices[t.number] and "test_int8_accuracy" not in t.user_attrs
     ]
@@ -883,10 +867,9 @@ def export_dcase2025(
     out.parent.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_workdirs(out.parent)
     if removed and progress:
-        print(
+        reporter_for(progress).message(
             f"removed {len(removed)} folder(s) that killed exports left in {out.parent}: "
-            + ", ".join(p.name for p in removed),
-            flush=True,
+            + ", ".join(p.name for p in removed)
         )
     workdir = _make_workdir(out)
     try:
@@ -897,10 +880,9 @@ def export_dcase2025(
             list(test.scene_label),
         )
         if progress:
-            print(
+            reporter_for(progress).message(
                 f"checking the package in a fresh interpreter (without nas-asc): the checker's "
-                f"count on {len(DEVICE_IDS)} device IDs, predict on {len(files):,} test clips",
-                flush=True,
+                f"count on {len(DEVICE_IDS)} device IDs, predict on {len(files):,} test clips"
             )
         checked = _run_check(workdir, label, [b.index for b in built], files, clip_devices)
         rows = []

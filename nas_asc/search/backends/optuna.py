@@ -276,13 +276,13 @@ def optimize(
     study seed and the trial's number, so a study that was interrupted and continued samples what
     an uninterrupted one would have, given the same finished trials.
     """
-    objective = Objective(context, settings.pruner)
+    objective = Objective(context, settings.pruner, settings.runtime(device))
     study.sampler = TrialSeededSampler(settings.sampler, settings.seed)
     streaks = (
         FailureStreak(settings.max_failures),
         RejectionStreak(settings.max_rejections, context.budget),
     )
-    with _failed_trial_logs_dropped(), settings.thread_options(device):
+    with _failed_trial_logs_dropped():
         _optimize_loop(study, objective, settings, streaks, stop)
 
 

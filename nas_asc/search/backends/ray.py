@@ -573,9 +573,9 @@ def _run_ray_trial(
     )
     # suggest_* on this trial returns the parameters the driver's sampler already stored
     trial = optuna.trial.Trial(study, trial_id)
-    objective = Objective(context, settings.pruner)
+    objective = Objective(context, settings.pruner, settings.runtime(device))
     try:
-        with _Heartbeat(store, trial_id, settings.heartbeat), settings.thread_options(device):
+        with _Heartbeat(store, trial_id, settings.heartbeat):
             outcome = _run_and_tell(objective, study, trial)
     finally:
         close_storage(store)  # actors are reused: each trial's connections are closed with it
