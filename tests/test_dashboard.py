@@ -46,7 +46,7 @@ from nas_asc.report.dashboard import (
 )
 from nas_asc.report.pareto import pareto_frame
 from nas_asc.report.plots import device_figure
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.settings import SearchSettings
 
 SPACE = {
@@ -235,7 +235,7 @@ def served(tiny_search, tmp_path_factory):
     storage = f"sqlite:///{work / 'dash.db'}"
     artifacts = work / "artifacts"
     context = artifact_context(tiny_search, SPACE, artifacts)
-    run_search(context, SearchSettings("dash", storage, 3, artifact_dir=str(artifacts)), "tiny")
+    run_trials(context, SearchSettings("dash", storage, 3, artifact_dir=str(artifacts)), "tiny")
     with _dashboard("dash", storage, work) as base:
         yield base, work
 

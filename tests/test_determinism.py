@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nas_asc.data.features import FrontEnd
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.settings import SearchSettings
 from nas_asc.train.loop import TrainConfig, train
 
@@ -64,7 +64,7 @@ def _search(dataset, tmp_path, name: str):
     settings = SearchSettings(
         "det", f"sqlite:///{tmp_path / f'{name}.db'}", n_trials=2, seed=3, pruner="none"
     )
-    return run_search(context, settings, data_label="tiny")
+    return run_trials(context, settings, data_label="tiny")
 
 
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow

@@ -4,7 +4,7 @@ A test-only model family, registered for this module and removed afterwards, mis
 demand: its loss turns NaN or overflows, its constructor refuses the config, its layers do not
 fit together, its forward pass runs out of memory while training, or it has data-dependent
 control flow that FX graph-mode quantization cannot trace. A real search
-(:func:`~nas_asc.search.backends.optuna.run_search` on the tiny dataset) runs one trial of each
+(:func:`~nas_asc.search.backends.optuna.run_trials` on the tiny dataset) runs one trial of each
 fault plus a healthy one and must reach its trial count with every fault recorded.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 from nas_asc.budget import DEFAULT_BUDGET
 from nas_asc.errors import NasAscError
 from nas_asc.models import _registry
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -123,7 +123,7 @@ def _run_faults(faults, tiny_search, tmp_path):
     study = prepare_study(context, settings, data_label="tiny")
     for fault in faults:
         study.enqueue_trial({"model.fault": fault})
-    return run_search(context, settings, data_label="tiny")
+    return run_trials(context, settings, data_label="tiny")
 
 
 # trains a trial per fault (10 s)
@@ -181,7 +181,7 @@ def test_failure_after_failure_stops_the_search_with_the_last_reason(
         match=r"3 trials in a row failed, the last with "
         r"TrainingDiverged: loss became inf.*run the same command again",
     ):
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     study = optuna.load_study(study_name="streak", storage=settings.storage)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
 
@@ -197,7 +197,7 @@ def test_an_error_of_the_machine_stops_the_search_at_once(faulty_family, tiny_se
     study = prepare_study(context, settings, data_label="tiny")
     study.enqueue_trial({"model.fault": "none"})
     with pytest.raises(OSError):
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     # not the candidate's fault: the trial is re-queued (same parameters), not failed for good
     stopped, queued = optuna.load_study(study_name="os", storage=settings.storage).trials
     assert stopped.state == optuna.trial.TrialState.FAIL
@@ -223,7 +223,7 @@ def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
     study = prepare_study(context, settings, data_label="tiny")
     study.enqueue_trial({"model.fault": "interrupt"})
     with pytest.raises(KeyboardInterrupt):
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     study = optuna.load_study(study_name="ctrl-c", storage=settings.storage)
     stopped, queued = study.trials
     assert stopped.state == optuna.trial.TrialState.FAIL
@@ -231,7 +231,7 @@ def test_an_interrupt_requeues_the_running_trial_and_the_rerun_finishes(
     assert (queued.state, queued.params) == (optuna.trial.TrialState.WAITING, stopped.params)
     assert trial_counts(study).done == 0
 
-    study = run_search(context, settings, data_label="tiny")
+    study = run_trials(context, settings, data_label="tiny")
     counts = trial_counts(study)
     assert (counts.done, counts.trained, counts.retried) == (2, 2, 1)
     assert counts.running == counts.waiting == counts.failed == 0
@@ -268,7 +268,7 @@ def test_a_database_locked_past_its_timeout_stops_the_search_and_requeues(
     monkeypatch.setattr(Objective, "record", record_while_locked)
     prepare_study(context, settings, data_label="tiny").enqueue_trial({"model.fault": "none"})
     with pytest.raises(optuna.exceptions.StorageInternalError):
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     study = optuna.load_study(study_name="locked", storage=settings.storage)
     stopped, queued = study.trials
     assert stopped.state == optuna.trial.TrialState.FAIL
@@ -278,7 +278,7 @@ def test_a_database_locked_past_its_timeout_stops_the_search_and_requeues(
     )
 
     monkeypatch.setattr(Objective, "record", record)
-    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    counts = trial_counts(run_trials(context, settings, data_label="tiny"))
     assert (counts.done, counts.trained, counts.retried, counts.failed) == (1, 1, 1, 0)
 
 
@@ -319,7 +319,7 @@ def test_a_full_disk_while_saving_a_checkpoint_requeues_the_trial(
     room = artifacts._checkpoint_file
     monkeypatch.setattr(artifacts, "_checkpoint_file", lambda folder, number: "/dev/full")
     with pytest.raises(OSError, match="No space left on device") as raised:
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     assert raised.value.filename == "/dev/full"
     study = optuna.load_study(study_name="full", storage=settings.storage)
     stopped, queued = study.trials
@@ -329,7 +329,7 @@ def test_a_full_disk_while_saving_a_checkpoint_requeues_the_trial(
     )
 
     monkeypatch.setattr(artifacts, "_checkpoint_file", room)
-    counts = trial_counts(run_search(context, settings, data_label="tiny"))
+    counts = trial_counts(run_trials(context, settings, data_label="tiny"))
     assert (counts.done, counts.trained, counts.retried, counts.failed) == (1, 1, 1, 0)
     assert study.trials[1].user_attrs.get("checkpoint_artifact")
 
@@ -362,7 +362,7 @@ def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
 
     monkeypatch.setattr(_optimize, "_tell_with_warning", full_disk_at_commit)
     with pytest.raises(optuna.exceptions.StorageInternalError) as raised:
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     # the storage error keeps the driver's error under it: the one line the CLI prints says why
     assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
     stopped, queued = optuna.load_study(study_name="tell", storage=settings.storage).trials
@@ -378,7 +378,7 @@ def test_a_storage_error_in_optunas_own_bookkeeping_requeues_the_trial(
     )
 
     monkeypatch.setattr(_optimize, "_tell_with_warning", tell)
-    study = run_search(context, settings, data_label="tiny")
+    study = run_trials(context, settings, data_label="tiny")
     counts = trial_counts(study)
     assert (counts.done, counts.trained, counts.retried, counts.running) == (1, 1, 1, 0)
     done = study.trials[1].user_attrs

@@ -32,7 +32,7 @@ fixed:
 dimensions:
   model.width: {type: categorical, choices: [0.5, 1.0]}
   model.dropout: {type: float, low: 0.0, high: 0.3}
-  train.epochs: {type: int, low: 1, high: 3}
+  train.epochs: {type: int, low: 1, high: 2}
   train.kd_lambda: {type: float, low: 0.0, high: 0.5}
 """
 TRIALS = 5

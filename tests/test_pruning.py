@@ -8,7 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from nas_asc.budget import DEFAULT_BUDGET
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.objective import DIRECTIONS, SearchContext
 from nas_asc.search.pruning import DominancePruner, NopPruner, create_pruner
 from nas_asc.search.settings import SearchSettings
@@ -140,7 +140,7 @@ def test_a_dominated_trial_is_stopped_and_recorded_as_pruned(tiny_search, tmp_pa
     for lr in (0.02, 0.03, 0.04, 1e-7):
         study.enqueue_trial({"train.lr": lr})
     settings = SearchSettings("p", storage, n_trials=4, pruner="dominance")
-    study = run_search(context, settings, "tiny")
+    study = run_trials(context, settings, "tiny")
     trials = study.get_trials()
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
     for t in trials[:3]:

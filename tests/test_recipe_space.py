@@ -3,7 +3,7 @@
 Issue 4's elements are each a dimension of that YAML file: PTQ or QAT int8, the KD strategy
 (Hinton, RRS, DML) and its weighting, Freq-MixStyle, SpecAugment, mixup and impulse-response
 device simulation. Three enqueued trials on the tiny dataset switch every one of them on at
-least once, run through :func:`~nas_asc.search.backends.optuna.run_search` with checkpoints, and
+least once, run through :func:`~nas_asc.search.backends.optuna.run_trials` with checkpoints, and
 must each record the measured int8 accuracy as the study's accuracy objective. The QAT trial's
 checkpoint must rebuild exactly the int8 model the trial measured.
 """
@@ -18,7 +18,7 @@ from toydata import artifact_context
 
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.search.artifacts import load_checkpoint
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import load_space
 from nas_asc.train.loop import evaluate
@@ -88,7 +88,7 @@ def recipe_study(tiny_search, tmp_path_factory):
     )
     for params in TRIALS:
         study.enqueue_trial(params)
-    return run_search(context, settings, data_label="tiny"), space
+    return run_trials(context, settings, data_label="tiny"), space
 
 
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow

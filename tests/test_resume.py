@@ -12,7 +12,7 @@ import torch
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
 from nas_asc.errors import NasAscError
 from nas_asc.search.artifacts import Checkpoint
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.objective import DIRECTIONS, SearchContext
 from nas_asc.search.samplers import TrialSeededSampler
 from nas_asc.search.settings import SearchSettings
@@ -160,7 +160,7 @@ def test_a_fatal_error_in_one_worker_stops_the_search_in_one_line(tiny_root, tmp
     study_name = f"fatal-{os.getpid()}-{tmp_path.name}"
     settings = SearchSettings(study_name, url, n_trials=6, workers=2, pruner="none")
     with pytest.raises(NasAscError) as info:
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     message = str(info.value)
     assert message.startswith("worker ") and "DatasetError" in message, message
     assert "\n" not in message and "re-run the same command" in message

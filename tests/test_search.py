@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective, SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -121,14 +121,14 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(context, tmp_path, mo
 
     monkeypatch.setattr(objective, "train", flaky)
     settings = SearchSettings("s", f"sqlite:///{tmp_path / 's.db'}", n_trials=2)
-    study = run_search(context, settings, data_label="tiny")
+    study = run_trials(context, settings, data_label="tiny")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
     assert "loss became nan" in study.trials[0].user_attrs["fail_reason"]
     assert study.metric_names == list(OBJECTIVE_NAMES)
     assert study.user_attrs["budget"]["max_macs"] == 30_000_000
     # re-running continues to the trial count instead of starting over
-    again = run_search(context, SearchSettings("s", settings.storage, n_trials=3), "tiny")
+    again = run_trials(context, SearchSettings("s", settings.storage, n_trials=3), "tiny")
     assert len(again.trials) == 3
 
 
@@ -200,7 +200,7 @@ def test_over_budget_proposals_take_no_slot_of_trials(context, tmp_path):
     study = prepare_study(context, settings, data_label="tiny")
     for width in (WIDE, WIDE, 8, WIDE, 8):
         study.enqueue_trial({"model.width": width, "train.epochs": 1, "train.kd_lambda": 0.1})
-    study = run_search(context, settings, data_label="tiny")
+    study = run_trials(context, settings, data_label="tiny")
     statuses = [t.user_attrs["status"] for t in study.trials]
     assert statuses == ["infeasible", "infeasible", "trained", "infeasible", "trained"]
     counts = trial_counts(study)
@@ -224,7 +224,7 @@ def test_a_space_that_never_fits_stops_after_max_rejections_naming_the_smallest(
         "never", f"sqlite:///{tmp_path / 'n.db'}", n_trials=3, pruner="none", max_rejections=4
     )
     with pytest.raises(NasAscError) as raised:
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     study = optuna.load_study(study_name="never", storage=settings.storage)
     assert len(study.trials) == 4  # the streak, then nothing more
     smallest = min(

@@ -9,7 +9,7 @@ import torch
 
 from nas_asc.budget import DEFAULT_BUDGET, parse_budget
 from nas_asc.errors import NasAscError
-from nas_asc.search.backends import run_search
+from nas_asc.search.backends import run_trials
 from nas_asc.search.objective import SearchContext
 from nas_asc.search.settings import SearchSettings
 from nas_asc.search.space import SearchSpace
@@ -48,7 +48,7 @@ def _settings(tmp_path, n_trials, **kwargs) -> SearchSettings:
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_a_new_study_trains_the_references_that_fit_first(context, tmp_path):
     context.budget = parse_budget("bytes=6000")
-    study = run_search(context, _settings(tmp_path, 2), data_label="tiny")
+    study = run_trials(context, _settings(tmp_path, 2), data_label="tiny")
     assert study.user_attrs["warm_start"] == {
         "enabled": True,
         "queued": ["c8"],
@@ -60,14 +60,14 @@ def test_a_new_study_trains_the_references_that_fit_first(context, tmp_path):
     assert "train.kd_lambda" in first.params  # what the reference leaves out is sampled
     assert all("reference" not in t.user_attrs for t in study.trials[1:])
     # continuing the study queues nothing again
-    study = run_search(context, _settings(tmp_path, 3), data_label="tiny")
+    study = run_trials(context, _settings(tmp_path, 3), data_label="tiny")
     assert sum("reference" in t.user_attrs for t in study.trials) == 1
     assert trial_counts(study).done == 3
 
 
 @pytest.mark.slow  # trains three references (16 s)
 def test_references_keep_their_values_and_run_in_the_space_order(context, tmp_path):
-    study = run_search(context, _settings(tmp_path, 2), data_label="tiny")
+    study = run_trials(context, _settings(tmp_path, 2), data_label="tiny")
     assert [t.user_attrs.get("reference") for t in study.trials] == ["c12", "c8"]
     assert study.trials[0].params["model.width"] == 12
     assert study.trials[0].params["train.kd_lambda"] == 0.25
@@ -76,7 +76,7 @@ def test_references_keep_their_values_and_run_in_the_space_order(context, tmp_pa
 
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_no_warm_start_queues_nothing(context, tmp_path):
-    study = run_search(context, _settings(tmp_path, 1, warm_start=False), data_label="tiny")
+    study = run_trials(context, _settings(tmp_path, 1, warm_start=False), data_label="tiny")
     assert study.user_attrs["warm_start"] == {"enabled": False, "queued": [], "skipped": {}}
     assert "reference" not in study.trials[0].user_attrs
 
@@ -93,7 +93,7 @@ def test_a_ram_limit_rejects_untrained_and_tells_the_sampler(context, tmp_path, 
     context.budget = parse_budget("ram=10k")
     settings = _settings(tmp_path, 1, max_rejections=3, warm_start=False)
     with pytest.raises(NasAscError, match="3 proposals in a row were over budget"):
-        run_search(context, settings, data_label="tiny")
+        run_trials(context, settings, data_label="tiny")
     study = optuna.load_study(study_name="warm", storage=settings.storage)
     for t in study.trials:
         peak = t.user_attrs["peak_activation_bytes"]
@@ -103,7 +103,7 @@ def test_a_ram_limit_rejects_untrained_and_tells_the_sampler(context, tmp_path, 
 
 
 def test_the_ram_objective_is_a_fourth_value_and_fixed_for_the_study(context, tmp_path):
-    study = run_search(
+    study = run_trials(
         context, _settings(tmp_path, 1, ram_objective=True, warm_start=False), data_label="tiny"
     )
     assert study.metric_names == list(objective_names(True))
@@ -111,7 +111,7 @@ def test_the_ram_objective_is_a_fourth_value_and_fixed_for_the_study(context, tm
     t = study.trials[0]
     assert len(t.values) == 4 and t.values[3] == t.user_attrs["peak_activation_bytes"]
     with pytest.raises(NasAscError) as raised:
-        run_search(context, _settings(tmp_path, 2, warm_start=False), data_label="tiny")
+        run_trials(context, _settings(tmp_path, 2, warm_start=False), data_label="tiny")
     assert str(raised.value) == (
         "study 'warm' was created with the RAM objective (int8_accuracy, macs, param_bytes, "
         "peak_activation_bytes); continue it with --ram-objective, or choose a new --study name"

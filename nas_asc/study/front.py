@@ -18,6 +18,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from nas_asc.study.storage import exact_hypervolume
+
 __all__ = [
     "as_number",
     "compute_hypervolume",
@@ -163,8 +165,6 @@ def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> float | None:
 
 def compute_hypervolume(points: np.ndarray, reference: np.ndarray) -> float:
     """The hypervolume that ``points`` (minimized objectives, one row each) dominate up to
-    ``reference``, by Optuna's own exact computation (an Optuna internal: read here and in
-    :mod:`nas_asc.study.storage` only)."""
-    from optuna._hypervolume import compute_hypervolume as optuna_hypervolume
-
-    return float(optuna_hypervolume(np.asarray(points), np.asarray(reference)))
+    ``reference``, by Optuna's own exact computation (reached through
+    :func:`nas_asc.study.storage.exact_hypervolume`, the module that holds Optuna's internals)."""
+    return exact_hypervolume(points, reference)

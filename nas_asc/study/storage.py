@@ -1,5 +1,6 @@
 """A study's storage: its URL parsed once by SQLAlchemy and shown only with the password
-masked, and the only module that reads Optuna's internals (storage, ids, table models).
+masked, and the only module that reads Optuna's internals (storage, ids, table models, and
+its exact hypervolume).
 
 Everything that names a study's database (the CLI, the backends, the artifact store) reads the
 URL through these functions, so a password can never reach a message unmasked and an SQLite
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "artifact_store_path",
+    "exact_hypervolume",
     "is_sqlite",
     "parse_storage_url",
     "rdb_backend",
@@ -146,3 +148,13 @@ def rdb_models() -> Any:
 def artifact_store_path(store: Any, default: str = "the artifact folder") -> str:
     """The folder of a file-system artifact store, for messages."""
     return str(getattr(store, "_base_path", default))
+
+
+def exact_hypervolume(points, reference) -> float:
+    """Optuna's exact hypervolume of ``points`` (minimized objectives, one row each) up to
+    ``reference``: an Optuna internal (``optuna._hypervolume``), so it is reached from here;
+    :func:`nas_asc.study.front.compute_hypervolume` is the function the rest of nas-asc calls."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(np.asarray(points), np.asarray(reference)))

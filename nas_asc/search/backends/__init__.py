@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from nas_asc.search.objective import SearchContext
     from nas_asc.search.settings import SearchSettings
 
-__all__ = ["BACKENDS", "SearchBackend", "create_backend", "list_backends", "run_search"]
+__all__ = ["BACKENDS", "SearchBackend", "create_backend", "list_backends", "run_trials"]
 
 
 def _load_builtin() -> None:
@@ -74,14 +74,18 @@ def create_backend(name: str, **options) -> SearchBackend:
     return cls(**given)
 
 
-def run_search(
+def run_trials(
     context: SearchContext,
     settings: SearchSettings,
     data_label: str,
     data_info: dict | None = None,
     backend: str | SearchBackend = "optuna",
 ) -> optuna.Study:
-    """Check the settings and run the search with ``backend`` (a name or an instance)."""
+    """Check the settings and run the study's trials with ``backend`` (a name or an instance).
+
+    The trials alone: :func:`nas_asc.pipeline.search.run_search` is the whole search (data,
+    teacher, features, these trials, the test-fold measurement, the report).
+    """
     runner = create_backend(backend) if isinstance(backend, str) else backend
     runner.check(settings)
     return runner.run(context, settings, data_label, data_info)
