@@ -167,17 +167,23 @@ _OPTUNA_INTERNALS = re.compile(
 )
 
 
-def test_optuna_internals_are_read_in_the_storage_module_only():
-    found = [
-        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
-        for path in sorted(PACKAGE.rglob("*.py"))
-        if path != PACKAGE / "study" / "storage.py"
+def code_lines_matching(pattern: re.Pattern, root: Path, outside: Path) -> list[str]:
+    """``file:line: text`` of every line of code (comments cut) in ``root``'s package, except in
+    ``outside``, that ``pattern`` matches."""
+    return [
+        f"{path.relative_to(root.parent)}:{number}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        if path != outside
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if _OPTUNA_INTERNALS.search(line.split("#")[0])
+        if pattern.search(line.split("#")[0])
     ]
-    assert found == []
-    storage = (PACKAGE / "study" / "storage.py").read_text()
-    assert _OPTUNA_INTERNALS.search(storage)  # the pattern does find them where they are
+
+
+def test_optuna_internals_are_read_in_the_storage_module_only():
+    storage = PACKAGE / "study" / "storage.py"
+    assert code_lines_matching(_OPTUNA_INTERNALS, PACKAGE, storage) == []
+    # the pattern does find them where they are
+    assert code_lines_matching(_OPTUNA_INTERNALS, PACKAGE, PACKAGE / "cli.py")
 
 
 #: where ``print`` may be called: the command lines (the stages speak through a Reporter)
@@ -217,15 +223,9 @@ def test_a_studys_own_attributes_are_read_and_written_in_its_record_only():
     """``study.user_attrs`` / ``study.set_user_attr``: only nas_asc/study/record.py (a trial's
     attributes are the trial's own, read where they are used)."""
     pattern = re.compile(r"\bstudy\.(user_attrs|set_user_attr)\b")
-    found = [
-        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
-        for path in sorted(PACKAGE.rglob("*.py"))
-        if path != PACKAGE / "study" / "record.py"
-        for number, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.search(line.split("#")[0])
-    ]
-    assert found == []
-    assert pattern.search((PACKAGE / "study" / "record.py").read_text())
+    record = PACKAGE / "study" / "record.py"
+    assert code_lines_matching(pattern, PACKAGE, record) == []
+    assert code_lines_matching(pattern, PACKAGE, PACKAGE / "cli.py")  # found where they are
 
 
 def test_only_the_cli_puts_the_pipeline_to_use(graph):
