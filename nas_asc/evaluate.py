@@ -141,6 +141,7 @@ def evaluate_study(
     from nas_asc.study.record import require_budget
     from nas_asc.train.loop import TrainConfig
 
+    say = reporter_for(progress).message
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NasAscError(f"--seeds must be a positive integer, got {seeds!r}")
     if seeds > MAX_EVALUATE_SEEDS:  # each a full retraining; a typo must not run for years
@@ -175,12 +176,11 @@ def evaluate_study(
     view = protocol.final_view()  # the whole training split; the test fold
     teacher = StudyTeacher(view, data_info, progress)
     features: dict[FrontEnd, Any] = {}
-    if progress:
-        reporter_for(progress).message(
-            f"evaluate: {len(chosen)} configuration(s) x {seeds} seed(s), {total} retraining(s) "
-            f"to run on the whole training split ({len(view.train):,} clips), each measured on "
-            f"the test fold ({len(view.evaluate):,} clips)"
-        )
+    say(
+        f"evaluate: {len(chosen)} configuration(s) x {seeds} seed(s), {total} retraining(s) "
+        f"to run on the whole training split ({len(view.train):,} clips), each measured on "
+        f"the test fold ({len(view.evaluate):,} clips)"
+    )
     step = 0
     for trial, runs, missing in todo:
         if not missing:
@@ -247,13 +247,12 @@ def evaluate_study(
                 {"evaluation_runs": runs, "evaluation": summarize_runs(runs)},
                 f"the retraining with seed {k + 1} of {seeds}",
             )
-            if progress:
-                unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
-                reporter_for(progress).message(
-                    f"[{step}/{total}] trial {trial.number}, seed {k + 1} of {seeds}: int8 "
-                    f"{int8.accuracy:.1%} on the test fold (unseen devices {unseen}), "
-                    f"{time.perf_counter() - started:.0f} s"
-                )
+            unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
+            say(
+                f"[{step}/{total}] trial {trial.number}, seed {k + 1} of {seeds}: int8 "
+                f"{int8.accuracy:.1%} on the test fold (unseen devices {unseen}), "
+                f"{time.perf_counter() - started:.0f} s"
+            )
     return reload(study)
 
 

@@ -137,6 +137,7 @@ def _finetune_recipe(recipe, epochs: int, lr_scale: float):
 
 def _start_record(trial: FrozenTrial, epochs: int, lr_scale: float, progress: bool) -> dict:
     """The trial's stored record if it was made with these settings, else a fresh one."""
+    say = reporter_for(progress).message
     fresh = {"version": FINETUNE_VERSION, "epochs": epochs, "lr_scale": lr_scale, "devices": {}}
     old = trial.user_attrs.get(_ATTR)
     if not isinstance(old, dict):
@@ -144,12 +145,11 @@ def _start_record(trial: FrozenTrial, epochs: int, lr_scale: float, progress: bo
     settings = (old.get("version"), old.get("epochs"), old.get("lr_scale"))
     if settings == (FINETUNE_VERSION, epochs, lr_scale) and isinstance(old.get("devices"), dict):
         return {**fresh, **{k: v for k, v in old.items() if k in ("devices", "test")}}
-    if progress:
-        reporter_for(progress).message(
-            f"note: trial {trial.number}'s device models were fine-tuned with version "
-            f"{settings[0]}, epochs={settings[1]}, lr_scale={settings[2]}; starting it over "
-            f"with version {FINETUNE_VERSION}, epochs={epochs}, lr_scale={lr_scale}"
-        )
+    say(
+        f"note: trial {trial.number}'s device models were fine-tuned with version "
+        f"{settings[0]}, epochs={settings[1]}, lr_scale={settings[2]}; starting it over "
+        f"with version {FINETUNE_VERSION}, epochs={epochs}, lr_scale={lr_scale}"
+    )
     return fresh
 
 
@@ -219,6 +219,7 @@ def finetune_study(
     )
     from nas_asc.train.loop import TrainConfig
 
+    say = reporter_for(progress).message
     _check_settings(epochs, lr_scale)
     epochs, lr_scale = int(epochs), float(lr_scale)
     select_trials(study, trials, "fine-tune")  # a bad trial number fails before any work
@@ -246,22 +247,20 @@ def finetune_study(
     total = sum(len(missing) for _, _, missing, _ in plans)
     if any(missing or "test" not in record for _, record, missing, _ in plans):
         check_recordable(study, "fine-tune")  # every device model is recorded: none trained yet
-    if progress:
-        reporter_for(progress).message(
-            f"fine-tune: {len(chosen)} trial(s) x {len(devices)} training device(s) "
-            f"({', '.join(devices)}), {total} device model(s) to train for {epochs} epoch(s) at "
-            f"{lr_scale:g} x the recipe's learning rate on the training part ({len(protocol.fit):,}"
-            f" clips), selected on the validation split ({len(protocol.validation):,} clips), "
-            f"measured once on the test fold ({len(protocol.test):,} clips)"
-        )
+    say(
+        f"fine-tune: {len(chosen)} trial(s) x {len(devices)} training device(s) "
+        f"({', '.join(devices)}), {total} device model(s) to train for {epochs} epoch(s) at "
+        f"{lr_scale:g} x the recipe's learning rate on the training part ({len(protocol.fit):,}"
+        f" clips), selected on the validation split ({len(protocol.validation):,} clips), "
+        f"measured once on the test fold ({len(protocol.test):,} clips)"
+    )
     step = 0
     for trial, record, missing, earlier in plans:
         if not missing and "test" in record:
-            if progress:
-                reporter_for(progress).message(
-                    f"  trial {trial.number}: done with these settings already (device models "
-                    "and test-fold figures stored)"
-                )
+            say(
+                f"  trial {trial.number}: done with these settings already (device models "
+                "and test-fold figures stored)"
+            )
             continue
         ckpt = load_checkpoint(study, trial)
         frontend = FrontEnd(**ckpt.frontend)
@@ -293,11 +292,10 @@ def finetune_study(
             record["devices"] = {d: record["devices"][d] for d in _device_order(record["devices"])}
             record_trial_attrs(study, trial, {_ATTR: record}, f"the model of device {device}")
             _remove_superseded(study, earlier, record)
-            if progress:
-                reporter_for(progress).message(
-                    f"[{step}/{total}] trial {trial.number}, device {device}: "
-                    f"{_validation_line(entry)}, {time.perf_counter() - started:.0f} s"
-                )
+            say(
+                f"[{step}/{total}] trial {trial.number}, device {device}: "
+                f"{_validation_line(entry)}, {time.perf_counter() - started:.0f} s"
+            )
         train_set, test_set = features.get("test", frontend)
         if general is None:
             general = ckpt.build_int8(train_set)
@@ -305,8 +303,7 @@ def finetune_study(
         _measure_test(study, trial, general, built, record, devices, train_set, test_set)
         record_trial_attrs(study, trial, {_ATTR: record}, "the test-fold figures")
         _remove_superseded(study, earlier, record)
-        if progress:
-            reporter_for(progress).message(_test_line(trial.number, record))
+        say(_test_line(trial.number, record))
     return reload(study)
 
 
@@ -324,6 +321,7 @@ def _forget_lost(study: optuna.Study, trial: FrozenTrial, record: dict, progress
     corrupt, or lost): they are fine-tuned anew, and the test fold measured again."""
     from nas_asc.search.artifacts import artifact_file
 
+    say = reporter_for(progress).message
     for device, entry in list(record["devices"].items()):
         artifact = entry.get("checkpoint_artifact") if isinstance(entry, dict) else None
         path = artifact_file(study, artifact) if isinstance(artifact, str) and artifact else None
@@ -331,11 +329,10 @@ def _forget_lost(study: optuna.Study, trial: FrozenTrial, record: dict, progress
             continue
         del record["devices"][device]
         record.pop("test", None)
-        if progress:
-            reporter_for(progress).message(
-                f"note: trial {trial.number}'s model of device {device} has no checkpoint file "
-                f"({path or 'none recorded'}); fine-tuning it anew"
-            )
+        say(
+            f"note: trial {trial.number}'s model of device {device} has no checkpoint file "
+            f"({path or 'none recorded'}); fine-tuning it anew"
+        )
 
 
 def _remove_superseded(study: optuna.Study, earlier: set[str], record: dict) -> None:

@@ -406,6 +406,7 @@ def _export_trial(
     if c_header:
         write_c_header(graph_proto, workdir / "model_int8.h", name, param_names)
     attrs = trial.user_attrs
+    record = StudyRecord.of(study)
     card = {
         "format": CARD_FORMAT,
         "name": name,
@@ -413,7 +414,7 @@ def _export_trial(
         "source": {
             "study": study.study_name,
             "trial": trial.number,
-            "space": StudyRecord.of(study).space,
+            "space": record.space,
             "seed": ckpt.seed,
         },
         "model": {
@@ -470,7 +471,7 @@ def _export_trial(
             ),
             # the study's figures: int8_accuracy etc. on the validation split, test_* on the
             # test fold (the Pareto set, measured once after the search)
-            "protocol": StudyRecord.of(study).protocol,
+            "protocol": record.protocol,
             "n_clips": len(eval_set),
             "fp32": _summary(fp32),
             "int8_pytorch": _summary(int8),
@@ -628,6 +629,7 @@ def export_study(
     from nas_asc.search.artifacts import select_trials, study_artifact_store
     from nas_asc.search.holdout import load_study_data
 
+    say = reporter_for(progress).message
     if not 0.0 <= tolerance_pp < 100.0:
         raise ValueError(f"tolerance_pp must be in [0, 100), got {tolerance_pp}")
     require_onnx()
@@ -651,11 +653,11 @@ def export_study(
     features: dict = {}
     for k, (trial, name) in enumerate(zip(selected, names, strict=True), 1):
         started = time.perf_counter()
-        if progress:  # the work below takes tens of seconds per model: say what it is
-            reporter_for(progress).message(
-                f"trial {trial.number} ({k}/{len(selected)}): rebuilding its int8 model, writing "
-                "ONNX and verifying it with ONNX Runtime on the test fold"
-            )
+        # the work below takes tens of seconds per model: say what it is
+        say(
+            f"trial {trial.number} ({k}/{len(selected)}): rebuilding its int8 model, writing "
+            "ONNX and verifying it with ONNX Runtime on the test fold"
+        )
         workdir = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir))
         try:
             card, checks, figures = _export_trial(
@@ -673,8 +675,7 @@ def export_study(
             )
         except NasAscError as exc:  # e.g. an operator the ONNX exporter cannot convert
             failures[trial.number] = f"trial {trial.number}: {exc}"
-            if progress:
-                reporter_for(progress).message(f"trial {trial.number}: FAILED ({exc})")
+            say(f"trial {trial.number}: FAILED ({exc})")
             shutil.rmtree(workdir, ignore_errors=True)
             continue
         except BaseException:  # anything else (a bug, Ctrl-C) stops the export, leaving nothing
@@ -685,10 +686,7 @@ def export_study(
         try:
             if not card:
                 failures[trial.number] = _failure_message(trial.number, checks)
-                if progress:
-                    reporter_for(progress).message(
-                        f"trial {trial.number}: FAILED verification, not exported"
-                    )
+                say(f"trial {trial.number}: FAILED verification, not exported")
                 continue
             os.chmod(workdir, 0o755)  # mkdtemp makes it private; exports are meant to be shared
             target = out_dir / name
@@ -710,12 +708,11 @@ def export_study(
             card=card,
         )
         results.append(result)
-        if progress:
-            reporter_for(progress).message(
-                f"trial {trial.number}: {target}  int8 {result.int8_accuracy:.1%} "
-                f"(ONNX Runtime {result.onnx_accuracy:.1%}), {result.macs / 1e6:.2f} M MACs, "
-                f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s"
-            )
+        say(
+            f"trial {trial.number}: {target}  int8 {result.int8_accuracy:.1%} "
+            f"(ONNX Runtime {result.onnx_accuracy:.1%}), {result.macs / 1e6:.2f} M MACs, "
+            f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s"
+        )
     if results:
         _write_index(out_dir, study, results)
     if failures:

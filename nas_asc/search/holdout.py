@@ -243,6 +243,7 @@ def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) 
         NasAscError: the database still refuses writes, or a kept file is unreadable or names
             no trial of the study (the message names the file).
     """
+    say = reporter_for(progress).message
     folder = StudyRecord.of(study).artifact_dir
     kept = Path(folder) / _UNRECORDED if folder else None
     files = sorted(kept.glob(f"{study.study_name}-trial*.json")) if kept and kept.is_dir() else []
@@ -266,11 +267,7 @@ def record_unrecorded(study: optuna.Study, command: str, progress: bool = True) 
             )
         set_finished_trial_attrs(study, trial_id, attrs)
         path.unlink()
-        if progress:
-            reporter_for(progress).message(
-                f"recorded the results of trial {number} kept in {path} when the database "
-                "refused them"
-            )
+        say(f"recorded the results of trial {number} kept in {path} when the database refused them")
     with contextlib.suppress(OSError):
         kept.rmdir()  # only if empty
     return reload(study)
@@ -288,14 +285,14 @@ def measure_front(study: optuna.Study, protocol, progress: bool = True) -> optun
     Returns:
         The study, loaded again so that the new attributes show.
     """
+    say = reporter_for(progress).message
     todo = [t for t in pareto_trials(study) if "test_int8_accuracy" not in t.user_attrs]
     if not todo:
         return study
-    if progress:
-        reporter_for(progress).message(
-            f"\ntest fold: measuring {len(todo)} Pareto model(s) on {len(protocol.test):,} clips "
-            "(once, after the search)"
-        )
+    say(
+        f"\ntest fold: measuring {len(todo)} Pareto model(s) on {len(protocol.test):,} clips "
+        "(once, after the search)"
+    )
     return measure_trials(study, protocol, todo, progress)
 
 
@@ -306,6 +303,7 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
     from nas_asc.search.artifacts import load_checkpoint
     from nas_asc.train.loop import evaluate
 
+    say = reporter_for(progress).message
     check_recordable(study, "the test-fold measurement")  # before anything is measured
     view = protocol.test_view()
     features: dict[FrontEnd, Any] = {}
@@ -329,13 +327,12 @@ def measure_trials(study: optuna.Study, protocol, trials, progress: bool = True)
             "test_clips": len(test_set),
         }
         set_finished_trial_attrs(study, trial_storage_id(trial), attrs)
-        if progress:
-            unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
-            reporter_for(progress).message(
-                f"  trial {trial.number}: int8 {int8.accuracy:.1%} on the test fold (validation "
-                f"{trial.user_attrs.get('int8_accuracy', float('nan')):.1%}; unseen devices "
-                f"{unseen})"
-            )
+        unseen = "n/a" if int8.unseen_accuracy is None else f"{int8.unseen_accuracy:.1%}"
+        say(
+            f"  trial {trial.number}: int8 {int8.accuracy:.1%} on the test fold (validation "
+            f"{trial.user_attrs.get('int8_accuracy', float('nan')):.1%}; unseen devices "
+            f"{unseen})"
+        )
     return reload(study)
 
 
@@ -360,6 +357,7 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
     from nas_asc.data.protocol import protocol_from_record
     from nas_asc.data.tau22 import load_tau22
 
+    say = reporter_for(progress).message
     recorded = StudyRecord.of(study)
     info = recorded.data_info
     if "fingerprint" not in info:
@@ -374,8 +372,7 @@ def load_study_data(study: optuna.Study, data_root=None, progress: bool = True):
             "the dataset folder the study was run on"
         )
     split = info.get("train_split", "fold1")
-    if progress:
-        reporter_for(progress).message(f"loading dataset {root} ({split})")
+    say(f"loading dataset {root} ({split})")
     dataset = load_tau22(root, train_split=split)
     if dataset.fingerprint != info["fingerprint"]:
         raise NasAscError(

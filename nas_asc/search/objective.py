@@ -34,7 +34,7 @@ from nas_asc.device import resolve_device, runtime_info
 from nas_asc.errors import DatasetError
 from nas_asc.memory import peak_activation_bytes
 from nas_asc.models._registry import get_model_revision
-from nas_asc.progress import ConsoleReporter, Reporter, TrialReport, format_bytes, format_macs
+from nas_asc.progress import Reporter, TrialReport, format_bytes, format_macs, reporter_for
 from nas_asc.search.artifacts import (
     Checkpoint,
     calibration_indices,
@@ -136,7 +136,7 @@ class SearchContext:
 
     def __post_init__(self) -> None:
         if self.reporter is None:
-            self.reporter = ConsoleReporter() if self.progress else Reporter()
+            self.reporter = reporter_for(self.progress)
         role = getattr(self.dataset, "role", None)
         if role != "search":
             raise ValueError(

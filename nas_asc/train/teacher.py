@@ -31,7 +31,7 @@ from nas_asc._cache import cache_root, content_key, load_torch, save_torch
 from nas_asc._registry import build_config, parse_spec
 from nas_asc.data.features import FrontEnd, load_features
 from nas_asc.errors import NasAscError
-from nas_asc.progress import ConsoleReporter, Reporter
+from nas_asc.progress import Reporter, reporter_for
 from nas_asc.train.accel import AccelOptions
 from nas_asc.train.loop import TrainConfig, device_breakdown, evaluate, predict, train
 
@@ -247,7 +247,7 @@ def get_teacher(
         return TeacherEnsemble(blob["logits"], blob["report"])
 
     train_set, eval_set = load_features(dataset, config.frontend, progress=progress)
-    reporter = ConsoleReporter() if progress else Reporter()
+    reporter = reporter_for(progress)
     n_rows = dataset.n_meta_rows
     all_rows = torch.cat([train_set.rows, eval_set.rows])
     summed = torch.zeros(n_rows, N_CLASSES)

@@ -6,6 +6,20 @@ from dataclasses import dataclass
 
 from nas_asc.errors import DatasetError
 
+#: the ten cities of TAU Urban Acoustic Scenes 2022 Mobile (the real-size layout has them all)
+TAU_CITIES = (
+    "barcelona",
+    "helsinki",
+    "lisbon",
+    "london",
+    "lyon",
+    "milan",
+    "paris",
+    "prague",
+    "stockholm",
+    "vienna",
+)
+
 #: Bumped whenever the generator's output changes for a given config.
 SYNTH_VERSION = 1
 
@@ -34,16 +48,7 @@ class SynthConfig:
     """
 
     seed: int = 0  # master seed; every location/segment/clip/device derives its own stream
-    cities: tuple[str, ...] = (  # recording cities (real TAU city names)
-        "barcelona",
-        "helsinki",
-        "lisbon",
-        "london",
-        "lyon",
-        "milan",
-        "paris",
-        "prague",
-    )
+    cities: tuple[str, ...] = TAU_CITIES[:8]  # recording cities (real TAU city names)
     train_locations: int = 2  # training locations per (scene, city)
     eval_locations: int = 1  # evaluation locations per (scene, city)
     train_segments: int = 2  # 10-s segments per training location

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nas_asc._cache import atomic_dir
+from nas_asc.data.synth.config import TAU_CITIES
 from nas_asc.data.synth.layout import SPLIT_PERCENTS, default_dataset, write_tsv
 from nas_asc.data.tau22 import DEVICES, SCENES, parse_filename
 from nas_asc.errors import DatasetError
@@ -23,18 +24,6 @@ _REAL_SEGMENTS = {
     "evaluate": {d: 329 if d in ("b", "c") else 330 for d in DEVICES},
     "unused": {"a": 3855, "s4": 750, "s5": 750, "s6": 750},
 }
-_REAL_CITIES = (
-    "barcelona",
-    "helsinki",
-    "lisbon",
-    "london",
-    "lyon",
-    "milan",
-    "paris",
-    "prague",
-    "stockholm",
-    "vienna",
-)
 _REAL_LOCATION_BASE = {"train": 0, "evaluate": 500, "unused": 700}  # disjoint location ids
 
 
@@ -48,8 +37,8 @@ def realsize_plan(fraction: float) -> dict[str, list[tuple[str, str, str, str, i
         rows = []
         for k in range(n_segments):  # device recordings run parallel to the first segments
             s, j = k % len(SCENES), k // len(SCENES)
-            city = _REAL_CITIES[j % len(_REAL_CITIES)]
-            m = j // len(_REAL_CITIES)  # this (scene, city)'s m-th segment, ten per location
+            city = TAU_CITIES[j % len(TAU_CITIES)]
+            m = j // len(TAU_CITIES)  # this (scene, city)'s m-th segment, ten per location
             location = 1000 * s + _REAL_LOCATION_BASE[part] + m // 10
             for device, count in counts.items():
                 if k >= count:

@@ -226,6 +226,7 @@ def _build(study, index, trial, devices, features, progress) -> _Built:
     from nas_asc.search.artifacts import load_checkpoint
     from nas_asc.train.loop import predict
 
+    say = reporter_for(progress).message
     ckpt = load_checkpoint(study, trial)
     frontend = FrontEnd(**ckpt.frontend)
     train_set, test_set = features(frontend)
@@ -261,13 +262,12 @@ def _build(study, index, trial, devices, features, progress) -> _Built:
                 f"trial {trial.number} has no test-fold figure; run nas-asc search (it measures "
                 "the Pareto set on the test fold when it ends) before exporting it"
             )
-    if progress:
-        own = f", own models for {', '.join(devices)}" if devices else ""
-        reporter_for(progress).message(
-            f"submission {index}: trial {trial.number} ({ckpt.family}{own}), "
-            f"{max(c[0] for c in counts.values()):,} MACs and "
-            f"{max(c[1] for c in counts.values()):,} parameter bytes at most per device"
-        )
+    own = f", own models for {', '.join(devices)}" if devices else ""
+    say(
+        f"submission {index}: trial {trial.number} ({ckpt.family}{own}), "
+        f"{max(c[0] for c in counts.values()):,} MACs and "
+        f"{max(c[1] for c in counts.values()):,} parameter bytes at most per device"
+    )
     return _Built(
         index,
         trial,
@@ -810,6 +810,7 @@ def export_dcase2025(
     from nas_asc.search.holdout import load_study_data
     from nas_asc.study.record import require_budget
 
+    say = reporter_for(progress).message
     label = check_label(label)
     out = _check_out(Path(out))
     if not (isinstance(tolerance_pp, int | float) and tolerance_pp > 0):
@@ -834,9 +835,8 @@ def export_dcase2025(
             f"study {study.study_name!r} was searched before nas-asc had a validation split; "
             "search again with this version to export a submission"
         )
-    if progress:
-        for line in choice:
-            reporter_for(progress).message(line)
+    for line in choice:
+        say(line)
     unmeasured = [
         t for t in chosen if not devices[t.number] and "test_int8_accuracy" not in t.user_attrs
     ]
@@ -866,8 +866,8 @@ def export_dcase2025(
     labels = test.label.to_numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_workdirs(out.parent)
-    if removed and progress:
-        reporter_for(progress).message(
+    if removed:
+        say(
             f"removed {len(removed)} folder(s) that killed exports left in {out.parent}: "
             + ", ".join(p.name for p in removed)
         )
@@ -879,11 +879,10 @@ def export_dcase2025(
             list(test.filename),
             list(test.scene_label),
         )
-        if progress:
-            reporter_for(progress).message(
-                f"checking the package in a fresh interpreter (without nas-asc): the checker's "
-                f"count on {len(DEVICE_IDS)} device IDs, predict on {len(files):,} test clips"
-            )
+        say(
+            f"checking the package in a fresh interpreter (without nas-asc): the checker's "
+            f"count on {len(DEVICE_IDS)} device IDs, predict on {len(files):,} test clips"
+        )
         checked = _run_check(workdir, label, [b.index for b in built], files, clip_devices)
         rows = []
         for b in built:
