@@ -10,7 +10,9 @@ fault plus a healthy one and must reach its trial count with every fault recorde
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from dataclasses import dataclass
 
 import optuna
@@ -29,6 +31,10 @@ from nas_asc.search.study import prepare_study, retry_history, trial_counts
 
 # "none" last: after every fault the study still trains a healthy candidate
 FAULTS = ("nan", "explode", "oom", "build", "shape", "untraceable", "none")
+
+
+class _Loop:
+    itself: _Loop
 
 
 @dataclass(frozen=True)
@@ -57,8 +63,15 @@ class Faulty(nn.Module):
         # "shape": the head expects more features than the body gives (a config whose layers
         # do not compose): the first forward pass, the complexity count, raises
         self.head = nn.Linear(cfg.width + (cfg.fault == "shape"), 10)
+        if cfg.fault == "cycle":  # garbage in a reference cycle, as FX graphs leave behind
+            loop = _Loop()
+            loop.itself = loop
+            Faulty.cycles.append((weakref.ref(loop), gc.get_freeze_count()))
 
     interrupts = 0  # "interrupt": Ctrl-C arrives during this many trainings (then none)
+    # "cycle": every model built leaves garbage in a reference cycle, noted here with the garbage
+    # collector's frozen count at the time
+    cycles: list[tuple[weakref.ref, int]] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fault == "interrupt" and self.training and Faulty.interrupts > 0:
@@ -96,7 +109,10 @@ def _space() -> dict:
             "train": {"batch_size": 32, "epochs": 1, "kd_lambda": 0.0},
         },
         "dimensions": {
-            "model.fault": {"type": "categorical", "choices": [*FAULTS, "assert", "interrupt"]}
+            "model.fault": {
+                "type": "categorical",
+                "choices": [*FAULTS, "assert", "interrupt", "cycle"],
+            }
         },
     }
 
@@ -165,6 +181,24 @@ def test_a_family_that_asserts_on_its_config_fails_only_its_trial(
     states = [t.state for t in study.get_trials(deepcopy=False)]
     assert states == [optuna.trial.TrialState.FAIL] * 2 + [optuna.trial.TrialState.COMPLETE]
     assert "AssertionError: faulty: width 8" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_each_trials_reference_cycles_are_collected_after_it(faulty_family, tiny_search, tmp_path):
+    # the objects from before the search are frozen while it runs (so each trial's collection
+    # walks only what the trials made) and handed back after it
+    before = gc.get_freeze_count()
+    Faulty.cycles.clear()
+    gc.disable()  # nothing but the search's own collections may free the cycles
+    try:
+        study = _run_faults(("cycle", "cycle"), tiny_search, tmp_path)
+        left = gc.get_freeze_count()
+        freed = [ref() is None for ref, _ in Faulty.cycles]  # before the collector is back on
+    finally:
+        gc.enable()
+    assert [t.user_attrs["status"] for t in study.trials] == ["trained", "trained"]
+    assert Faulty.cycles and all(count > before for _, count in Faulty.cycles)
+    assert freed and all(freed)
+    assert left == before
 
 
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow

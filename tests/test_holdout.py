@@ -35,7 +35,7 @@ dimensions:
   train.epochs: {type: int, low: 1, high: 2}
   train.kd_lambda: {type: float, low: 0.0, high: 0.5}
 """
-TRIALS = 5
+TRIALS = 4
 
 
 STORAGE = "sqlite:///studies/tiny-protocol.db"

@@ -250,3 +250,11 @@ def test_no_arrow_runs_back_up(graph, layer):
         if any(_within(target, above) for above in _NOT_ABOVE[layer])
     )
     assert upward == []
+
+
+def test_the_files_handed_out_first_exist():
+    from conftest import LONGEST_FIRST  # tests/conftest.py: the order pytest-xdist hands them out
+
+    here = Path(__file__).parent
+    assert len(set(LONGEST_FIRST)) == len(LONGEST_FIRST)
+    assert [name for name in LONGEST_FIRST if not (here / name).is_file()] == []

@@ -463,7 +463,9 @@ def _confusion_png(confusion: Any, labels: list[str], title: str) -> bytes:
                         color=colour,
                     )
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true scene")
-        fig.tight_layout()
+        # fixed margins that fit the ten TAU scene names (measuring them, tight_layout, would
+        # draw the figure twice: a third of a second per trial)
+        fig.subplots_adjust(left=0.2, right=0.86, bottom=0.24, top=0.94)
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         return buf.getvalue()
