@@ -35,10 +35,11 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(MAX_WORKERS, cores or 1))
 
 
-#: the test files that take longest (over 15 core-seconds each on this project's 2-core machine),
-#: longest first. pytest-xdist hands out files by their number of tests, which leaves a long file
-#: of few tests (the holdout searches) for the end, one worker busy and the other idle; these are
-#: handed out first instead, and the short files fill in behind them.
+#: the test files that took longest when last measured (15-50 core-seconds each on this
+#: project's 2-core machine, 2026-12-07), longest first. pytest-xdist hands out files by their
+#: number of tests, which leaves a long file of few tests (the holdout searches) for the end, one
+#: worker busy and the other idle; these are handed out first instead, and the short files fill
+#: in behind them.
 LONGEST_FIRST = (
     "test_holdout.py",
     "test_conformance.py",
