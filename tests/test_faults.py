@@ -201,6 +201,17 @@ def test_each_trials_reference_cycles_are_collected_after_it(faulty_family, tiny
     assert left == before
 
 
+def test_what_the_caller_froze_stays_frozen(faulty_family, tiny_search, tmp_path):
+    gc.freeze()  # a process that manages the collector itself
+    try:
+        study = _run_faults(("none",), tiny_search, tmp_path)
+        left = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()
+    assert study.trials[0].user_attrs["status"] == "trained"
+    assert left > 0
+
+
 @pytest.mark.slow  # default suite within 10 min; CI runs it with -m slow
 def test_failure_after_failure_stops_the_search_with_the_last_reason(
     faulty_family, tiny_search, tmp_path

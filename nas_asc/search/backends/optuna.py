@@ -295,8 +295,12 @@ def _objects_from_before_frozen() -> Iterator[None]:
     A full collection walks every object the process holds (torch's modules, the features, the
     teacher): about a second per trial in a large process. Objects that exist before the first
     trial go to the permanent generation (``gc.freeze``) after one full collection, so each
-    trial's collection walks only newer objects; they are handed back on the way out.
+    trial's collection walks only newer objects; they are handed back on the way out. A process
+    that froze objects of its own keeps its state: nothing is frozen or handed back then.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.collect()
     gc.freeze()
     try:
