@@ -35,22 +35,22 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(MAX_WORKERS, cores or 1))
 
 
-#: the test files that took longest when last measured (15-50 core-seconds each on this
-#: project's 2-core machine, 2026-12-07), longest first. pytest-xdist hands out files by their
-#: number of tests, which leaves a long file of few tests (the holdout searches) for the end, one
-#: worker busy and the other idle; these are handed out first instead, and the short files fill
-#: in behind them.
+#: the test files that took longest when last measured (8-22 core-seconds each on a 2-core
+#: AMD EPYC with AVX-512, 2026-12-08; about twice that on one without), longest first.
+#: pytest-xdist hands out files by their number of tests, which leaves a long file of few tests
+#: (the holdout search) for the end, one worker busy and the other idle; these are handed out
+#: first instead, and the short files fill in behind them.
 LONGEST_FIRST = (
-    "test_holdout.py",
     "test_conformance.py",
+    "test_holdout.py",
     "test_finetune.py",
-    "test_dcase2025.py",
     "test_faults.py",
-    "test_export.py",
     "test_samplers.py",
     "test_data_synth.py",
     "test_bad_input.py",
-    "test_quantize.py",
+    "test_dcase2025.py",
+    "test_export.py",
+    "test_dashboard.py",
     "test_train_recipes.py",
 )
 

@@ -3,7 +3,8 @@
 Two copies of the tiny dataset differ only in the audio of the test fold (the second's is
 noise). The same search through the real CLI on both must decide exactly alike (every trial's
 parameters, objectives, per-epoch validation accuracy, pruning), and only the figures measured
-after the search on the test fold may differ. ``nas-asc evaluate`` then retrains a front model
+after the search on the test fold may differ (a slow test: the second search is all it
+needs). ``nas-asc evaluate`` then retrains a front model
 with seeds on the whole training split, stores mean ± std, and resumes where it was stopped.
 """
 
@@ -61,27 +62,40 @@ def _search(work, data, cache, monkeypatch):
 
 @pytest.fixture(scope="module")
 def searches(tiny_root, tmp_path_factory):
-    """(clean study, its output, poisoned study, clean work folder, clean data, its cache)."""
+    """(clean study, its output, its work folder, its data, its cache)."""
     base = tmp_path_factory.mktemp("holdout")
-    clean, poisoned = base / "clean", base / "poisoned"
+    clean = base / "clean"
     shutil.copytree(tiny_root, clean)
-    shutil.copytree(tiny_root, poisoned)
-    from nas_asc.data.tau22 import load_tau22
-
-    rng = np.random.default_rng(0)
-    for name in load_tau22(poisoned).evaluate.filename:  # same names and sizes, other audio
-        path = poisoned / name
-        wave, rate = soundfile.read(str(path), dtype="float32")
-        soundfile.write(str(path), rng.uniform(-0.5, 0.5, len(wave)), rate, subtype="PCM_24")
     (base / "w1").mkdir()
-    (base / "w2").mkdir()
     monkeypatch = pytest.MonkeyPatch()
     try:
-        b, _ = _search(base / "w2", poisoned, base / "c2", monkeypatch)
         a, out_a = _search(base / "w1", clean, base / "c1", monkeypatch)
     finally:
         monkeypatch.undo()
-    return a, out_a, b, base / "w1", clean, base / "c1"
+    return a, out_a, base / "w1", clean, base / "c1"
+
+
+@pytest.fixture(scope="module")
+def poisoned(tiny_root, tmp_path_factory):
+    """The same search on a copy of the dataset whose test-fold audio is noise (same names and
+    sizes); only the slow test compares it with the clean one (a second search, about 20 s)."""
+    base = tmp_path_factory.mktemp("poisoned")
+    data = base / "data"
+    shutil.copytree(tiny_root, data)
+    from nas_asc.data.tau22 import load_tau22
+
+    rng = np.random.default_rng(0)
+    for name in load_tau22(data).evaluate.filename:
+        path = data / name
+        wave, rate = soundfile.read(str(path), dtype="float32")
+        soundfile.write(str(path), rng.uniform(-0.5, 0.5, len(wave)), rate, subtype="PCM_24")
+    (base / "w").mkdir()
+    monkeypatch = pytest.MonkeyPatch()
+    try:
+        study, _ = _search(base / "w", data, base / "c", monkeypatch)
+    finally:
+        monkeypatch.undo()
+    return study
 
 
 def _decisions(study):
@@ -103,29 +117,32 @@ def _decisions(study):
     return out
 
 
-@pytest.mark.slow  # two searches (40 s); CI runs the slow suite
-def test_the_test_fold_audio_changes_no_decision_of_the_search(searches):
-    clean, _, poisoned, *_ = searches
+@pytest.mark.slow  # a second search (20 s); CI runs the slow suite
+def test_the_test_fold_audio_changes_no_decision_of_the_search(searches, poisoned):
+    clean = searches[0]
     assert len(clean.trials) == len(poisoned.trials) == TRIALS
     assert _decisions(clean) == _decisions(poisoned)  # bit-identical, every trial
     assert clean.user_attrs["protocol"] == poisoned.user_attrs["protocol"]
     assert any(t.user_attrs.get("status") == "trained" for t in clean.trials)
-
-
-def test_the_front_is_measured_on_the_test_fold_and_only_that_differs(searches):
-    clean, _, poisoned, *_ = searches
+    # ... and only the figures measured on the test fold after the search differ
     front_a = [t for t in clean.trials if "test_int8_accuracy" in t.user_attrs]
     front_b = [t for t in poisoned.trials if "test_int8_accuracy" in t.user_attrs]
     assert front_a and [t.number for t in front_a] == [t.number for t in front_b]
-    for t in front_a:
+    figures_a = [t.user_attrs["test_accuracy_by_device"] for t in front_a]
+    figures_b = [t.user_attrs["test_accuracy_by_device"] for t in front_b]
+    assert figures_a != figures_b
+
+
+def test_the_front_is_measured_on_the_test_fold(searches):
+    clean = searches[0]
+    front = [t for t in clean.trials if "test_int8_accuracy" in t.user_attrs]
+    assert front
+    for t in front:
         assert set(TEST_ATTRS) <= set(t.user_attrs)
         assert set(t.user_attrs["test_accuracy_by_device"]) >= {"s4", "s5", "s6"}
         assert t.user_attrs["test_unseen_accuracy"] is not None
         assert t.user_attrs["test_clips"] == 180  # the tiny test fold
         assert t.user_attrs["unseen_accuracy"] is None  # validation holds seen devices only
-    figures_a = [t.user_attrs["test_accuracy_by_device"] for t in front_a]
-    figures_b = [t.user_attrs["test_accuracy_by_device"] for t in front_b]
-    assert figures_a != figures_b
 
 
 def test_the_output_shows_validation_and_test_side_by_side(searches):
@@ -135,7 +152,7 @@ def test_the_output_shows_validation_and_test_side_by_side(searches):
 
 
 def test_a_measured_trial_is_what_its_checkpoint_gives_on_the_test_fold(searches):
-    clean, _, _, work, data, cache = searches
+    clean, _, work, data, cache = searches
     from nas_asc.data.features import FrontEnd, load_features
     from nas_asc.data.protocol import protocol_from_record
     from nas_asc.data.tau22 import load_tau22
@@ -154,7 +171,7 @@ def test_a_measured_trial_is_what_its_checkpoint_gives_on_the_test_fold(searches
 
 
 def test_continuing_measures_only_what_is_new_on_the_front(searches, monkeypatch, capsys):
-    _, _, _, work, data, cache = searches
+    _, _, work, data, cache = searches
     import nas_asc.search.artifacts as artifacts
 
     loaded = []
@@ -179,7 +196,7 @@ def test_continuing_measures_only_what_is_new_on_the_front(searches, monkeypatch
 
 
 def test_another_validation_split_cannot_continue_the_study(searches, monkeypatch, capsys):
-    _, _, _, work, data, cache = searches
+    _, _, work, data, cache = searches
     monkeypatch.setenv("NAS_ASC_CACHE", str(cache))
     monkeypatch.chdir(work)
     from nas_asc.data.tau22 import load_tau22
@@ -194,7 +211,7 @@ def test_another_validation_split_cannot_continue_the_study(searches, monkeypatc
 
 
 def test_evaluate_retrains_with_seeds_and_resumes(searches, monkeypatch, capsys):
-    _, _, _, work, data, cache = searches
+    _, _, work, data, cache = searches
     import nas_asc.search.objective as objective
 
     monkeypatch.setenv("NAS_ASC_CACHE", str(cache))
