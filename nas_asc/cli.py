@@ -607,6 +607,13 @@ def _add_export_command(sub) -> None:
         "(default: 1.0)",
     )
     p.add_argument("--no-c-header", action="store_true", help="skip the C header")
+    p.add_argument(
+        "--tflite",
+        action="store_true",
+        help="also write model_int8.tflite: the same int8 model as a full-integer TFLite "
+        "flatbuffer, verified in TensorFlow Lite Micro, its arena and flash in the card (needs "
+        "nas-asc[tflite]; a model with layers that run in float is refused, the layer named)",
+    )
 
 
 def _fraction(text: str) -> float:
@@ -951,6 +958,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         tolerance_pp=args.tolerance_pp,
         c_header=not args.no_c_header,
         runtime=args.runtime,
+        tflite=args.tflite,
     )
     print(
         f"exported {len(results)} model(s), each re-verified with ONNX Runtime, to {args.out} "
@@ -968,11 +976,15 @@ def _export_dcase2025(args: argparse.Namespace) -> int:
             "names the package)"
         )
     check_label(args.label)
-    for flag, value in (("--overwrite", args.overwrite), ("--no-c-header", args.no_c_header)):
+    for flag, value in (
+        ("--overwrite", args.overwrite),
+        ("--no-c-header", args.no_c_header),
+        ("--tflite", args.tflite),
+    ):
         if value:
             raise NasAscError(
                 f"{flag} does not apply to --format dcase2025 (the package is written to a new "
-                "folder, and has no C header)"
+                "folder and holds PyTorch networks: no C header, no TFLite)"
             )
     study, _ = _existing_study(args.study, args.storage)
     result = export_dcase2025(

@@ -44,6 +44,7 @@ LONGEST_FIRST = (
     "test_conformance.py",
     "test_holdout.py",
     "test_finetune.py",
+    "test_tflite.py",
     "test_faults.py",
     "test_samplers.py",
     "test_data_synth.py",

@@ -5,5 +5,7 @@
   ships a copy of it;
 * :mod:`~nas_asc.deploy.netgen`: a converted int8 model as a stand-alone network over those
   layers and PyTorch functions, its Python source, and the DCASE 2025 checker's count of it
-  (which :mod:`nas_asc.complexity` uses for the ``dcase2025`` budget rule).
+  (which :mod:`nas_asc.complexity` uses for the ``dcase2025`` budget rule);
+* :mod:`~nas_asc.deploy.tflite`: that network as a full-integer TFLite flatbuffer, run and
+  measured (arena, flash) in TensorFlow Lite Micro (optional extra ``nas-asc[tflite]``).
 """

@@ -176,6 +176,7 @@ def card_markdown(card: Mapping[str, Any]) -> str:
             ["all initializer bytes in the file", _int(graph["initializer_bytes"])],
         ],
     )
+    lines += _tflite_lines(card.get("tflite_micro"))
     lines += ["", "## Configuration", ""] + _fields(model["config"])
     if model.get("searched"):
         lines += ["", "Searched dimensions of this trial:", ""] + _fields(model["searched"])
@@ -225,6 +226,41 @@ def card_markdown(card: Mapping[str, Any]) -> str:
     )
     lines += ["", "## Runtime", ""] + _fields(card["runtime"])
     return "\n".join(lines) + "\n"
+
+
+def _tflite_lines(tfl: Mapping[str, Any] | None) -> list[str]:
+    """The microcontroller section: what TensorFlow Lite Micro allocates and computes."""
+    if not tfl:
+        return []
+    arena, inp, out = tfl["arena_bytes"], tfl["input"], tfl["output"]
+    lines = [
+        "",
+        "## On the microcontroller runtime",
+        "",
+        f"`{tfl['file']}`: full-integer TFLite (int8 weights and activations, int32 biases), "
+        f"run in {tfl['runtime']}.",
+        "",
+    ]
+    lines += _table(
+        ["figure", "value"],
+        [
+            ["flash (flatbuffer bytes)", _int(tfl["flash_bytes"])],
+            ["tensor arena, head (activations, planned)", _int(arena["head"])],
+            ["tensor arena, tail (persistent)", _int(arena["tail"])],
+            ["tensor arena, total", _int(arena["total"])],
+            ["int8 accuracy (TensorFlow Lite Micro)", _pct(tfl["accuracy"]["accuracy"])],
+            ["same scene as PyTorch int8", _pct(tfl["pytorch_agreement"])],
+        ],
+    )
+    lines += [
+        "",
+        f"Input: int8 {'x'.join(str(d) for d in inp['shape'])} ({inp['layout']}), scale "
+        f"{inp['scale']!r}, zero point {inp['zero_point']}: {inp['quantize']}. Output: "
+        f"{out['meaning']} (scale {out['scale']!r}, zero point {out['zero_point']}).",
+        "",
+        "Operators the firmware's resolver needs: " + ", ".join(tfl["ops"]) + ".",
+    ]
+    return lines
 
 
 def write_card(card: Mapping[str, Any], directory: str | Path) -> tuple[Path, Path]:
