@@ -11,7 +11,8 @@ scales, int32 biases and activation scales and zero points. Nothing is calibrate
 The graph is full-integer:
 
 * the input is ``int8`` ``(1, freq, time, channels)`` (NHWC): the log-mel features, normalized
-  as in training, quantized with the scale and zero point of the model's first quantize node
+  as in training (and through the front-end layers, if any), quantized with the scale and zero
+  point of the model's first quantize node
   (:attr:`TfliteModel.input_scale`, :attr:`TfliteModel.input_zero_point`):
   ``q = clamp(round(x / scale) + zero_point, -128, 127)``;
 * PyTorch's ``quint8`` activations become ``int8`` ones (value - 128, zero point - 128: the
@@ -20,6 +21,9 @@ The graph is full-integer:
 * the output is the ``int8`` logits (their argmax is the class; :attr:`TfliteModel.output_scale`
   and ``output_zero_point`` give the float logits).
 
+Float layers the int8 model runs on its input before quantizing it (bsconv's delta features)
+are not part of the graph: they are the firmware's front end, computed in float on the features
+like the log-mel itself (:attr:`TfliteModel.front`, named in :attr:`TfliteModel.front_layers`).
 What cannot be mapped is refused in one line naming the layer and the operation
 (:class:`NotConvertible`): a layer that runs in float between a dequantize and a quantize
 (AdaResNorm, ResNorm, SubSpectralNorm, SiLU, ...) has no place in a full-integer graph.
@@ -32,10 +36,11 @@ Both need the optional extra ``nas-asc[tflite]``; :func:`require` names it when 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -95,6 +100,10 @@ class TfliteModel:
         input_scale, input_zero_point: how a feature ``x`` becomes the int8 input.
         output_scale, output_zero_point: how the int8 logits become float ones.
         ops: the builtin operators the model needs (a firmware's op resolver), sorted.
+        front: the float layers the int8 model runs on its input before quantizing it (None:
+            none), which a firmware computes in its front end; :func:`quantize_input` applies
+            them.
+        front_layers: those layers by name.
     """
 
     data: bytes
@@ -104,6 +113,8 @@ class TfliteModel:
     output_scale: float
     output_zero_point: int
     ops: tuple[str, ...]
+    front: torch.nn.Module | None = field(default=None, compare=False, repr=False)
+    front_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -521,15 +532,16 @@ class _Writer:
                     )
                 continue
             if node.op == "call_function" and node.target is torch.quantize_per_tensor:
-                source = node.args[0]
-                if not (isinstance(source, fx.Node) and source.op == "placeholder") or self.acts:
+                if self.acts:
                     raise NotConvertible(
                         f"layer {node.name}: a float result is quantized again (a layer runs in "
-                        f"float before it: {_float_origin(source)}); the TFLite export is "
-                        "full-integer"
+                        f"float before it: {_float_origin(node.args[0])}); the TFLite export "
+                        "is full-integer"
                     )
-                self.input(node)
+                self.input(node)  # what comes before it is the float front end
                 continue
+            if not self.acts:
+                continue  # the front end (see _front_end): the firmware computes it
             if node.op == "call_method" and node.target == "dequantize":
                 users = list(node.users)
                 if len(users) == 1 and users[0].op == "output" and node.args[0] in self.acts:
@@ -606,35 +618,48 @@ def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"{node.name} ({_name(node.target)})"
 
 
-def _refuse_float_layers(quantized: fx.GraphModule) -> None:
-    """One line naming the first layer of the int8 model that runs in float, if any: before
-    the input is quantized, or between a dequantize and a quantize."""
-    started = False
-    floats: list[fx.Node] = []
+def _front_end(quantized: fx.GraphModule) -> tuple[fx.GraphModule | None, tuple[str, ...]]:
+    """The float layers the int8 model runs on its input before quantizing it (e.g. bsconv's
+    DeltaFeatures), as a module of their own and by name; (None, ()) when it quantizes the
+    input itself. They belong to the front end: a firmware computes them on the features, in
+    float like the log-mel, and quantizes their output as the TFLite model's input."""
+    graph = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    layers: list[str] = []
     for node in quantized.graph.nodes:
-        if node.op in ("placeholder", "get_attr", "output"):
-            continue
-        if node.op == "call_function" and node.target is torch.quantize_per_tensor and not started:
-            started = True
-            continue
-        dequantized = any(
+        if node.op == "call_function" and node.target is torch.quantize_per_tensor:
+            source = node.args[0]
+            if not isinstance(source, fx.Node) or source.op == "placeholder":
+                return None, ()
+            graph.output(env[source])
+            return fx.GraphModule(quantized, graph).eval(), tuple(layers)
+        if node.op == "output":
+            break
+        env[node] = graph.node_copy(node, env.__getitem__)
+        if node.op in ("call_module", "call_function", "call_method"):
+            layers.append(_describe(quantized, node))
+    raise NotConvertible("the int8 model never quantizes its input")
+
+
+def _refuse_float_layers(quantized: fx.GraphModule) -> None:
+    """One line naming the first layer of the int8 model that runs in float between a
+    dequantize and a quantize, if any (its float front end aside)."""
+    floats = [
+        node
+        for node in quantized.graph.nodes
+        if node.op != "output"
+        and any(
             isinstance(a, fx.Node) and a.op == "call_method" and a.target == "dequantize"
             for a in node.args
         )
-        if not started or dequantized:
-            floats.append(node)
+    ]
     if floats:
         modules = [n for n in floats if n.op == "call_module"]  # a layer rather than a helper
         first = _describe(quantized, (modules or floats)[0])
-        where = (
-            "before the input is quantized"
-            if not started
-            else "between a dequantize and a quantize"
-        )
         more = f" (and {len(floats) - 1} more)" if len(floats) > 1 else ""
         raise NotConvertible(
-            f"layer {first} runs in float {where}{more}; a full-integer TFLite graph has no "
-            "float kernels"
+            f"layer {first} runs in float between a dequantize and a quantize{more}; a "
+            "full-integer TFLite graph has no float kernels"
         )
 
 
@@ -654,9 +679,11 @@ def convert(quantized: fx.GraphModule, example: torch.Tensor) -> TfliteModel:
 
     _schema()
     _refuse_float_layers(quantized)
+    front, front_layers = _front_end(quantized)
     net = standalone(quantized, example[:1])
     values = _record(net.module, example[:1])
-    return _Writer(net.module, values).write()
+    model = _Writer(net.module, values).write()
+    return dataclasses.replace(model, front=front, front_layers=front_layers)
 
 
 # ------------------------------------------------------------------------------------------
@@ -665,11 +692,13 @@ def convert(quantized: fx.GraphModule, example: torch.Tensor) -> TfliteModel:
 
 
 def quantize_input(model: TfliteModel, x: torch.Tensor) -> np.ndarray:
-    """Features ``(n, channels, freq, time)`` as the model's int8 NHWC inputs, rounded exactly as
-    PyTorch's int8 model rounds them."""
-    q = torch.quantize_per_tensor(
-        x.float(), model.input_scale, model.input_zero_point + 128, torch.quint8
-    )
+    """Features ``(n, channels, freq, time)`` as the model's int8 NHWC inputs (through its float
+    front end, if any), rounded exactly as PyTorch's int8 model rounds them."""
+    x = x.float()
+    if model.front is not None:
+        with torch.no_grad():
+            x = model.front(x)
+    q = torch.quantize_per_tensor(x, model.input_scale, model.input_zero_point + 128, torch.quint8)
     ints = q.int_repr().to(torch.int16) - 128
     return ints.to(torch.int8).permute(0, 2, 3, 1).contiguous().numpy()
 

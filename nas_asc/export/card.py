@@ -257,6 +257,14 @@ def _tflite_lines(tfl: Mapping[str, Any] | None) -> list[str]:
         f"Input: int8 {'x'.join(str(d) for d in inp['shape'])} ({inp['layout']}), scale "
         f"{inp['scale']!r}, zero point {inp['zero_point']}: {inp['quantize']}. Output: "
         f"{out['meaning']} (scale {out['scale']!r}, zero point {out['zero_point']}).",
+    ]
+    if inp.get("front_end_layers"):
+        lines += [
+            "",
+            "Front-end layers the firmware computes in float on the features before quantizing "
+            "them (the int8 model runs them so too): " + ", ".join(inp["front_end_layers"]) + ".",
+        ]
+    lines += [
         "",
         "Operators the firmware's resolver needs: " + ", ".join(tfl["ops"]) + ".",
     ]

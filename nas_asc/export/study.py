@@ -166,9 +166,10 @@ MIN_AGREEMENT = 0.9  # least share of clips with the same top-1 scene in both ru
 # reference kernels requantize in fixed point with two roundings (gemmlowp's) and an int32
 # bias, where PyTorch's x86 kernels round the exact value once. On trained models of the
 # embedded dataset that moved 0.6 % of the first convolution's int8 outputs by one step,
-# compounding over the layers: the top-1 scene agreed on 95.9-97.2 % of the 1,440 test clips (three
-# cpmobile models, 31-41 % test accuracy) with accuracy gaps of 0.00-0.62 points (2026-12-08).
-# A broken export (a wrong scale, a transposed weight) agrees on far fewer.
+# compounding over the layers: the top-1 scene agreed on 95.9-97.2 % of the 1,440 test clips
+# (three cpmobile models and one bsconv model, 31-46 % test accuracy), the accuracy gaps were
+# 0.00-0.62 points (2026-12-08). A broken export (a wrong scale, a transposed weight) agrees on
+# far fewer.
 TFLITE_MIN_AGREEMENT = 0.95
 TFLITE_TOLERANCE_PP = 1.0
 
@@ -351,12 +352,13 @@ def _tflite_card(tm, tflm_eval, int8_eval, arena) -> dict[str, Any]:
         "ops": list(tm.ops),
         "input": {
             "shape": list(tm.input_shape),
-            "layout": "NHWC: (1, n_mels, frames, 1)",
+            "layout": "NHWC: (1, n_mels, frames, channels)",
             "dtype": "int8",
             "scale": tm.input_scale,
             "zero_point": tm.input_zero_point,
             "quantize": "q = clamp(round(x / scale) + zero_point, -128, 127), x the normalized "
-            "log-mel",
+            "log-mel" + (" through the front-end layers" if tm.front_layers else ""),
+            "front_end_layers": list(tm.front_layers),
         },
         "output": {
             "dtype": "int8",
