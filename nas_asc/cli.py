@@ -961,7 +961,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         tflite=args.tflite,
     )
     print(
-        f"exported {len(results)} model(s), each re-verified with ONNX Runtime, to {args.out} "
+        f"exported {len(results)} model(s), each re-verified with ONNX Runtime"
+        + (" and TensorFlow Lite Micro" if args.tflite else "")
+        + f", to {args.out} "
         f"(index: {args.out / 'index.json'})"
     )
     return 0

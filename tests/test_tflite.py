@@ -21,6 +21,7 @@ from nas_asc.budget import DEFAULT_BUDGET  # noqa: E402
 from nas_asc.deploy import tflite  # noqa: E402
 from nas_asc.errors import NasAscError  # noqa: E402
 from nas_asc.export import ExportError, export_study  # noqa: E402
+from nas_asc.export.tflite_c import RESOLVER_METHODS  # noqa: E402
 from nas_asc.models import create_model, get_reference_input, list_models  # noqa: E402
 from nas_asc.search.holdout import measure_front  # noqa: E402
 from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective  # noqa: E402
@@ -254,6 +255,46 @@ def test_export_writes_a_verified_tflite_and_its_runtime_figures(exported, tiny_
     again = evaluate(tflite.TflmModule(tm), test_set)
     assert again.accuracy == tfl["accuracy"]["accuracy"]
     assert tflite.arena(tm).total == tfl["arena_bytes"]["total"]
+
+
+def test_the_c_header_holds_the_flatbuffer_the_arena_and_the_resolver(exported, tmp_path):
+    import shutil
+    import subprocess
+
+    _, (result,) = exported
+    header = result.files["model_int8_tflite.h"]
+    card = json.loads((result.directory / "card.json").read_text())
+    text = header.read_text()
+    arena = card["tflite_micro"]["arena_bytes"]["total"]
+    assert f"#define TINY_MCU_TRIAL0_ARENA_BYTES {arena}u" in text
+    for op in card["tflite_micro"]["ops"]:
+        assert f"resolver.{RESOLVER_METHODS[op]}()" in text
+    gcc, gxx = shutil.which("gcc"), shutil.which("g++")
+    if gcc is None or gxx is None:
+        pytest.skip("gcc or g++ not installed")
+    # C: the array, byte for byte, is the .tflite file
+    source = tmp_path / "dump.c"
+    source.write_text(
+        f'#include <stdio.h>\n#include "{header}"\n'
+        "int main(void) { fwrite(tiny_mcu_trial0_model, 1, TINY_MCU_TRIAL0_MODEL_LEN, stdout);"
+        " return ((uintptr_t)tiny_mcu_trial0_model % 16) != 0; }\n"
+    )
+    binary = tmp_path / "dump"
+    built = subprocess.run(
+        [gcc, "-std=c11", "-Wall", "-Werror", str(source), "-o", str(binary)],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(binary)], capture_output=True)
+    assert ran.returncode == 0  # aligned to 16 bytes
+    assert ran.stdout == result.files["model_int8.tflite"].read_bytes()
+    # C++ without TensorFlow Lite Micro's headers: everything but the resolver compiles
+    use = tmp_path / "use.cc"
+    use.write_text(f'#include "{header}"\nint main() {{ return 0; }}\n')
+    cxx = [gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-DNAS_ASC_NO_TFLM", str(use)]
+    done = subprocess.run(cxx, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.slow  # trains a study of its own (6 s); the refusal itself is tested above

@@ -10,6 +10,10 @@ For every exported trial, ``<out>/<study>-trial<N>/`` holds:
 * ``config.json``: the same without the weights;
 * ``model_int8.onnx``: the int8 QDQ model (:mod:`nas_asc.export.onnx`);
 * ``model_int8.h``: its int8 weights for CMSIS-NN style C code (:mod:`nas_asc.export.cheader`);
+* with ``tflite=True``: ``model_int8.tflite``, the same int8 model as a full-integer TFLite
+  flatbuffer (:mod:`nas_asc.deploy.tflite`), verified in TensorFlow Lite Micro, and
+  ``model_int8_tflite.h``, that flatbuffer as a C array with its measured arena size and op
+  resolver (:mod:`nas_asc.export.tflite_c`);
 * ``card.json`` and ``card.md``: the model card (:mod:`nas_asc.export.card`).
 
 ``<out>/index.json`` lists every model exported to ``<out>``. Nothing is retrained: the trial's
@@ -58,6 +62,7 @@ FILES = (
     "model_int8.onnx",
     "model_int8.h",
     "model_int8.tflite",
+    "model_int8_tflite.h",
     "card.json",
     "card.md",
 )
@@ -502,7 +507,16 @@ def _export_trial(
         if not all(c["passed"] for c in tflite_checks):
             return {}, checks, figures
         (workdir / "model_int8.tflite").write_bytes(tm.data)
-        tflite_card = _tflite_card(tm, tflm_eval, int8, tfl.arena(tm))
+        arena = tfl.arena(tm)
+        tflite_card = _tflite_card(tm, tflm_eval, int8, arena)
+        if c_header:
+            from nas_asc.export.tflite_c import write_tflite_c_header
+
+            versions = {
+                "nas_asc": nas_asc.__version__,
+                "tflite_micro": _package_version("tflite-micro"),
+            }
+            write_tflite_c_header(tm, arena, workdir / "model_int8_tflite.h", name, versions)
 
     if c_header:
         write_c_header(graph_proto, workdir / "model_int8.h", name, param_names)
@@ -825,7 +839,9 @@ def export_study(
         results.append(result)
         say(
             f"trial {trial.number}: {target}  int8 {result.int8_accuracy:.1%} "
-            f"(ONNX Runtime {result.onnx_accuracy:.1%}), {result.macs / 1e6:.2f} M MACs, "
+            f"(ONNX Runtime {result.onnx_accuracy:.1%}"
+            + (f", TensorFlow Lite Micro {figures['tflite']:.1%}" if "tflite" in figures else "")
+            + f"), {result.macs / 1e6:.2f} M MACs, "
             f"{result.param_bytes:,} B, {time.perf_counter() - started:.0f} s"
         )
     if results:
