@@ -124,6 +124,8 @@ def test_card_records_the_re_measured_figures(study, exported):
     )
     assert card["budget"] == DEFAULT_BUDGET.to_dict()
     assert card["frontend"]["normalization"]["std"] > 0
+    exact = card["frontend"]["exact"]  # every parameter a firmware needs (test_features checks)
+    assert exact["mel"]["n_mels"] == 32 and exact["stft"]["center"] is True
     assert (
         card["files"]["model_int8.onnx"]["bytes"] == result.files["model_int8.onnx"].stat().st_size
     )

@@ -270,3 +270,45 @@ def test_array_entries_are_atomic_checksummed_and_copy_on_write(tmp_path, caplog
     (message,) = [r.getMessage() for r in caplog.records]
     assert "does not match its checksum" in message and "recomputed" in message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_front_end_spec_is_enough_to_compute_the_same_log_mel():
+    """A firmware given only the card's parameters computes the model's input: an STFT and a Mel
+    filterbank built from :func:`front_end_spec` alone reproduce :func:`logmel`."""
+    import torchaudio
+
+    from nas_asc.data.features import FrontEnd, front_end_spec, logmel
+
+    frontend = FrontEnd(n_mels=40, hop_length=512, f_min=50.0)
+    spec = front_end_spec(frontend)
+    wave = torch.randn(1, frontend.sample_rate, generator=torch.Generator().manual_seed(0))
+    st, mel, log = spec["stft"], spec["mel"], spec["log"]
+    assert st["window"] == "hann" and st["window_periodic"] and st["center"]
+    window = torch.hann_window(st["win_length"], periodic=st["window_periodic"])
+    power = (
+        torch.stft(
+            wave,
+            st["n_fft"],
+            st["hop_length"],
+            st["win_length"],
+            window,
+            center=st["center"],
+            pad_mode=st["pad_mode"],
+            normalized=st["normalized"],
+            onesided=st["onesided"],
+            return_complex=True,
+        ).abs()
+        ** st["power"]
+    )
+    bank = torchaudio.functional.melscale_fbanks(
+        st["n_fft"] // 2 + 1,
+        mel["f_min"],
+        mel["f_max"],
+        mel["n_mels"],
+        frontend.sample_rate,
+        mel["filterbank_norm"],
+        mel["scale"],
+    )
+    ours = torch.log((power.transpose(1, 2) @ bank).transpose(1, 2) + log["offset"])
+    assert torch.equal(ours, logmel(wave, frontend.sample_rate, frontend))  # bit for bit
+    assert spec["mel"]["f_min"] == 50.0 and spec["mel"]["f_max"] == frontend.sample_rate / 2

@@ -62,7 +62,14 @@ from nas_asc._cache import (
 )
 from nas_asc.errors import NasAscError
 
-__all__ = ["FrontEnd", "FeatureSet", "logmel", "load_features", "precompute_features"]
+__all__ = [
+    "FrontEnd",
+    "FeatureSet",
+    "front_end_spec",
+    "logmel",
+    "load_features",
+    "precompute_features",
+]
 
 _LOG = logging.getLogger(__name__)
 # bump when the computation or the format changes, so stale caches are not reused
@@ -121,11 +128,11 @@ class FrontEnd:
 _WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
 
 
-def logmel(waves: torch.Tensor, source_rate: int, frontend: FrontEnd) -> torch.Tensor:
-    """Log-mel spectrograms ``(batch, n_mels, frames)`` of ``waves`` ``(batch, samples)``."""
-    if source_rate != frontend.sample_rate:
-        waves = torchaudio.functional.resample(waves, source_rate, frontend.sample_rate)
-    mel = torchaudio.transforms.MelSpectrogram(
+LOG_OFFSET = 1e-5  # log-mel = log(mel power + LOG_OFFSET)
+
+
+def _mel_transform(frontend: FrontEnd) -> torchaudio.transforms.MelSpectrogram:
+    return torchaudio.transforms.MelSpectrogram(
         sample_rate=frontend.sample_rate,
         n_fft=frontend.n_fft,
         win_length=frontend.win_length,
@@ -136,7 +143,54 @@ def logmel(waves: torch.Tensor, source_rate: int, frontend: FrontEnd) -> torch.T
         window_fn=_WINDOWS[frontend.window],
         power=2.0,
     )
-    return torch.log(mel(waves) + 1e-5)
+
+
+def logmel(waves: torch.Tensor, source_rate: int, frontend: FrontEnd) -> torch.Tensor:
+    """Log-mel spectrograms ``(batch, n_mels, frames)`` of ``waves`` ``(batch, samples)``."""
+    if source_rate != frontend.sample_rate:
+        waves = torchaudio.functional.resample(waves, source_rate, frontend.sample_rate)
+    return torch.log(_mel_transform(frontend)(waves) + LOG_OFFSET)
+
+
+def front_end_spec(frontend: FrontEnd) -> dict:
+    """Every parameter of :func:`logmel` for ``frontend``, read off the transform it builds (and
+    torchaudio's resampling defaults), so that a firmware can reproduce the model's input."""
+    import inspect
+
+    mel = _mel_transform(frontend)
+    stft, bank = mel.spectrogram, mel.mel_scale
+    periodic = _WINDOWS[frontend.window](frontend.win_length, periodic=True)
+    resample = inspect.signature(torchaudio.functional.resample).parameters
+    return {
+        "resampling": {
+            "to_hz": frontend.sample_rate,
+            "function": "torchaudio.functional.resample",
+            **{
+                k: resample[k].default
+                for k in ("resampling_method", "lowpass_filter_width", "rolloff", "beta")
+            },
+        },
+        "stft": {
+            "n_fft": stft.n_fft,
+            "win_length": stft.win_length,
+            "hop_length": stft.hop_length,
+            "window": frontend.window,
+            "window_periodic": bool(torch.equal(stft.window, periodic)),
+            "center": stft.center,
+            "pad_mode": stft.pad_mode,
+            "onesided": stft.onesided,
+            "normalized": stft.normalized,
+            "power": stft.power,
+        },
+        "mel": {
+            "n_mels": bank.n_mels,
+            "f_min": bank.f_min,
+            "f_max": bank.f_max,
+            "scale": bank.mel_scale,
+            "filterbank_norm": bank.norm,
+        },
+        "log": {"base": "e", "offset": LOG_OFFSET},
+    }
 
 
 class FeatureSet:

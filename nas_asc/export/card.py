@@ -184,7 +184,16 @@ def card_markdown(card: Mapping[str, Any]) -> str:
         lines += ["", "Pruned filters kept per layer:", ""] + _fields(model["pruned"])
     frontend = card["frontend"]
     lines += ["", "## Front end", "", frontend["description"], ""]
-    lines += _fields({k: v for k, v in frontend.items() if k not in ("description",)})
+    lines += _fields({k: v for k, v in frontend.items() if k not in ("description", "exact")})
+    if frontend.get("exact"):
+        lines += [
+            "",
+            "Every parameter of the front end, for a firmware to compute the same input:",
+            "",
+        ]
+        lines += _table(
+            ["stage", "parameters"], [[k, _cell(v)] for k, v in frontend["exact"].items()]
+        )
     lines += ["", "## Training recipe", ""] + _fields(card["training"]["recipe"])
     lines += [
         "",

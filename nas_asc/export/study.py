@@ -414,7 +414,7 @@ def _export_trial(
 
     import nas_asc
     from nas_asc.complexity import parse_input_shape
-    from nas_asc.data.features import FrontEnd
+    from nas_asc.data.features import FrontEnd, front_end_spec
     from nas_asc.data.tau22 import SCENES
     from nas_asc.export import onnx as onnx_export
     from nas_asc.export.card import CARD_FORMAT, file_digest, write_card
@@ -543,6 +543,8 @@ def _export_trial(
             **frontend.to_dict(),
             "input_shape": list(input_shape),
             "normalization": norm,
+            # every parameter, for a firmware to compute the same input
+            "exact": front_end_spec(frontend),
             "description": (
                 "Audio resampled to sample_rate, power Mel spectrogram (centered STFT), "
                 "log(mel + 1e-5), standardized with the training split's scalar mean and std: "
