@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from toydata import artifact_context, record_data
+from toydata import searched_study
 
 from nas_asc.budget import DEFAULT_BUDGET, Budget  # noqa: E402
 from nas_asc.complexity import count  # noqa: E402
@@ -26,8 +26,7 @@ from nas_asc.export.cheader import quantize_multiplier  # noqa: E402
 from nas_asc.export.onnx import OnnxModule, count_onnx, onnx_session  # noqa: E402
 from nas_asc.export.study import FILES, _install  # noqa: E402
 from nas_asc.models import create_model, list_models  # noqa: E402
-from nas_asc.search.holdout import measure_front  # noqa: E402
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective  # noqa: E402
+from nas_asc.search.objective import DIRECTIONS  # noqa: E402
 from nas_asc.train.loop import predict  # noqa: E402
 
 SPACE = {
@@ -44,17 +43,7 @@ SPACE = {
 
 @pytest.fixture(scope="module")
 def study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
-    artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = artifact_context(tiny_search, SPACE, artifact_dir, seed=5)
-    storage = f"sqlite:///{tmp_path_factory.mktemp('db') / 'study.db'}"
-    study = optuna.create_study(study_name="tiny", storage=storage, directions=list(DIRECTIONS))
-    study.set_metric_names(list(OBJECTIVE_NAMES))
-    study.set_user_attr("artifact_dir", str(artifact_dir))
-    study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
-    study.set_user_attr("space", "tiny")
-    record_data(study, tiny_protocol, tiny_root)
-    study.optimize(Objective(context), n_trials=1)
-    return measure_front(study, tiny_protocol, progress=False)  # as nas-asc search ends
+    return searched_study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, SPACE)
 
 
 # The tiny evaluate split has 180 clips (one clip = 0.56 percentage points) and the one-epoch

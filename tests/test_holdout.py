@@ -67,11 +67,8 @@ def searches(tiny_root, tmp_path_factory):
     clean = base / "clean"
     shutil.copytree(tiny_root, clean)
     (base / "w1").mkdir()
-    monkeypatch = pytest.MonkeyPatch()
-    try:
+    with pytest.MonkeyPatch.context() as monkeypatch:
         a, out_a = _search(base / "w1", clean, base / "c1", monkeypatch)
-    finally:
-        monkeypatch.undo()
     return a, out_a, base / "w1", clean, base / "c1"
 
 
@@ -90,11 +87,8 @@ def poisoned(tiny_root, tmp_path_factory):
         wave, rate = soundfile.read(str(path), dtype="float32")
         soundfile.write(str(path), rng.uniform(-0.5, 0.5, len(wave)), rate, subtype="PCM_24")
     (base / "w").mkdir()
-    monkeypatch = pytest.MonkeyPatch()
-    try:
+    with pytest.MonkeyPatch.context() as monkeypatch:
         study, _ = _search(base / "w", data, base / "c", monkeypatch)
-    finally:
-        monkeypatch.undo()
     return study
 
 

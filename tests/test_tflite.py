@@ -8,23 +8,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import optuna
 import pytest
 import torch
 
 pytest.importorskip("tflite_micro")
 pytest.importorskip("onnxruntime")
 
-from toydata import artifact_context, record_data  # noqa: E402
+from toydata import searched_study  # noqa: E402
 
-from nas_asc.budget import DEFAULT_BUDGET  # noqa: E402
 from nas_asc.deploy import tflite  # noqa: E402
 from nas_asc.errors import NasAscError  # noqa: E402
 from nas_asc.export import ExportError, export_study  # noqa: E402
 from nas_asc.export.tflite_c import RESOLVER_METHODS  # noqa: E402
 from nas_asc.models import create_model, get_reference_input, list_models  # noqa: E402
-from nas_asc.search.holdout import measure_front  # noqa: E402
-from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective  # noqa: E402
 from nas_asc.train.quantize import quantize_ptq  # noqa: E402
 
 #: the families whose int8 model holds layers that run in float, and the first such layer;
@@ -193,20 +189,6 @@ SPACE = {
 }
 
 
-def _study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, space, name):
-    artifact_dir = tmp_path_factory.mktemp("artifacts")
-    context = artifact_context(tiny_search, space, artifact_dir, seed=5)
-    storage = f"sqlite:///{tmp_path_factory.mktemp('db') / 'study.db'}"
-    study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS))
-    study.set_metric_names(list(OBJECTIVE_NAMES))
-    study.set_user_attr("artifact_dir", str(artifact_dir))
-    study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
-    study.set_user_attr("space", name)
-    record_data(study, tiny_protocol, tiny_root)
-    study.optimize(Objective(context), n_trials=1)
-    return measure_front(study, tiny_protocol, progress=False)
-
-
 # The tiny test fold has 180 clips (one clip = 0.56 points) and the two-epoch model is near
 # chance, so its int8 logits tie or nearly tie on many clips, which the two runtimes round
 # differently (5 of 180 clips here). The export's defaults (99 %, 0.5 points) are meant for
@@ -216,7 +198,7 @@ LIMITS = dict(tolerance_pp=5.0, tflite_min_agreement=0.9, tflite_tolerance_pp=5.
 
 @pytest.fixture(scope="module")
 def exported(tiny_search, tiny_protocol, tiny_root, tmp_path_factory):
-    study = _study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, SPACE, "tiny-mcu")
+    study = searched_study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, SPACE)
     out = tmp_path_factory.mktemp("exports")
     return study, export_study(study, out, progress=False, tflite=True, **LIMITS)
 
@@ -307,7 +289,7 @@ def test_a_family_that_runs_layers_in_float_is_refused_by_name(
         "model": "tfsepnet",
         "fixed": {**SPACE["fixed"], "model": {"width": 8, "depths": [1, 1, 1, 1]}},
     }
-    study = _study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, space, "tiny-float")
+    study = searched_study(tiny_search, tiny_protocol, tiny_root, tmp_path_factory, space)
     out = tmp_path_factory.mktemp("refused")
     with pytest.raises(ExportError) as info:
         export_study(study, out, progress=False, tflite=True, **LIMITS)

@@ -85,3 +85,26 @@ def sparse_npy(path, shape: tuple[int, ...]) -> None:
             fh, {"descr": "<f4", "fortran_order": False, "shape": shape}
         )
         fh.truncate(fh.tell() + 4 * math.prod(shape))
+
+
+def searched_study(dataset, protocol, root, tmp_path_factory, space: dict):
+    """A one-trial study of ``space`` (named after it) on the tiny dataset, with checkpoints and
+    its Pareto set measured on the test fold, as ``nas-asc search`` leaves it."""
+    import optuna
+
+    from nas_asc.budget import DEFAULT_BUDGET
+    from nas_asc.search.holdout import measure_front
+    from nas_asc.search.objective import DIRECTIONS, OBJECTIVE_NAMES, Objective
+
+    artifact_dir = tmp_path_factory.mktemp("artifacts")
+    context = artifact_context(dataset, space, artifact_dir, seed=5)
+    storage = f"sqlite:///{tmp_path_factory.mktemp('db') / 'study.db'}"
+    name = space["name"]
+    study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS))
+    study.set_metric_names(list(OBJECTIVE_NAMES))
+    study.set_user_attr("artifact_dir", str(artifact_dir))
+    study.set_user_attr("budget", DEFAULT_BUDGET.to_dict())
+    study.set_user_attr("space", name)
+    record_data(study, protocol, root)
+    study.optimize(Objective(context), n_trials=1)
+    return measure_front(study, protocol, progress=False)  # as nas-asc search ends

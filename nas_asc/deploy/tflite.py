@@ -251,16 +251,50 @@ class _Writer:
         self.acts[node] = x
         self.input_q = (scale, zp)
 
+    def weight_scales(self, node: fx.Node, layer, channels: int) -> np.ndarray:
+        """The int8 weights' scales, one per output channel (a per-tensor scale repeated);
+        TFLite's int8 weights are symmetric, so their zero points must be 0."""
+        if layer.weight_zero_point.abs().sum() != 0:
+            raise NotConvertible(f"layer {node.name}: int8 weights with a zero point other than 0")
+        scales = layer.weight_scale.detach().double().numpy().reshape(-1)
+        return np.repeat(scales, channels) if scales.size == 1 else scales
+
+    def weights_and_bias(self, node: fx.Node, x: _Act, w: np.ndarray, w_scale, axis: int, b):
+        """The int8 weight tensor ``w`` (per-channel scales along ``axis``, zero points 0) and
+        the int32 bias ``b`` (float; None: zeros) at the input scale times each channel's."""
+        channels = len(w_scale)
+        wq = self.me.Quantization(
+            scales=[float(s) for s in w_scale], zero_points=[0] * channels, axis=axis
+        )
+        weights = self.const(w, self.s.TensorType.INT8, f"{node.name}/weights", wq)
+        bias_scale = x.scale * w_scale
+        b = np.zeros(channels) if b is None else b
+        bias_q = np.clip(np.round(b / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
+        bq = self.me.Quantization(
+            scales=[float(s) for s in bias_scale], zero_points=[0] * channels, axis=0
+        )
+        return weights, self.const(bias_q, self.s.TensorType.INT32, f"{node.name}/bias", bq)
+
+    def convolution(self, x: _Act, weights, bias, out: _Act, relu: bool, padding, **geometry):
+        """CONV_2D, or DEPTHWISE_CONV_2D when ``geometry`` holds a ``depthMultiplier``."""
+        act = self.s.ActivationFunctionType.RELU if relu else 0
+        depthwise = "depthMultiplier" in geometry
+        options = (self.s.DepthwiseConv2DOptionsT if depthwise else self.s.Conv2DOptionsT)(
+            padding=padding, fusedActivationFunction=act, **geometry
+        )
+        code, kind = (
+            ("DEPTHWISE_CONV_2D", "DepthwiseConv2DOptions")
+            if depthwise
+            else ("CONV_2D", "Conv2DOptions")
+        )
+        self.op(code, [x.tensor, weights, bias], [out.tensor], options, kind)
+
     def conv(self, node: fx.Node, layer) -> None:
         x = self.acts[node.args[0]]
         shape, scale, zp = self.qout(node)
         w = layer.weight.detach().numpy().astype(np.int8)  # (O, I/g, kh, kw)
-        w_scale = layer.weight_scale.detach().double().numpy().reshape(-1)
-        if layer.weight_zero_point.abs().sum() != 0:
-            raise NotConvertible(f"layer {node.name}: int8 weights with a zero point other than 0")
         out_c, in_c, groups = layer.out_channels, layer.in_channels, layer.groups
-        if w_scale.size == 1:
-            w_scale = np.repeat(w_scale, out_c)
+        w_scale = self.weight_scales(node, layer, out_c)
         (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
         (ph, pw), (dh, dw) = layer.padding, layer.dilation
         h, wd = x.shape[2], x.shape[3]
@@ -276,52 +310,17 @@ class _Writer:
                 f"layer {node.name}: a grouped convolution ({groups} groups of "
                 f"{in_c // groups} channels) has no int8 kernel in TensorFlow Lite Micro"
             )
+        geometry = dict(strideW=sw, strideH=sh, dilationWFactor=dw, dilationHFactor=dh)
         if depthwise:
             filt = np.ascontiguousarray(w.transpose(1, 2, 3, 0))  # (1, kh, kw, O)
-            axis = 3
+            axis, geometry["depthMultiplier"] = 3, out_c // in_c
         else:
             filt = np.ascontiguousarray(w.transpose(0, 2, 3, 1))  # (O, kh, kw, I)
             axis = 0
-        wq = self.me.Quantization(
-            scales=[float(s) for s in w_scale], zero_points=[0] * out_c, axis=axis
-        )
-        weights = self.const(filt, self.s.TensorType.INT8, f"{node.name}/weights", wq)
-        bias_scale = x.scale * w_scale
-        b = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out_c)
-        bias_q = np.clip(np.round(b / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
-        bq = self.me.Quantization(
-            scales=[float(s) for s in bias_scale], zero_points=[0] * out_c, axis=0
-        )
-        bias = self.const(bias_q, self.s.TensorType.INT32, f"{node.name}/bias", bq)
+        b = layer.bias.detach().double().numpy() if layer.bias is not None else None
+        weights, bias = self.weights_and_bias(node, x, filt, w_scale, axis, b)
         out = self.act(shape, scale, zp, node.name)
-        act = self.s.ActivationFunctionType.RELU if layer.relu else 0
-        if depthwise:
-            opts = self.s.DepthwiseConv2DOptionsT(
-                padding=padding,
-                strideW=sw,
-                strideH=sh,
-                depthMultiplier=out_c // in_c,
-                fusedActivationFunction=act,
-                dilationWFactor=dw,
-                dilationHFactor=dh,
-            )
-            self.op(
-                "DEPTHWISE_CONV_2D",
-                [x.tensor, weights, bias],
-                [out.tensor],
-                opts,
-                "DepthwiseConv2DOptions",
-            )
-        else:
-            opts = self.s.Conv2DOptionsT(
-                padding=padding,
-                strideW=sw,
-                strideH=sh,
-                fusedActivationFunction=act,
-                dilationWFactor=dw,
-                dilationHFactor=dh,
-            )
-            self.op("CONV_2D", [x.tensor, weights, bias], [out.tensor], opts, "Conv2DOptions")
+        self.convolution(x, weights, bias, out, layer.relu, padding, **geometry)
         self.acts[node] = out
 
     def linear(self, node: fx.Node, layer) -> None:
@@ -329,24 +328,10 @@ class _Writer:
         if len(x.shape) != 2:
             raise NotConvertible(f"layer {node.name}: a linear layer on a {len(x.shape)}-D input")
         shape, scale, zp = self.qout(node)
-        if layer.weight_zero_point.abs().sum() != 0:
-            raise NotConvertible(f"layer {node.name}: int8 weights with a zero point other than 0")
         w = layer.weight.detach().numpy().astype(np.int8)  # (O, I)
-        out_c = layer.out_features
-        w_scale = layer.weight_scale.detach().double().numpy().reshape(-1)
-        if w_scale.size == 1:
-            w_scale = np.repeat(w_scale, out_c)
-        wq = self.me.Quantization(
-            scales=[float(s) for s in w_scale], zero_points=[0] * out_c, axis=0
-        )
-        weights = self.const(w, self.s.TensorType.INT8, f"{node.name}/weights", wq)
-        bias_scale = x.scale * w_scale
-        b = layer.bias.detach().double().numpy() if layer.bias is not None else np.zeros(out_c)
-        bias_q = np.clip(np.round(b / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
-        bq = self.me.Quantization(
-            scales=[float(s) for s in bias_scale], zero_points=[0] * out_c, axis=0
-        )
-        bias = self.const(bias_q, self.s.TensorType.INT32, f"{node.name}/bias", bq)
+        w_scale = self.weight_scales(node, layer, layer.out_features)
+        b = layer.bias.detach().double().numpy() if layer.bias is not None else None
+        weights, bias = self.weights_and_bias(node, x, w, w_scale, 0, b)
         out = self.act(shape, scale, zp, node.name)
         act = self.s.ActivationFunctionType.RELU if layer.relu else 0
         opts = self.s.FullyConnectedOptionsT(fusedActivationFunction=act)
@@ -376,31 +361,11 @@ class _Writer:
             np.where(slope == 0, 1.0, np.abs(slope) / 127.0).astype(np.float32).astype(np.float64)
         )
         w = np.where(slope == 0, 0, np.sign(slope) * 127).astype(np.int8).reshape(1, 1, 1, c)
-        wq = self.me.Quantization(scales=[float(s) for s in w_scale], zero_points=[0] * c, axis=3)
-        weights = self.const(w, self.s.TensorType.INT8, f"{node.name}/weights", wq)
-        bias_scale = x.scale * w_scale
-        bias_q = np.clip(np.round(shift / bias_scale), -(2**31), 2**31 - 1).astype(np.int32)
-        bq = self.me.Quantization(
-            scales=[float(s) for s in bias_scale], zero_points=[0] * c, axis=0
-        )
-        bias = self.const(bias_q, self.s.TensorType.INT32, f"{node.name}/bias", bq)
+        weights, bias = self.weights_and_bias(node, x, w, w_scale, 3, shift)
         out = self.act(shape, scale, zp, node.name)
-        act = self.s.ActivationFunctionType.RELU if layer.relu else 0
-        opts = self.s.DepthwiseConv2DOptionsT(
-            padding=self.s.Padding.VALID,
-            strideW=1,
-            strideH=1,
-            depthMultiplier=1,
-            fusedActivationFunction=act,
-            dilationWFactor=1,
-            dilationHFactor=1,
-        )
-        self.op(
-            "DEPTHWISE_CONV_2D",
-            [x.tensor, weights, bias],
-            [out.tensor],
-            opts,
-            "DepthwiseConv2DOptions",
+        geometry = dict(strideW=1, strideH=1, dilationWFactor=1, dilationHFactor=1)
+        self.convolution(
+            x, weights, bias, out, layer.relu, self.s.Padding.VALID, depthMultiplier=1, **geometry
         )
         self.acts[node] = out
 
@@ -532,11 +497,10 @@ class _Writer:
                     )
                 continue
             if node.op == "call_function" and node.target is torch.quantize_per_tensor:
-                if self.acts:
+                if self.acts:  # _refuse_float_layers names the float layer before this
                     raise NotConvertible(
-                        f"layer {node.name}: a float result is quantized again (a layer runs in "
-                        f"float before it: {_float_origin(node.args[0])}); the TFLite export "
-                        "is full-integer"
+                        f"layer {node.name}: a float result is quantized again; the TFLite "
+                        "export is full-integer"
                     )
                 self.input(node)  # what comes before it is the float front end
                 continue
@@ -595,21 +559,6 @@ def _pair(v) -> tuple[int, int]:
         return (v, v)
     v = tuple(v)
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
-
-
-def _float_origin(node: Any) -> str:
-    """The nearest float operation feeding ``node`` (for the message)."""
-    seen = set()
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if not isinstance(n, fx.Node) or n in seen:
-            continue
-        seen.add(n)
-        if n.op in ("call_function", "call_method") and _name(n.target) not in ("getitem",):
-            return f"{n.name} ({_name(n.target)})"
-        stack.extend(a for a in n.args if isinstance(a, fx.Node))
-    return "unknown"
 
 
 def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -759,13 +708,16 @@ class TflmModule(torch.nn.Module):
 _ARENA = re.compile(r"\[RecordingMicroAllocator\] Arena allocation (head|tail) (\d+) bytes")
 
 
-def arena(model: TfliteModel) -> Arena:
+def arena(model: TfliteModel, interpreter=None) -> Arena:
     """The arena TensorFlow Lite Micro allocates for ``model`` (head: the activations its memory
-    planner lays out; tail: what persists, tensor and operator data), after one invocation."""
+    planner lays out; tail: what persists, tensor and operator data), after one invocation (of
+    ``interpreter``, which has run the model, or of a new one)."""
     require()
-    interp = _interpreter(model)
-    interp.set_input(np.zeros(model.input_shape, dtype=np.int8), 0)
-    interp.invoke()
+    interp = interpreter
+    if interp is None:
+        interp = _interpreter(model)
+        interp.set_input(np.zeros(model.input_shape, dtype=np.int8), 0)
+        interp.invoke()
     with tempfile.NamedTemporaryFile(suffix=".txt") as log:
         with _stderr_to(log.name):
             interp.print_allocations()

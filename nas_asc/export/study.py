@@ -500,14 +500,15 @@ def _export_trial(
         from nas_asc.deploy import tflite as tfl
 
         tm = tfl.convert(int8_model, eval_set.batch(slice(0, 1)))
-        tflm_eval = evaluate(tfl.TflmModule(tm), eval_set)
+        tflm = tfl.TflmModule(tm)
+        tflm_eval = evaluate(tflm, eval_set)
         tflite_checks = _verify_tflite(tflm_eval, int8, *tflite)
         checks += tflite_checks
         figures["tflite"] = tflm_eval.accuracy
         if not all(c["passed"] for c in tflite_checks):
             return {}, checks, figures
         (workdir / "model_int8.tflite").write_bytes(tm.data)
-        arena = tfl.arena(tm)
+        arena = tfl.arena(tm, tflm.interpreter)  # the interpreter that ran the test fold
         tflite_card = _tflite_card(tm, tflm_eval, int8, arena)
         if c_header:
             from nas_asc.export.tflite_c import write_tflite_c_header
